@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# conveyor-remote.sh: the release primitives Conveyor runs on a fleet host over SSH.
+#
+#   conveyor-remote.sh stage    <app_root> <version> <sha256> <tarball>  verify + unpack; idempotent
+#   conveyor-remote.sh activate <app_root> <version>                     atomic switch of <app_root>/current
+#   conveyor-remote.sh current  <app_root>                               the current version, or "none"
+#   conveyor-remote.sh prune    <app_root> <keep>                        keep the newest <keep> releases
+#                                                                        (plus current and previous)
+# Layout: <app_root>/releases/<version>/ (complete once .conveyor-sha256 exists),
+#         <app_root>/current -> releases/<version>, <app_root>/previous (text: the version before the switch).
+# Exit codes: 0 ok, 2 usage / invalid argument, 3 checksum mismatch or corrupted artifact, 4 unknown version.
+# Every argument is checked against a strict pattern before it is used; nothing is ever eval'ed.
+set -euo pipefail
+umask 022
+export LC_ALL=C
+
+readonly VERSION_RE='^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$'
+readonly SHA256_RE='^[0-9a-f]{64}$'
+readonly PATH_RE='^[A-Za-z0-9_./~][A-Za-z0-9_./~-]{0,254}$'
+readonly KEEP_RE='^[0-9]{1,4}$'
+readonly MARKER=.conveyor-sha256
+
+usage() {
+  cat >&2 <<'USAGE'
+usage: conveyor-remote.sh stage    <app_root> <version> <sha256> <tarball>
+       conveyor-remote.sh activate <app_root> <version>
+       conveyor-remote.sh current  <app_root>
+       conveyor-remote.sh prune    <app_root> <keep>
+USAGE
+  exit 2
+}
+
+die() { # die <exit code> <message>
+  echo "conveyor-remote: $2" >&2
+  exit "$1"
+}
+
+check_version() {
+  [[ $1 =~ $VERSION_RE ]] || die 2 "invalid version '$1': must match $VERSION_RE"
+}
+
+check_sha256() {
+  [[ $1 =~ $SHA256_RE ]] || die 2 "invalid sha256 '$1': must be 64 lowercase hex digits"
+}
+
+# check_path <what> <path>: no "..", no shell metacharacters, no leading "-"; "~/x" means $HOME/x.
+check_path() {
+  local what=$1 path=$2
+  [[ $path =~ $PATH_RE ]] || die 2 "invalid $what '$path': only letters, digits and _ . / ~ - are allowed"
+  [[ /$path/ != */../* ]] || die 2 "invalid $what '$path': '..' is not allowed"
+  case $path in
+    '~') path=$HOME ;;
+    '~/'*) path=$HOME/${path#\~/} ;;
+    *'~'*) die 2 "invalid $what '$path': '~' is only allowed as the first component" ;;
+  esac
+  REPLY=$path
+}
+
+# current_of <app_root>: the version <app_root>/current points to, or "none".
+current_of() {
+  local link=$1/current target
+  if [[ -L $link ]]; then
+    target=$(readlink -- "$link")
+    echo "${target##*/}"
+  else
+    echo none
+  fi
+}
+
+cmd_stage() {
+  (($# == 4)) || usage
+  check_path app_root "$1"; local app_root=$REPLY
+  check_version "$2"; local version=$2
+  check_sha256 "$3"; local sha=$3
+  check_path tarball "$4"; local tarball=$REPLY
+  local releases=$app_root/releases
+  local target=$releases/$version
+
+  if [[ -f $target/$MARKER ]]; then
+    local have
+    have=$(<"$target/$MARKER")
+    if [[ $have == "$sha" ]]; then
+      echo "already staged $version"
+      return 0
+    fi
+    die 3 "version $version is already staged with sha256 $have, not $sha: versions are immutable"
+  fi
+  [[ -f $tarball ]] || die 2 "tarball '$4' does not exist or is not a regular file"
+  local actual
+  actual=$(sha256sum -- "$tarball") || die 3 "cannot read tarball '$4'"
+  actual=${actual%% *}
+  [[ $actual == "$sha" ]] || die 3 "checksum mismatch for '$4': expected $sha, got $actual"
+
+  mkdir -p -- "$releases"
+  STAGING=$(mktemp -d -- "$releases/.staging-$version.XXXXXX")
+  trap 'if [[ -n ${STAGING:-} ]]; then rm -rf -- "$STAGING" "$STAGING.err"; fi' EXIT
+  if ! tar -xzf "$tarball" -C "$STAGING" --no-same-owner 2>"$STAGING.err"; then
+    local why
+    why=$(head -c 500 "$STAGING.err")
+    rm -f -- "$STAGING.err"
+    die 3 "corrupted artifact '$4': $why"
+  fi
+  rm -f -- "$STAGING.err"
+  chmod 755 -- "$STAGING"
+  echo "$sha" >"$STAGING/$MARKER"
+
+  if [[ -e $target ]]; then
+    # A directory without the marker is an interrupted copy made by hand: replace it.
+    [[ -f $target/$MARKER ]] || rm -rf -- "$target"
+  fi
+  if ! mv -T -- "$STAGING" "$target" 2>/dev/null; then
+    # Another stage of the same version won the race: fine if it staged the same bytes.
+    if [[ -f $target/$MARKER && $(<"$target/$MARKER") == "$sha" ]]; then
+      echo "already staged $version"
+      return 0
+    fi
+    die 3 "cannot move the staged release into $target"
+  fi
+  STAGING=
+  echo "staged $version"
+}
+
+cmd_activate() {
+  (($# == 2)) || usage
+  check_path app_root "$1"; local app_root=$REPLY
+  check_version "$2"; local version=$2
+  [[ -f $app_root/releases/$version/$MARKER ]] || die 4 "unknown version $version: not staged in $1/releases"
+  local old
+  old=$(current_of "$app_root")
+  if [[ $old == "$version" ]]; then
+    echo "unchanged $version"
+    return 0
+  fi
+  local tmp=$app_root/.previous.$$
+  echo "$old" >"$tmp"
+  mv -f -- "$tmp" "$app_root/previous"
+  tmp=$app_root/.current.$$
+  rm -f -- "$tmp"
+  ln -s -- "releases/$version" "$tmp"
+  mv -T -- "$tmp" "$app_root/current"
+  echo "switched $old -> $version"
+}
+
+cmd_current() {
+  (($# == 1)) || usage
+  check_path app_root "$1"
+  current_of "$REPLY"
+}
+
+cmd_prune() {
+  (($# == 2)) || usage
+  check_path app_root "$1"; local app_root=$REPLY
+  [[ $2 =~ $KEEP_RE ]] || die 2 "invalid keep '$2': must be a number"
+  local keep=$((10#$2))
+  local releases=$app_root/releases
+  [[ -d $releases ]] || { echo "nothing to prune"; return 0; }
+  local current previous=none
+  current=$(current_of "$app_root")
+  [[ -f $app_root/previous ]] && previous=$(<"$app_root/previous")
+
+  local kept=0 removed=0 line version
+  # Complete releases, newest staged first (the marker is written last).
+  while IFS= read -r line; do
+    version=${line#* }
+    version=${version%/*}
+    version=${version##*/}
+    [[ $version =~ $VERSION_RE ]] || continue
+    if [[ $version == "$current" || $version == "$previous" ]]; then
+      continue
+    fi
+    if ((kept < keep)); then
+      kept=$((kept + 1))
+      continue
+    fi
+    rm -rf -- "${releases:?}/$version"
+    echo "pruned $version"
+    removed=$((removed + 1))
+  done < <(find "$releases" -mindepth 2 -maxdepth 2 -name "$MARKER" -printf '%T@ %p\n' | sort -rn)
+  # Staging directories left by an interrupted stage (older than an hour, so not in progress).
+  find "$releases" -mindepth 1 -maxdepth 1 -name '.staging-*' -mmin +60 -exec rm -rf -- {} + 2>/dev/null || true
+  echo "kept $kept (+ current $current, previous $previous), pruned $removed"
+}
+
+(($# >= 1)) || usage
+command=$1
+shift
+case $command in
+  stage) cmd_stage "$@" ;;
+  activate) cmd_activate "$@" ;;
+  current) cmd_current "$@" ;;
+  prune) cmd_prune "$@" ;;
+  -h | --help | help) usage ;;
+  *) echo "conveyor-remote: unknown command '$command'" >&2; usage ;;
+esac

@@ -1,0 +1,117 @@
+"""The shape of the local fleet: how many hosts, on which loopback addresses and ports.
+
+Pure data, no processes: :class:`FleetSpec` is saved as ``fleet/spec.json`` by ``fleet up`` so the
+daemon, ``fleet status`` and ``fleet down`` all see the same hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from conveyor.exceptions import InvalidInputError
+
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One simulated host: an SSH server on ``address:ssh_port`` and the app on ``address:app_port``."""
+
+    name: str
+    environment: str  # "replica" | "production"
+    address: str
+    ssh_port: int
+    app_port: int
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.address}:{self.app_port}/health"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:{self.app_port}/metrics"
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The knobs of the local fleet.
+
+    :param replicas: number of replica hosts (``replica-1``..), on ``replica_base`` and up.
+    :param production: number of production hosts (``prod-1``..), on ``production_base`` and up.
+    :param ssh_port: the SSH port on every host address.
+    :param app_port: the app's HTTP port on every host address.
+    :param traffic_rate: requests per second sent to each host (a Poisson stream); 0 turns traffic off.
+    :param traffic_timeout: seconds one traffic request may take before it counts as failed.
+    :param traffic_to_replicas: send traffic to replica hosts too, not only to production.
+    :param python: the interpreter that runs the app on the hosts (and ``python`` in their PATH).
+    """
+
+    replicas: int = 2
+    production: int = 6
+    replica_base: str = "127.0.0.11"
+    production_base: str = "127.0.0.21"
+    ssh_port: int = 2222
+    app_port: int = 8000
+    traffic_rate: float = 10.0
+    traffic_timeout: float = 2.0
+    traffic_to_replicas: bool = True
+    username: str = "conveyor"
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def __post_init__(self) -> None:
+        for name in ("replicas", "production"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 50:
+                raise InvalidInputError(f"fleet {name}: expected 0..50 hosts, got {value!r}")
+        for name in ("ssh_port", "app_port"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 65535:
+                raise InvalidInputError(f"fleet {name}: expected a TCP port, got {value!r}")
+        if self.ssh_port == self.app_port:
+            raise InvalidInputError("fleet ssh_port and app_port must differ")
+        if not 0 <= self.traffic_rate <= 1000:
+            raise InvalidInputError(f"fleet traffic_rate: expected 0..1000 requests/s, got {self.traffic_rate!r}")
+        if not 0 < self.traffic_timeout <= 60:
+            raise InvalidInputError(f"fleet traffic_timeout: expected 0..60 s, got {self.traffic_timeout!r}")
+        addresses = [h.address for h in self.hosts()]
+        if len(addresses) != len(set(addresses)):
+            raise InvalidInputError(
+                f"fleet addresses overlap: replicas from {self.replica_base}, production from {self.production_base}"
+            )
+
+    def _addresses(self, base: str, count: int, what: str) -> list[str]:
+        try:
+            first = ipaddress.IPv4Address(base)
+        except ValueError:
+            raise InvalidInputError(f"fleet {what}: {base!r} is not an IPv4 address") from None
+        out = [first + i for i in range(count)]
+        if any(a not in LOOPBACK for a in out) or any(int(a) & 0xFF in (0, 255) for a in out):
+            raise InvalidInputError(f"fleet {what}: {count} addresses from {base} leave 127.0.0.1-127.255.255.254")
+        return [str(a) for a in out]
+
+    def hosts(self) -> list[HostSpec]:
+        """Every host, replicas first, each environment in name order."""
+        out = []
+        groups = (("replica", "replica", self.replica_base, self.replicas),
+                  ("production", "prod", self.production_base, self.production))
+        for environment, prefix, base, count in groups:
+            for i, address in enumerate(self._addresses(base, count, f"{environment}_base"), start=1):
+                out.append(HostSpec(f"{prefix}-{i}", environment, address, self.ssh_port, self.app_port))
+        return out
+
+    def host(self, name: str) -> HostSpec:
+        for h in self.hosts():
+            if h.name == name:
+                return h
+        raise InvalidInputError(f"no fleet host named {name!r}: hosts are {[h.name for h in self.hosts()]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FleetSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,111 @@
+"""Which hosts make up an environment: the local fleet, a static list, or EC2 instances found by tags.
+
+Resolved at run time (never at parse time) into :class:`Host` records, which are plain data and
+travel between tasks through XCom as dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from conveyor import validation
+from conveyor.config import ServiceConfig
+from conveyor.exceptions import InvalidInputError, ServiceConfigError
+from conveyor.paths import fleet_dir
+
+DEFAULT_APP_PORT = 8000
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    environment: str
+    address: str
+    ssh_port: int = 22
+    app_root: str = "app"
+    restart: str = "bin/restart"
+    health_url: str = ""
+    metrics_url: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Host:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def validated(self) -> Host:
+        validation.host_name(self.name)
+        validation.host_name(self.address)
+        validation.remote_path(self.app_root)
+        return self
+
+
+def _local_inventory() -> dict[str, Any]:
+    path = fleet_dir() / "inventory.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"the local fleet is not running ({path} is missing): start it with `make run` or `conveyor fleet up`"
+        ) from None
+
+
+def _fill(host: dict[str, Any], environment: str) -> Host:
+    address = host["address"]
+    defaults = {
+        "health_url": f"http://{address}:{DEFAULT_APP_PORT}/health",
+        "metrics_url": f"http://{address}:{DEFAULT_APP_PORT}/metrics",
+    }
+    fields = {**defaults, **{k: v for k, v in host.items() if v is not None}, "environment": environment}
+    return Host.from_dict(fields).validated()
+
+
+def _aws_hosts(spec: dict[str, Any], environment: str) -> list[Host]:
+    from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
+
+    hook = EC2Hook(aws_conn_id=spec.get("aws_conn_id", "aws_default"), region_name=spec.get("region"),
+                   api_type="client_type")
+    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in sorted(spec["tags"].items())]
+    filters.append({"Name": "instance-state-name", "Values": ["running"]})
+    hosts = []
+    paginator = hook.conn.get_paginator("describe_instances")
+    for page in paginator.paginate(Filters=filters):
+        for reservation in page["Reservations"]:
+            for inst in reservation["Instances"]:
+                attr = {"private_ip": "PrivateIpAddress", "public_ip": "PublicIpAddress",
+                        "private_dns": "PrivateDnsName", "public_dns": "PublicDnsName"}[spec.get("address", "private_ip")]
+                address = inst.get(attr)
+                if not address:
+                    continue
+                tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                name = tags.get("Name") or inst["InstanceId"]
+                host = {"name": name, "address": address}
+                for key in ("ssh_port", "app_root", "restart", "health_url", "metrics_url"):
+                    if key in spec:
+                        host[key] = spec[key].format(address=address) if isinstance(spec[key], str) else spec[key]
+                hosts.append(_fill(host, environment))
+    return sorted(hosts, key=lambda h: h.name)
+
+
+def resolve_hosts(service: ServiceConfig, environment: str) -> list[Host]:
+    """The hosts of ``environment`` (``replica`` or ``production``) for ``service``, sorted by name."""
+    try:
+        spec = service["environments"][environment]["inventory"]
+    except KeyError:
+        raise ServiceConfigError(f"{service.path}: environments.{environment}: not defined") from None
+    if spec == "local":
+        inventory = _local_inventory()
+        hosts = [_fill(h, environment) for h in inventory["hosts"] if h.get("environment") == environment]
+    elif "hosts" in spec:
+        hosts = [_fill(h, environment) for h in spec["hosts"]]
+    else:
+        hosts = _aws_hosts(spec["aws"], environment)
+    if not hosts:
+        raise InvalidInputError(f"no {environment} hosts found for {service.id}")
+    names = [h.name for h in hosts]
+    if len(names) != len(set(names)):
+        raise InvalidInputError(f"duplicate host names in the {environment} inventory: {names}")
+    return sorted(hosts, key=lambda h: h.name)

@@ -1,0 +1,365 @@
+"""The release ledger: every release, stage, host change, approval, test result, rollback and ticket.
+
+:class:`Ledger` is plain SQLAlchemy Core over SQLite or PostgreSQL and imports nothing from Airflow;
+:class:`conveyor.ledger.hook.LedgerHook` builds one from an Airflow connection.
+
+Every write is an idempotent upsert keyed by the release id (``INSERT .. ON CONFLICT DO UPDATE``), so a
+task that runs twice leaves the same rows. Updates merge rather than overwrite:
+
+* a value passed as ``None`` never erases a stored value;
+* ``started_at``, ``deployed_at``, ``created_at`` and ``from_version`` keep their first value (a rerun
+  does not move the start of a stage, nor forget which version a host ran before the release);
+* a final status (:data:`~conveyor.ledger.schema.TERMINAL_STATUSES`) is not replaced by a non-final one,
+  so a late "running" cannot hide a "success";
+* ``reset=True`` turns all of this off for the fields passed: they are written exactly as given. That
+  is how a deliberate rerun re-opens a stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+
+from conveyor.ledger import migrations, schema
+from conveyor.ledger.dora import compute_dora
+
+log = logging.getLogger(__name__)
+
+# Host deployment statuses that mean the host was (or may have been) changed.
+_TOUCHED_HOST_STATUSES = ("deploying", "deployed", "failed", "rolled_back")
+# Merge policy per column; anything not listed is "latest" (the new value unless it is None).
+_FIRST_WINS = frozenset({"started_at", "deployed_at", "created_at", "from_version"})
+
+
+def _make_engine(url: str | URL) -> Engine:
+    url = sa.engine.make_url(url)
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    # pysqlite's own transaction handling never emits BEGIN for DDL and cannot take the write lock up
+    # front; drive transactions ourselves (SQLAlchemy's documented recipe), with BEGIN IMMEDIATE for writes.
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        mode = conn.get_execution_options().get("conveyor_sqlite_begin", "")
+        conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+    return engine
+
+
+def _as_dicts(result) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in result]
+
+
+class Ledger:
+    """The release ledger at a SQLAlchemy URL (``sqlite:////path/ledger.db``, ``postgresql+psycopg2://...``).
+
+    The schema is created or upgraded on first use (:meth:`migrate`); constructing a ``Ledger`` does not
+    connect.
+    """
+
+    def __init__(self, url: str | URL):
+        self.url = sa.engine.make_url(url)
+        if self.url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"the ledger supports sqlite and postgresql URLs, not {self.url.drivername!r}")
+        self._engine: Engine | None = None
+        self._migrated = False
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.url.render_as_string(hide_password=True)!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = _make_engine(self.url)
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the schema; return the migration versions this call applied."""
+        with self._lock:
+            applied = migrations.migrate(self.engine)
+            self._migrated = True
+        return applied
+
+    def schema_version(self) -> int:
+        return migrations.current_version(self.engine)
+
+    def _ensure(self) -> None:
+        if not self._migrated:
+            self.migrate()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        self._ensure()
+        with self.engine.connect().execution_options(conveyor_sqlite_begin="IMMEDIATE") as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self._ensure()
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Connect, migrate and report the schema version, as Airflow's connection test expects."""
+        try:
+            self._ensure()
+            version = self.schema_version()
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, f"Ledger reachable ({self.dialect}), schema version {version}"
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _upsert(
+        self,
+        table: sa.Table,
+        key: Mapping[str, Any],
+        fields: Mapping[str, Any],
+        *,
+        reset: bool = False,
+    ) -> None:
+        key_names = [c.name for c in table.primary_key.columns]
+        unknown = set(fields) - (set(table.c.keys()) - set(key_names))
+        if unknown:
+            raise ValueError(f"unknown {table.name} field(s): {', '.join(sorted(unknown))}")
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = insert(table).values({**key, **fields})
+        excluded = stmt.excluded
+        updates: dict[str, Any] = {}
+        for name in fields:
+            current, new = table.c[name], excluded[name]
+            if reset:
+                updates[name] = new
+            elif name in _FIRST_WINS:
+                updates[name] = sa.func.coalesce(current, new)
+            elif name == "status":
+                terminal = sorted(schema.TERMINAL_STATUSES)
+                updates[name] = sa.case(
+                    (sa.and_(current.in_(terminal), new.not_in(terminal)), current),
+                    else_=sa.func.coalesce(new, current),
+                )
+            else:
+                updates[name] = sa.func.coalesce(new, current)
+        if updates:
+            stmt = stmt.on_conflict_do_update(index_elements=key_names, set_=updates)
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=key_names)
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    # -- writes -----------------------------------------------------------------------------------------
+
+    def upsert_release(self, release_id: str, *, reset: bool = False, **fields: Any) -> None:
+        """Create or update a release; ``fields`` are columns of ``releases`` (``service`` on creation)."""
+        self._upsert(schema.releases, {"release_id": release_id}, fields, reset=reset)
+
+    def upsert_stage(
+        self,
+        release_id: str,
+        stage: str,
+        *,
+        status: str,
+        started_at: dt.datetime | None = None,
+        finished_at: dt.datetime | None = None,
+        detail: dict | None = None,
+        error: str | None = None,
+        reset: bool = False,
+    ) -> None:
+        """Record a stage of a release; ``reset=True`` re-opens a finished stage (clears what is not given)."""
+        fields = {
+            "status": status,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "detail": detail,
+            "error": error,
+        }
+        self._upsert(schema.stages, {"release_id": release_id, "stage": stage}, fields, reset=reset)
+
+    def upsert_host_deployment(self, release_id: str, host: str, **fields: Any) -> None:
+        """Record a host's change in a release (environment, wave, from/to version, status, at)."""
+        self._upsert(schema.host_deployments, {"release_id": release_id, "host": host}, fields)
+
+    def upsert_approval(
+        self,
+        release_id: str,
+        approver: str,
+        *,
+        decision: str,
+        comment: str | None = None,
+        at: dt.datetime,
+    ) -> None:
+        self._upsert(
+            schema.approvals,
+            {"release_id": release_id, "approver": approver},
+            {"decision": decision, "comment": comment, "at": at},
+        )
+
+    def upsert_test_result(
+        self,
+        release_id: str,
+        suite: str,
+        test: str,
+        *,
+        outcome: str,
+        message: str | None = None,
+        pre_existing: bool = False,
+    ) -> None:
+        self._upsert(
+            schema.test_results,
+            {"release_id": release_id, "suite": suite, "test": test},
+            {"outcome": outcome, "message": message, "pre_existing": bool(pre_existing)},
+        )
+
+    def upsert_rollback(self, release_id: str, host: str, **fields: Any) -> None:
+        """Record a host's rollback in a release (from/to version, status, at)."""
+        self._upsert(schema.rollbacks, {"release_id": release_id, "host": host}, fields)
+
+    def upsert_ticket(self, ticket_id: str, **fields: Any) -> None:
+        """Record a root-cause ticket (release_id, service, path, url, title, created_at)."""
+        self._upsert(schema.tickets, {"ticket_id": ticket_id}, fields)
+
+    def upsert_commit(self, service: str, commit_sha: str, **fields: Any) -> None:
+        """Record a commit of a service (author, message, committed_at, ci_status, checked_at)."""
+        self._upsert(schema.commits, {"service": service, "commit_sha": commit_sha}, fields)
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    def get_release(self, release_id: str) -> dict[str, Any] | None:
+        """The release row with ``stages``, ``hosts``, ``approvals``, ``tests``, ``rollbacks``, ``tickets``."""
+        t = schema
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.releases).where(t.releases.c.release_id == release_id)).first()
+            if row is None:
+                return None
+            release = dict(row._mapping)
+            children = {
+                "stages": (t.stages, [t.stages.c.started_at, t.stages.c.stage]),
+                "hosts": (t.host_deployments, [t.host_deployments.c.host]),
+                "approvals": (t.approvals, [t.approvals.c.at, t.approvals.c.approver]),
+                "tests": (t.test_results, [t.test_results.c.suite, t.test_results.c.test]),
+                "rollbacks": (t.rollbacks, [t.rollbacks.c.host]),
+                "tickets": (t.tickets, [t.tickets.c.ticket_id]),
+            }
+            for name, (table, order) in children.items():
+                query = sa.select(table).where(table.c.release_id == release_id).order_by(*order)
+                release[name] = _as_dicts(conn.execute(query))
+        return release
+
+    def list_releases(
+        self,
+        service: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int | None = 100,
+        *,
+        status: str | list[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Releases, newest first (by ``started_at``); optionally of one service, started since a time."""
+        r = schema.releases
+        query = sa.select(r)
+        if service is not None:
+            query = query.where(r.c.service == service)
+        if since is not None:
+            query = query.where(r.c.started_at >= schema.to_utc(since))
+        if status is not None:
+            query = query.where(r.c.status.in_([status] if isinstance(status, str) else list(status)))
+        query = query.order_by(r.c.started_at.desc().nulls_last(), r.c.release_id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return _as_dicts(conn.execute(query))
+
+    def last_successful_release(self, service: str) -> dict[str, Any] | None:
+        """The service's most recent release with status ``success`` (by ``deployed_at``, then ``finished_at``)."""
+        r = schema.releases
+        query = (
+            sa.select(r)
+            .where(r.c.service == service, r.c.status == "success")
+            .order_by(
+                r.c.deployed_at.desc().nulls_last(),
+                r.c.finished_at.desc().nulls_last(),
+                r.c.release_id.desc(),
+            )
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return dict(row._mapping) if row else None
+
+    # -- metrics ----------------------------------------------------------------------------------------
+
+    def dora(self, service: str | None, days: int, now: dt.datetime | None = None) -> dict[str, Any]:
+        """DORA metrics of one service (or all with ``None``) over the last ``days`` days.
+
+        See :mod:`conveyor.ledger.dora` for the definitions; a release "changed production" here when a
+        production host was touched (``deploying``, ``deployed``, ``failed`` or ``rolled_back``), it has a
+        rollback, or it has a ``deployed_at``.
+        """
+        now = schema.to_utc(now) or dt.datetime.now(dt.UTC)
+        r, h, rb, c = schema.releases, schema.host_deployments, schema.rollbacks, schema.commits
+        touched = sa.union(
+            sa.select(h.c.release_id).where(
+                h.c.environment == schema.PRODUCTION, h.c.status.in_(_TOUCHED_HOST_STATUSES)
+            ),
+            sa.select(rb.c.release_id),
+        ).subquery()
+        query = sa.select(r, touched.c.release_id.is_not(None).label("touched")).outerjoin(
+            touched, touched.c.release_id == r.c.release_id
+        )
+        if service is not None:
+            query = query.where(r.c.service == service)
+        with self._read() as conn:
+            releases = _as_dicts(conn.execute(query))
+            for release in releases:
+                release["production_changed"] = bool(release.pop("touched")) or (
+                    release["deployed_at"] is not None
+                )
+            wanted = {(x["service"], sha) for x in releases for sha in (x["commit_range"] or [])}
+            commit_rows: list[dict[str, Any]] = []
+            by_service: dict[str, list[str]] = {}
+            for svc, sha in wanted:
+                by_service.setdefault(svc, []).append(sha)
+            for svc, shas in by_service.items():
+                for i in range(0, len(shas), 500):
+                    chunk = shas[i : i + 500]
+                    commit_rows += _as_dicts(
+                        conn.execute(
+                            sa.select(c.c.service, c.c.commit_sha, c.c.committed_at).where(
+                                c.c.service == svc, c.c.commit_sha.in_(chunk)
+                            )
+                        )
+                    )
+        result = compute_dora(releases, commit_rows, now=now, days=days)
+        return {"service": service, **result}

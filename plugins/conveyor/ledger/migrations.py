@@ -1,0 +1,105 @@
+"""The ledger's migrations: an ordered list applied once each, recorded in ``schema_version``.
+
+:func:`migrate` is idempotent and safe when several processes (Airflow workers) use a new ledger at the
+same moment: the whole upgrade runs in one transaction that first takes a lock, then re-reads which
+migrations are applied, so the loser of the race finds nothing left to do.
+
+* SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock up front (waiting up to the busy timeout);
+  a lock error is retried a few times. SQLite DDL is transactional, so a failed migration leaves nothing.
+* PostgreSQL: ``pg_advisory_xact_lock`` serialises migrators and is released at commit; DDL is
+  transactional there too.
+
+To change the schema, append a migration; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateTable
+
+from conveyor.ledger import schema
+
+log = logging.getLogger(__name__)
+
+# An arbitrary constant identifying "the Conveyor ledger migration" among advisory locks.
+_PG_LOCK_KEY = 0x436F6E76  # "Conv"
+_SQLITE_LOCK_RETRIES = 5
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _create_core_tables(conn: Connection) -> None:
+    for table in schema.V1_TABLES:
+        conn.execute(CreateTable(table, if_not_exists=True))
+
+
+def _add_query_indexes(conn: Connection) -> None:
+    for index in schema.V2_INDEXES:
+        index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "core tables", _create_core_tables),
+    Migration(2, "indexes for service/time queries", _add_query_indexes),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def applied_versions(conn: Connection) -> set[int]:
+    if not sa.inspect(conn).has_table(schema.schema_version.name):
+        return set()
+    return set(conn.execute(sa.select(schema.schema_version.c.version)).scalars())
+
+
+def _upgrade(conn: Connection) -> list[int]:
+    conn.execute(CreateTable(schema.schema_version, if_not_exists=True))
+    done = applied_versions(conn)
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        log.info("Applying ledger migration %s: %s", migration.version, migration.name)
+        migration.apply(conn)
+        conn.execute(
+            sa.insert(schema.schema_version).values(
+                version=migration.version, name=migration.name, applied_at=dt.datetime.now(dt.UTC)
+            )
+        )
+        applied.append(migration.version)
+    return applied
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Apply every migration not yet recorded; return the versions applied by this call."""
+    if engine.dialect.name == "sqlite":
+        for attempt in range(_SQLITE_LOCK_RETRIES):
+            try:
+                with engine.connect().execution_options(conveyor_sqlite_begin="IMMEDIATE") as conn:
+                    with conn.begin():
+                        return _upgrade(conn)
+            except sa.exc.OperationalError as exc:
+                if "locked" not in str(exc).lower() or attempt == _SQLITE_LOCK_RETRIES - 1:
+                    raise
+                log.info("Ledger is locked by another migrator; retrying (%s)", attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        return _upgrade(conn)
+
+
+def current_version(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return max(applied_versions(conn), default=0)

@@ -1,0 +1,189 @@
+"""The release ledger's tables, described with SQLAlchemy Core.
+
+These ``Table`` objects are the *current* schema and are what the queries use. The database is created
+and brought up to date only by :mod:`conveyor.ledger.migrations`; a change to a table here needs a new
+migration there (``ALTER TABLE ...``) so that existing ledgers follow.
+
+Times are stored in UTC (:class:`UTCDateTime`): SQLite has no time zone type, so values are kept as naive
+UTC there and handed back as aware UTC datetimes on both dialects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+# A status in this set is final: a later upsert with a non-final status (say "running") does not replace
+# it unless the caller asks for it with ``reset=True``.
+TERMINAL_STATUSES = frozenset({"success", "failed", "rolled_back", "rejected", "cancelled", "skipped"})
+# Release statuses that count as a failed change for DORA's change failure rate.
+FAILED_RELEASE_STATUSES = frozenset({"failed", "rolled_back"})
+PRODUCTION = "production"
+
+
+def to_utc(value: dt.datetime | str | None) -> dt.datetime | None:
+    """An aware UTC datetime from a datetime or ISO 8601 string; naive values are taken as UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"expected a datetime or ISO 8601 string, got {type(value).__name__}")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always returned as an aware UTC ``datetime``."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.DateTime(timezone=True))
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value, dialect):
+        value = to_utc(value)
+        if value is not None and dialect.name != "postgresql":
+            value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return to_utc(value)
+
+
+def _json() -> sa.types.TypeEngine:
+    # none_as_null: a Python None must be SQL NULL (so COALESCE keeps earlier values), not JSON 'null'.
+    return sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+
+releases = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("service", sa.String(100), nullable=False),
+    sa.Column("version", sa.String(100)),
+    sa.Column("commit_sha", sa.String(64)),
+    sa.Column("git_ref", sa.String(250)),
+    sa.Column("change_kind", sa.String(20)),
+    sa.Column("emergency", sa.Boolean),
+    sa.Column("reason", sa.Text),
+    sa.Column("author", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("status", sa.String(30)),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    # The first time every production host ran this version.
+    sa.Column("deployed_at", UTCDateTime),
+    # Commit shas shipped by this release (since the previous successful release), newest first.
+    sa.Column("commit_range", _json()),
+    sa.Column("labels", _json()),
+)
+
+stages = sa.Table(
+    "stages",
+    metadata,
+    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("stage", sa.String(100), primary_key=True),
+    sa.Column("status", sa.String(30), nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("detail", _json()),
+    sa.Column("error", sa.Text),
+)
+
+host_deployments = sa.Table(
+    "host_deployments",
+    metadata,
+    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("host", sa.String(250), primary_key=True),
+    sa.Column("environment", sa.String(50)),
+    sa.Column("wave", sa.String(50)),
+    sa.Column("from_version", sa.String(100)),
+    sa.Column("to_version", sa.String(100)),
+    sa.Column("status", sa.String(30)),
+    sa.Column("at", UTCDateTime),
+)
+
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("approver", sa.String(250), primary_key=True),
+    sa.Column("decision", sa.String(30), nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+test_results = sa.Table(
+    "test_results",
+    metadata,
+    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("suite", sa.String(250), primary_key=True),
+    sa.Column("test", sa.String(500), primary_key=True),
+    sa.Column("outcome", sa.String(30), nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Column("pre_existing", sa.Boolean, nullable=False, default=False),
+)
+
+rollbacks = sa.Table(
+    "rollbacks",
+    metadata,
+    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("host", sa.String(250), primary_key=True),
+    sa.Column("from_version", sa.String(100)),
+    sa.Column("to_version", sa.String(100)),
+    sa.Column("status", sa.String(30)),
+    sa.Column("at", UTCDateTime),
+)
+
+tickets = sa.Table(
+    "tickets",
+    metadata,
+    sa.Column("ticket_id", sa.String(250), primary_key=True),
+    sa.Column("release_id", sa.String(250)),
+    sa.Column("service", sa.String(100)),
+    sa.Column("path", sa.Text),
+    sa.Column("url", sa.Text),
+    sa.Column("title", sa.Text),
+    sa.Column("created_at", UTCDateTime),
+)
+
+commits = sa.Table(
+    "commits",
+    metadata,
+    sa.Column("service", sa.String(100), primary_key=True),
+    sa.Column("commit_sha", sa.String(64), primary_key=True),
+    sa.Column("author", sa.String(250)),
+    sa.Column("message", sa.Text),
+    sa.Column("committed_at", UTCDateTime),
+    sa.Column("ci_status", sa.String(30)),
+    sa.Column("checked_at", UTCDateTime),
+)
+
+# Tables created by the first migration, in creation order.
+V1_TABLES = (releases, stages, host_deployments, approvals, test_results, rollbacks, tickets, commits)
+
+# Indexes added by the second migration (queries by service and time: history pages, DORA, gates).
+V2_INDEXES = (
+    sa.Index("ix_releases_service_started", releases.c.service, releases.c.started_at),
+    sa.Index("ix_releases_service_status", releases.c.service, releases.c.status),
+    sa.Index("ix_tickets_release", tickets.c.release_id),
+)

@@ -1,0 +1,42 @@
+"""Where Conveyor keeps things on the machine that runs Airflow.
+
+Everything mutable lives under ``CONVEYOR_HOME`` (default ``<checkout>/.conveyor``) so that a test
+can point a whole stack (fleet, artifact store, tickets, ledger, demo repository) at a temporary
+directory by setting one environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INCLUDE_DIR = PROJECT_ROOT / "include"
+SERVICES_DIR = INCLUDE_DIR / "services"
+REMOTE_DIR = INCLUDE_DIR / "remote"
+DEMO_DIR = INCLUDE_DIR / "demo"
+
+
+def conveyor_home() -> Path:
+    """The state directory: ``$CONVEYOR_HOME`` or ``<checkout>/.conveyor``."""
+    return Path(os.environ.get("CONVEYOR_HOME") or PROJECT_ROOT / ".conveyor").resolve()
+
+
+def fleet_dir() -> Path:
+    return conveyor_home() / "fleet"
+
+
+def artifacts_dir() -> Path:
+    return conveyor_home() / "artifacts"
+
+
+def tickets_dir() -> Path:
+    return conveyor_home() / "tickets"
+
+
+def workspace_dir() -> Path:
+    return conveyor_home() / "workspace"
+
+
+def demo_repo_dir() -> Path:
+    return conveyor_home() / "repos" / "demo_shop.git"

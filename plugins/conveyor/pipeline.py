@@ -1,0 +1,166 @@
+"""The release pipeline, built per service from ``include/services/<id>.yaml``.
+
+```
+validate -> build -> replica.deploy -> replica.populate -> tests -> qa_signoff -> plan
+  -> wave_1.deploy -> wave_1.analysis -> ... -> wave_N.analysis -> watch -> finalize
+on any failure:  release_failed -> rollback -> ticket        (the run still ends failed)
+```
+
+Parsing does no work: building the DAG reads the service's YAML file and nothing else (no
+connection, Variable, SSH or database). Everything else happens in the tasks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from conveyor.config import ServiceConfig, load_service
+from conveyor.validation import GIT_REF_PATTERN
+
+DOC = """
+### Release `{id}`
+
+{description}
+
+Trigger with **git_ref** (a tag such as `v1.1.0`, a branch or a commit), **change** (`minor` or
+`major`) and, for an out-of-band fix, **emergency** with a **reason**. The run builds the ref,
+deploys it to the replica ({replica}), resets the replica's data, runs the suites
+({suites}), waits for QA sign-off in **Required Actions** (group: {qa}), then deploys to production
+in waves ({waves}), each health-checked and compared with hosts still on the old version. A failure
+after any production host changed rolls every touched host back; every failure files a root-cause
+ticket (`conveyor tickets list`). Service file: `{path}`.
+"""
+
+
+def _params(service: ServiceConfig) -> dict:
+    from airflow.sdk import Param
+
+    return {
+        "git_ref": Param(
+            service["repo"].get("release_branch", "main"), type="string", pattern=GIT_REF_PATTERN,
+            title="Git ref", description="Tag (v1.2.0), branch or commit SHA to release. Letters, digits and "
+            "._/+- only.", minLength=1, maxLength=128,
+        ),
+        "change": Param("minor", type="string", enum=["minor", "major"], title="Change",
+                        description="minor: routine change; major: flagged for closer review."),
+        "emergency": Param(False, type="boolean", title="Emergency",
+                           description="An out-of-cadence fix; needs a reason."),
+        "reason": Param("", type=["string", "null"], title="Reason", maxLength=2000,
+                        description="Why (required when emergency is set)."),
+    }
+
+
+def release_dag(service_id: str):
+    """Build the ``release_<service_id>`` DAG (call it from a file in ``dags/``)."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk import DAG, TaskGroup, TriggerRule, chain
+
+    from conveyor.notifiers import ReleaseNotifier
+    from conveyor.operators.analysis import CanaryAnalysisOperator
+    from conveyor.operators.base import record_failure
+    from conveyor.operators.deploy import (
+        DeployOperator,
+        PlanWavesOperator,
+        PopulateReplicaOperator,
+        RollbackOperator,
+    )
+    from conveyor.operators.release import (
+        BuildOperator,
+        FinalizeReleaseOperator,
+        ReleaseFailedOperator,
+        ValidateReleaseOperator,
+    )
+    from conveyor.operators.testing import TestSuitesOperator
+    from conveyor.operators.ticket import TicketOperator
+
+    service = load_service(service_id)
+    qa = service["qa"]
+    doc = DOC.format(
+        id=service.id, description=service["description"], replica="from its inventory",
+        suites=", ".join(t["name"] for t in service["tests"]) or "none", qa=", ".join(qa["group"]) or "anyone",
+        waves=" → ".join(str(w) for w in service["waves"]), path=service.path.name,
+    )
+    with DAG(
+        dag_id=service.dag_id,
+        description=f"Release {service.id}: build, replica, tests, QA sign-off, waves with canary analysis",
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,  # one release per service at a time: later runs queue
+        params=_params(service),
+        tags=["conveyor", "release", service.id],
+        doc_md=doc,
+        default_args={"owner": service["owner"], "retries": 0, "on_failure_callback": record_failure},
+    ) as dag:
+        common = {"service_id": service.id}
+        slack = service["notifications"]["slack_webhook_conn_id"]
+        what = "{{ params.git_ref }} of " + service.id
+
+        def notify(event: str, text: str) -> ReleaseNotifier:
+            return ReleaseNotifier(event=event, text=text, slack_webhook_conn_id=slack)
+
+        validate = ValidateReleaseOperator(
+            task_id="validate", **common,
+            on_success_callback=notify("started", f"Release {what} started by "
+                                       "{{ dag_run.triggering_user_name or 'the schedule' }}"
+                                       "{{ ' — EMERGENCY: ' ~ params.reason if params.emergency else '' }}"),
+        )
+        build = BuildOperator(task_id="build", git_ref="{{ params.git_ref }}", **common)
+        with TaskGroup("replica", tooltip="Deploy the candidate to the replica and reset its data"):
+            replica_deploy = DeployOperator(task_id="deploy", environment="replica", artifact=build.output, **common)
+            populate = PopulateReplicaOperator(task_id="populate", artifact=build.output, **common)
+        tests = TestSuitesOperator(task_id="tests", artifact=build.output, **common)
+        qa_signoff = ApprovalOperator(
+            task_id="qa_signoff",
+            subject="QA sign-off: {{ params.git_ref }} of " + service.id,
+            body=(
+                "**{{ ti.xcom_pull(task_ids='build')['version'] }}** of `" + service.id + "` "
+                "(commit `{{ ti.xcom_pull(task_ids='build')['commit'][:12] }}`, "
+                "{{ ti.xcom_pull(task_ids='build')['commit_count'] }} commit(s) since production), "
+                "{{ 'EMERGENCY: ' ~ params.reason if params.emergency else params.change ~ ' change' }}.\n\n"
+                "Tests on the replica: `{{ ti.xcom_pull(task_ids='tests')['suites'] }}`.\n\n"
+                "Replica health: `{{ ti.xcom_pull(task_ids='replica.deploy')['health'] }}`.\n\n"
+                "Approve to deploy to production in waves; Reject stops the release."
+            ),
+            assigned_users=[{"id": u, "name": u} for u in qa["group"]] or None,
+            response_timeout=service.qa_timeout,
+            fail_on_reject=True,
+            notifiers=[notify("approval", f"Release {what} awaits QA sign-off ("
+                              + (", ".join(qa["group"]) or "anyone") + ") in Required Actions")],
+        )
+        plan = PlanWavesOperator(task_id="plan", n_waves=len(service["waves"]), **common)
+        chain(validate, build, replica_deploy, populate, tests, qa_signoff, plan)
+        main = [validate, build, replica_deploy, populate, tests, qa_signoff, plan]
+        previous = plan
+        for i, wave in enumerate(service["waves"]):
+            with TaskGroup(f"wave_{i + 1}", tooltip=f"Wave {i + 1}: up to {wave} of production"):
+                deploy = DeployOperator(task_id="deploy", environment="production", artifact=build.output,
+                                        plan=plan.output, wave=i, **common)
+                analysis = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=i, **common)
+                deploy >> analysis
+            previous >> deploy
+            previous = analysis
+            main += [deploy, analysis]
+        watch = CanaryAnalysisOperator(task_id="watch", plan=plan.output, wave=None, **common)
+        finalize = FinalizeReleaseOperator(
+            task_id="finalize", artifact=build.output, **common,
+            on_success_callback=notify("succeeded", f"Release {what} reached every production host"),
+        )
+        previous >> watch >> finalize
+        main += [watch, finalize]
+
+        failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED, **common)
+        rollback = RollbackOperator(
+            task_id="rollback", **common,
+            on_success_callback=notify("rollback", f"Release {what}: rollback "
+                                       "{{ ti.xcom_pull(task_ids='rollback')['status'] }} "
+                                       "{{ ti.xcom_pull(task_ids='rollback')['rolled_back'] or '' }}"),
+        )
+        ticket = TicketOperator(
+            task_id="ticket", trigger_rule=TriggerRule.NONE_SKIPPED, **common,
+            on_success_callback=notify("failed", f"Release {what} FAILED; root-cause ticket "
+                                       "{{ ti.xcom_pull(task_ids='ticket')['ticket_id'] }}: "
+                                       "{{ ti.xcom_pull(task_ids='ticket')['title'] }}"),
+        )
+        main >> failed >> rollback >> ticket
+    return dag

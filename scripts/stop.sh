@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make stop`: stop Airflow standalone and the local fleet, leaving no process behind.
+set -uo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$CONVEYOR_ROOT"
+pidfile="$AIRFLOW_HOME/standalone.pid"
+if [[ -f "$pidfile" ]]; then
+  pid="$(cat "$pidfile")"
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "==> Stopping Airflow (process group $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+fi
+if [[ -x .venv/bin/conveyor ]]; then
+  echo "==> Stopping the local fleet"
+  conveyor fleet down
+fi

@@ -1,0 +1,105 @@
+"""The DAG folder parses cleanly, does no I/O at parse time, and follows the project's policies."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def forbid_connections(monkeypatch):
+    """Fail if parsing looks up a connection or a Variable (STYLE rule 2)."""
+    from airflow.sdk import BaseHook, Variable
+
+    def boom(*args, **kwargs):
+        raise AssertionError(f"parse-time lookup: {args} {kwargs}")
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(boom))
+    monkeypatch.setattr(Variable, "get", staticmethod(boom))
+    monkeypatch.setenv("CONVEYOR_HOME", "/nonexistent/conveyor-home")  # parse must not need state
+
+
+def _bag(folder: Path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(folder))
+
+
+def test_dag_folder_parses_without_errors_or_lookups(forbid_connections):
+    bag = _bag(ROOT / "dags")
+    assert bag.import_errors == {}
+    assert "release_demo_shop" in bag.dags
+
+
+def test_release_dag_shape_and_policies(forbid_connections):
+    dag = _bag(ROOT / "dags").dags["release_demo_shop"]
+    assert dag.max_active_runs == 1
+    assert set(dag.params.keys()) == {"git_ref", "change", "emergency", "reason"}
+    assert dag.doc_md and "Required Actions" in dag.doc_md
+    assert "conveyor" in dag.tags
+    ids = set(dag.task_ids)
+    assert {"validate", "build", "replica.deploy", "replica.populate", "tests", "qa_signoff", "plan",
+            "wave_1.deploy", "wave_1.analysis", "wave_4.analysis", "watch", "finalize",
+            "release_failed", "rollback", "ticket"} <= ids
+    # failure path: rollback runs after the sentinel, the ticket after the rollback
+    assert dag.get_task("rollback").upstream_task_ids == {"release_failed"}
+    assert dag.get_task("ticket").upstream_task_ids == {"rollback"}
+    assert "watch" in dag.get_task("release_failed").upstream_task_ids
+    for task in dag.tasks:
+        assert task.owner == "release-eng"
+
+
+def _validate_conf(conf: dict):
+    """What triggering does with a run's conf: copy the DAG's params, apply the conf, validate."""
+    dag = _bag(ROOT / "dags").dags["release_demo_shop"]
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+@pytest.mark.parametrize("bad_ref", ["v1.1.0; rm -rf /", "$(id)", "`id`", "v1 .0", "-rf", "a..b", "x|y", "",
+                                     "v1.1.0\nid", "main&&id", "refs/../../etc"])
+def test_git_ref_param_refuses_shell_metacharacters(bad_ref):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        _validate_conf({"git_ref": bad_ref})
+
+
+@pytest.mark.parametrize("good_ref", ["v1.1.0", "main", "release/2026-11", "0123abcd", "v2.0.0-rc.1+build.5"])
+def test_git_ref_param_accepts_real_refs(good_ref):
+    assert _validate_conf({"git_ref": good_ref})["git_ref"] == good_ref
+
+
+def test_change_param_is_an_enum():
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        _validate_conf({"git_ref": "v1.1.0", "change": "huge"})
+
+
+def test_malformed_service_file_is_an_import_error_of_its_own(tmp_path, monkeypatch):
+    """A broken service file names the file and the field, and breaks no other service's DAG."""
+    services = tmp_path / "services"
+    shutil.copytree(ROOT / "include" / "services", services)
+    broken = (services / "demo_shop.yaml").read_text().replace("id: demo_shop", "id: broken_shop")
+    broken = broken.replace('waves: [1, "25%", "50%", "100%"]', 'waves: [1, "150%"]')
+    (services / "broken_shop.yaml").write_text(broken)
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    for sid in ("demo_shop", "broken_shop"):
+        text = (ROOT / "dags" / "release_demo_shop.py").read_text().replace("demo_shop", sid)
+        (dags / f"release_{sid}.py").write_text(text)
+    monkeypatch.setattr("conveyor.paths.SERVICES_DIR", services)
+    monkeypatch.setattr("conveyor.config.SERVICES_DIR", services)
+    bag = _bag(dags)
+    assert "release_demo_shop" in bag.dags
+    assert "release_broken_shop" not in bag.dags
+    [(path, message)] = bag.import_errors.items()
+    assert path.endswith("release_broken_shop.py")
+    assert "broken_shop.yaml" in message and "waves[1]" in message

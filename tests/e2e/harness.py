@@ -1,0 +1,111 @@
+"""Drive whole release runs with ``dag.test()`` against the local fleet, answering QA sign-off.
+
+Sign-off answers are written the way Airflow's API server writes them
+(``airflow/api_fastapi/core_api/routes/public/hitl.py``): the response fields on the HITL detail,
+then ``handle_event_submit`` to resume the parked task. The REST path itself is exercised by the
+tests that run a real API server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Decision:
+    user: str
+    option: str  # "Approve" | "Reject"
+    params: dict = field(default_factory=dict)
+
+
+class HitlResponder(threading.Thread):
+    """Answers the next awaiting Required Action of ``dag_id`` with each decision in turn."""
+
+    def __init__(self, dag_id: str, decisions: list[Decision], timeout: float = 600):
+        super().__init__(daemon=True)
+        self.dag_id = dag_id
+        self.decisions = list(decisions)
+        self.answered: list[tuple[str, str, str]] = []
+        self.deadline = time.monotonic() + timeout
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        from sqlalchemy import select
+        from sqlalchemy.orm import joinedload
+
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance as TI
+        from airflow.models.trigger import handle_event_submit
+        from airflow.sdk.execution_time.hitl import HITLUser
+        from airflow.triggers.base import TriggerEvent
+        from airflow.utils import timezone
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+
+        while self.decisions and not self._stop_event.is_set() and time.monotonic() < self.deadline:
+            with create_session() as session:
+                ti = session.scalars(
+                    select(TI).where(TI.dag_id == self.dag_id, TI.state == TaskInstanceState.AWAITING_INPUT)
+                    .options(joinedload(TI.hitl_detail))
+                ).first()
+                if ti is None or ti.hitl_detail is None or ti.hitl_detail.response_received:
+                    pass
+                else:
+                    decision = self.decisions.pop(0)
+                    detail: HITLDetail = session.scalars(
+                        select(HITLDetail).where(HITLDetail.ti_id == ti.id)
+                    ).one()
+                    detail.responded_by = HITLUser(id=decision.user, name=decision.user)
+                    detail.responded_at = timezone.utcnow()
+                    detail.chosen_options = [decision.option]
+                    detail.params_input = decision.params
+                    session.add(detail)
+                    handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
+                                        session=session)
+                    self.answered.append((ti.task_id, decision.user, decision.option))
+                    session.commit()
+                    continue
+            time.sleep(0.5)
+
+
+def load_dag(dag_id: str = "release_demo_shop"):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.dags[dag_id]
+
+
+@dataclass
+class RunResult:
+    dag_run: object
+    states: dict[str, str]
+    answered: list
+
+
+def run_release(conf: dict, decisions: list[Decision] | None = None, dag_id: str = "release_demo_shop") -> RunResult:
+    """Run one release to its end; QA decisions default to a single approval by qa1."""
+    from airflow.utils.session import create_session
+
+    dag = load_dag(dag_id)
+    responder = HitlResponder(dag.dag_id, decisions if decisions is not None else [Decision("qa1", "Approve")])
+    responder.start()
+    try:
+        dr = dag.test(run_conf=conf)
+    finally:
+        responder.stop()
+        responder.join(timeout=5)
+    with create_session() as session:
+        from airflow.models.taskinstance import TaskInstance as TI
+
+        tis = session.query(TI).filter(TI.dag_id == dag.dag_id, TI.run_id == dr.run_id).all()
+        states = {ti.task_id: (ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
+    return RunResult(dag_run=dr, states=states, answered=responder.answered)

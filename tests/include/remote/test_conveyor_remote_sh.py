@@ -1,0 +1,178 @@
+"""include/remote/conveyor-remote.sh, run with bash in a temporary login directory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[3] / "include" / "remote" / "conveyor-remote.sh"
+
+
+def make_tarball(path: Path, files: dict[str, str]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def remote(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=home, env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture
+def artifacts(home) -> dict[str, tuple[str, str]]:
+    """Three versions: name -> (tarball path relative to home, sha256)."""
+    out = {}
+    for v in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        path = home / f"shop-{v}.tar.gz"
+        out[v] = (path.name, make_tarball(path, {"shop/__main__.py": f"print({v!r})\n", "VERSION": v}))
+    return out
+
+
+def stage(home, artifacts, version):
+    tarball, sha = artifacts[version]
+    return remote(home, "stage", "app", version, sha, tarball)
+
+
+def test_stage_unpacks_marks_and_is_idempotent(home, artifacts):
+    result = stage(home, artifacts, "v1.0.0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "staged v1.0.0"
+    release = home / "app" / "releases" / "v1.0.0"
+    assert (release / "VERSION").read_text() == "v1.0.0"
+    assert (release / ".conveyor-sha256").read_text().strip() == artifacts["v1.0.0"][1]
+    again = stage(home, artifacts, "v1.0.0")
+    assert again.returncode == 0 and again.stdout.strip() == "already staged v1.0.0"
+    assert sorted(p.name for p in (home / "app" / "releases").iterdir()) == ["v1.0.0"]
+
+
+def test_stage_accepts_absolute_and_home_relative_paths(home, artifacts):
+    tarball, sha = artifacts["v1.0.0"]
+    result = remote(home, "stage", str(home / "app"), "v1.0.0", sha, str(home / tarball))
+    assert result.returncode == 0, result.stderr
+    result = remote(home, "stage", "~/app", "v1.0.0", sha, f"~/{tarball}")
+    assert result.stdout.strip() == "already staged v1.0.0"
+
+
+def test_checksum_mismatch_exits_3_and_leaves_nothing(home, artifacts):
+    tarball, _ = artifacts["v1.0.0"]
+    result = remote(home, "stage", "app", "v1.0.0", "0" * 64, tarball)
+    assert result.returncode == 3
+    assert "checksum mismatch" in result.stderr
+    assert not (home / "app").exists()
+
+
+def test_corrupted_tarball_with_matching_checksum_exits_3_and_leaves_nothing(home):
+    bad = home / "bad.tar.gz"
+    bad.write_bytes(b"this is not gzip")
+    sha = hashlib.sha256(bad.read_bytes()).hexdigest()
+    result = remote(home, "stage", "app", "v9", sha, "bad.tar.gz")
+    assert result.returncode == 3, result.stderr
+    assert list((home / "app" / "releases").iterdir()) == []
+
+
+def test_restaging_a_version_with_other_bytes_is_refused(home, artifacts):
+    stage(home, artifacts, "v1.0.0")
+    tarball, sha = artifacts["v1.1.0"]
+    result = remote(home, "stage", "app", "v1.0.0", sha, tarball)
+    assert result.returncode == 3
+    assert "immutable" in result.stderr
+
+
+def test_activate_switches_atomically_and_records_previous(home, artifacts):
+    for v in ("v1.0.0", "v1.1.0"):
+        stage(home, artifacts, v)
+    assert remote(home, "current", "app").stdout.strip() == "none"
+    first = remote(home, "activate", "app", "v1.0.0")
+    assert first.returncode == 0 and first.stdout.strip() == "switched none -> v1.0.0"
+    second = remote(home, "activate", "app", "v1.1.0")
+    assert second.stdout.strip() == "switched v1.0.0 -> v1.1.0"
+    current = home / "app" / "current"
+    assert current.is_symlink() and os.readlink(current) == "releases/v1.1.0"
+    assert (current / "VERSION").read_text() == "v1.1.0"
+    assert (home / "app" / "previous").read_text().strip() == "v1.0.0"
+    assert remote(home, "current", "app").stdout.strip() == "v1.1.0"
+    same = remote(home, "activate", "app", "v1.1.0")
+    assert same.returncode == 0 and same.stdout.strip() == "unchanged v1.1.0"
+    assert (home / "app" / "previous").read_text().strip() == "v1.0.0"
+    assert sorted(p.name for p in (home / "app").iterdir()) == ["current", "previous", "releases"]
+
+
+def test_activate_unknown_version_exits_4(home, artifacts):
+    stage(home, artifacts, "v1.0.0")
+    result = remote(home, "activate", "app", "v7.7.7")
+    assert result.returncode == 4
+    assert "unknown version" in result.stderr
+    assert remote(home, "current", "app").stdout.strip() == "none"
+
+
+def test_prune_keeps_newest_plus_current_and_previous(home, artifacts):
+    for i, v in enumerate(("v1.0.0", "v1.1.0", "v1.2.0")):
+        stage(home, artifacts, v)
+        marker = home / "app" / "releases" / v / ".conveyor-sha256"
+        os.utime(marker, (1_000_000 + i * 10, 1_000_000 + i * 10))
+    remote(home, "activate", "app", "v1.0.0")
+    remote(home, "activate", "app", "v1.1.0")  # previous = v1.0.0
+    (home / "extra").mkdir()
+    extra_tar = home / "extra" / "x.tar.gz"
+    sha = make_tarball(extra_tar, {"VERSION": "v0.9"})
+    remote(home, "stage", "app", "v0.9", sha, "extra/x.tar.gz")
+    os.utime(home / "app" / "releases" / "v0.9" / ".conveyor-sha256", (900_000, 900_000))
+    result = remote(home, "prune", "app", "1")
+    assert result.returncode == 0, result.stderr
+    assert "pruned v0.9" in result.stdout
+    assert sorted(p.name for p in (home / "app" / "releases").iterdir()) == ["v1.0.0", "v1.1.0", "v1.2.0"]
+    result = remote(home, "prune", "app", "0")
+    assert sorted(p.name for p in (home / "app" / "releases").iterdir()) == ["v1.0.0", "v1.1.0"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["explode"],
+        ["stage", "app", "v1"],
+        ["current"],
+        ["activate", "app"],
+        ["activate", "app", "v1", "extra"],
+        ["activate", "app", "-v1"],
+        ["activate", "app", "v1;rm -rf /"],
+        ["activate", "app", "a" * 65],
+        ["activate", "../app", "v1"],
+        ["activate", "app/../../etc", "v1"],
+        ["activate", "app$(id)", "v1"],
+        ["activate", "-app", "v1"],
+        ["activate", "app dir", "v1"],
+        ["current", "a~b"],
+        ["stage", "app", "v1", "ABC", "x.tar.gz"],
+        ["stage", "app", "v1", "0" * 63, "x.tar.gz"],
+        ["stage", "app", "v1", "0" * 64, "x`id`.tar.gz"],
+        ["stage", "app", "v1", "0" * 64, "missing.tar.gz"],
+        ["prune", "app", "two"],
+        ["prune", "app", "-1"],
+    ],
+)
+def test_bad_input_exits_2_and_changes_nothing(home, args):
+    result = remote(home, *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr
+    assert list(home.iterdir()) == []
