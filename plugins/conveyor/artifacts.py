@@ -336,7 +336,7 @@ def build_artifact(
         }
         url = store.put(tarball, key, sha, manifest)
         say("stored %s (%d bytes, sha256 %s, %d commits since %s)", key, manifest["size"], sha[:12],
-            len(commits), (since_commit or "the beginning")[:12])
+            len(commits), since_commit[:12] if since_commit else "the beginning")
         info = ArtifactInfo(service=service.id, version=version, commit=commit, ref=ref, key=key, url=url,
                             sha256=sha, size=manifest["size"], manifest=manifest)
         local = store.fetch(info, workspace_dir() / service.id / "downloads")

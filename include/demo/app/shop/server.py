@@ -1,0 +1,131 @@
+"""The shop's HTTP API (stdlib ``ThreadingHTTPServer``).
+
+``GET /health``, ``GET /metrics``, ``GET /products[?page=&per_page=]``, ``GET /products/<id>``,
+``GET /search?q=``, ``GET /recommendations/<id>``, ``POST /cart`` with ``{"items": [{"id", "quantity"}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from shop import cart, catalog, release
+from shop.metrics import Metrics
+
+# Simulated work per API request: lognormal, median 15 ms.
+SERVICE_TIME_MEDIAN_S = 0.015
+SERVICE_TIME_SIGMA = 0.35
+
+
+def build_version() -> str:
+    info = Path(__file__).with_name("BUILD_INFO.json")
+    if info.exists():
+        return json.loads(info.read_text())["version"]
+    return release.VERSION
+
+
+class Shop:
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.version = build_version()
+        self.metrics = Metrics(self.version)
+        self.products = catalog.load(self.data_dir)
+        self.by_id = {p["id"]: p for p in self.products}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "shop"
+    shop: Shop  # set on the subclass made by serve()
+
+    def log_message(self, format, *args):  # noqa: A002 - keep the access log quiet
+        pass
+
+    def _send(self, status: int, body, content_type: str = "application/json") -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _timed(self, method: str) -> None:
+        started = time.perf_counter()
+        url = urlsplit(self.path)
+        route, status = url.path, 500
+        try:
+            if url.path == "/health":
+                route, status = "/health", 200
+                self._send(200, {"status": "ok", "version": self.shop.version, "products": len(self.shop.products)})
+                return
+            if url.path == "/metrics":
+                route, status = "/metrics", 200
+                self._send(200, self.shop.metrics.render(), "text/plain; version=0.0.4")
+                return
+            time.sleep(random.lognormvariate(0, SERVICE_TIME_SIGMA) * SERVICE_TIME_MEDIAN_S + release.EXTRA_LATENCY_S)
+            route, status, body = self._route(method, url.path, parse_qs(url.query))
+            self._send(status, body)
+        except Exception as e:  # noqa: BLE001 - a server error is an HTTP 500, counted like any other
+            status = 500
+            self._send(500, {"error": f"{type(e).__name__}: {e}"})
+        finally:
+            if route not in ("/health", "/metrics"):
+                self.shop.metrics.observe(method, route, status, time.perf_counter() - started)
+
+    def _route(self, method: str, path: str, query: dict):
+        shop = self.shop
+        if method == "GET" and path == "/products":
+            page = max(1, int(query.get("page", ["1"])[0]))
+            per_page = min(100, max(1, int(query.get("per_page", ["20"])[0])))
+            items = shop.products[(page - 1) * per_page: page * per_page]
+            return "/products", 200, {"products": items, "total": len(shop.products), "page": page}
+        if method == "GET" and (m := re.fullmatch(r"/products/(\d+)", path)):
+            product = shop.by_id.get(int(m[1]))
+            return "/products/:id", (200 if product else 404), (product or {"error": "no such product"})
+        if method == "GET" and path == "/search":
+            q = query.get("q", [""])[0]
+            return "/search", 200, {"products": catalog.search(shop.products, q)[:50]}
+        if method == "GET" and (m := re.fullmatch(r"/recommendations/(\d+)", path)):
+            if random.random() < release.RECOMMENDATIONS_FAILURE_RATE:
+                raise RuntimeError("recommendation model returned no candidates")
+            pid = int(m[1])
+            picks = [shop.products[(pid * 7 + k * 13) % len(shop.products)] for k in range(5)] if shop.products else []
+            return "/recommendations/:id", 200, {"products": picks}
+        if method == "POST" and path == "/cart":
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                items = json.loads(self.rfile.read(length) or b"{}").get("items", [])
+                lines = [(shop.by_id[int(i["id"])]["price_cents"], int(i["quantity"])) for i in items]
+                return "/cart", 200, {"total_cents": cart.cart_total(lines), "items": len(lines)}
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                return "/cart", 400, {"error": f"bad cart: {e}"}
+        return "other", 404, {"error": "not found"}
+
+    def do_GET(self):  # noqa: N802
+        self._timed("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._timed("POST")
+
+
+def serve(host: str, port: int, data_dir: Path) -> None:
+    missing = [name for name in release.REQUIRED_SETTINGS if not os.environ.get(name)]
+    if missing:
+        print(f"shop: cannot start: required setting(s) {', '.join(missing)} not set", file=sys.stderr)
+        raise SystemExit(1)
+    shop = Shop(data_dir)
+    handler = type("ShopHandler", (Handler,), {"shop": shop})
+    ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer.daemon_threads = True
+    httpd = ThreadingHTTPServer((host, port), handler)
+    print(f"shop {shop.version} serving {len(shop.products)} products on http://{host}:{port}", flush=True)
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
