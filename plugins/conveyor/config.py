@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 from conveyor.exceptions import ServiceConfigError
-from conveyor.paths import SERVICES_DIR
+from conveyor.paths import services_dir as default_services_dir
 from conveyor.validation import SERVICE_ID_RE
 
 _DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -317,7 +317,7 @@ def load_service(service_id_or_path: str | Path, services_dir: Path | None = Non
     if isinstance(service_id_or_path, Path) or str(service_id_or_path).endswith((".yaml", ".yml")):
         path = Path(service_id_or_path)
     else:
-        path = (services_dir or SERVICES_DIR) / f"{service_id_or_path}.yaml"
+        path = (services_dir or default_services_dir()) / f"{service_id_or_path}.yaml"
     try:
         text = path.read_text()
     except OSError as e:
@@ -332,4 +332,4 @@ def load_service(service_id_or_path: str | Path, services_dir: Path | None = Non
 
 
 def service_files(services_dir: Path | None = None) -> list[Path]:
-    return sorted((services_dir or SERVICES_DIR).glob("*.yaml"))
+    return sorted((services_dir or default_services_dir()).glob("*.yaml"))

@@ -17,6 +17,11 @@ REMOTE_DIR = INCLUDE_DIR / "remote"
 DEMO_DIR = INCLUDE_DIR / "demo"
 
 
+def services_dir() -> Path:
+    """Where service files are read: ``$CONVEYOR_SERVICES_DIR`` or ``include/services``."""
+    return Path(os.environ.get("CONVEYOR_SERVICES_DIR") or SERVICES_DIR).resolve()
+
+
 def conveyor_home() -> Path:
     """The state directory: ``$CONVEYOR_HOME`` or ``<checkout>/.conveyor``."""
     return Path(os.environ.get("CONVEYOR_HOME") or PROJECT_ROOT / ".conveyor").resolve()

@@ -95,8 +95,7 @@ def test_malformed_service_file_is_an_import_error_of_its_own(tmp_path, monkeypa
     for sid in ("demo_shop", "broken_shop"):
         text = (ROOT / "dags" / "release_demo_shop.py").read_text().replace("demo_shop", sid)
         (dags / f"release_{sid}.py").write_text(text)
-    monkeypatch.setattr("conveyor.paths.SERVICES_DIR", services)
-    monkeypatch.setattr("conveyor.config.SERVICES_DIR", services)
+    monkeypatch.setenv("CONVEYOR_SERVICES_DIR", str(services))
     bag = _bag(dags)
     assert "release_demo_shop" in bag.dags
     assert "release_broken_shop" not in bag.dags

@@ -109,3 +109,68 @@ def run_release(conf: dict, decisions: list[Decision] | None = None, dag_id: str
         tis = session.query(TI).filter(TI.dag_id == dag.dag_id, TI.run_id == dr.run_id).all()
         states = {ti.task_id: (ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
     return RunResult(dag_run=dr, states=states, answered=responder.answered)
+
+
+# ------------------------------------------------------------------------------------ fleet state
+def fleet_hosts(environment: str | None = None):
+    from conveyor.config import load_service
+    from conveyor.inventory import resolve_hosts
+
+    service = load_service("demo_shop")
+    envs = [environment] if environment else ["replica", "production"]
+    return [h for env in envs for h in resolve_hosts(service, env)]
+
+
+def fleet_state(environment: str | None = None) -> dict[str, dict]:
+    """Per host: the version ``current`` points to (over SSH), the app's pid, and what /health says."""
+    from conveyor.deploy import current_version, probe_health
+    from conveyor.hooks.fleet import FleetHook
+    from conveyor.paths import fleet_dir
+
+    hook = FleetHook("conveyor_fleet")
+    state = {}
+    for host in fleet_hosts(environment):
+        pid_file = fleet_dir() / "hosts" / host.name / "run" / "app.pid"
+        state[host.name] = {
+            "current": current_version(hook, host),
+            "pid": pid_file.read_text().strip() if pid_file.exists() else None,
+            "health": probe_health(host),
+        }
+    return state
+
+
+def versions(environment: str | None = None) -> dict[str, str | None]:
+    return {name: s["health"]["version"] for name, s in fleet_state(environment).items()}
+
+
+def put_fleet_on(version: str) -> None:
+    """Bring every host to ``version`` over SSH (the same primitives a release uses), healthy."""
+    from conveyor.artifacts import build_artifact
+    from conveyor.config import load_service
+    from conveyor.deploy import deploy_host, for_each_host, wait_healthy
+    from conveyor.hooks.fleet import FleetHook
+
+    service = load_service("demo_shop")
+    info = build_artifact(service, version)
+    hook = FleetHook("conveyor_fleet")
+
+    def one(host):
+        deploy_host(hook, host, info, info.tarball)
+        return wait_healthy(host, version, timeout_s=20, interval_s=0.3)
+
+    _, errors = for_each_host(fleet_hosts(), one, max_parallel=8)
+    assert not errors, errors
+
+
+def ticket_for(run_id: str) -> dict | None:
+    from conveyor.operators.base import release_id_for, ticket_id_for
+    from conveyor.tickets import LocalTicketBackend
+
+    return LocalTicketBackend().get(ticket_id_for(release_id_for("demo_shop", run_id)))
+
+
+def release_record(run_id: str) -> dict | None:
+    from conveyor.ledger.hook import LedgerHook
+    from conveyor.operators.base import release_id_for
+
+    return LedgerHook().ledger.get_release(release_id_for("demo_shop", run_id))
