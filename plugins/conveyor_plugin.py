@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from conveyor.timetables import ReleaseWindowTimetable
+
 
 class ConveyorPlugin(AirflowPlugin):
     name = "conveyor"
-    timetables: list = []
+    timetables: list = [ReleaseWindowTimetable]

@@ -139,6 +139,14 @@ SERVICE_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "triage": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "test_paths": {"type": "array", "items": {"type": "string", "pattern": r"^(?!/)(?!.*\.\.)[\w./-]+$"}},
+            },
+        },
         "environments": {
             "type": "object",
             "additionalProperties": False,
@@ -201,6 +209,7 @@ SERVICE_SCHEMA: dict[str, Any] = {
             "properties": {
                 "group": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
                 "required_approvals": {"type": "integer", "minimum": 1, "maximum": 10},
+                "emergency_required_approvals": {"type": "integer", "minimum": 1, "maximum": 10},
                 "timeout": {"type": "string", "pattern": _DURATION_RE.pattern},
             },
         },
@@ -214,6 +223,44 @@ SERVICE_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"backend": {"enum": ["local"]}},
         },
+        "schedule": {
+            # Release windows (conveyor.timetables, docs/schedule.md). Absent or null: manual runs only.
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "required": ["times"],
+            "properties": {
+                "times": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$"},
+                },
+                "days": {
+                    "oneOf": [
+                        {"type": "string", "minLength": 1},
+                        {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                    ]
+                },
+                "timezone": {"type": "string", "minLength": 1},
+                "max_lateness": {"type": "string", "pattern": _DURATION_RE.pattern},
+                "freezes": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["start", "end", "reason"],
+                        # YAML reads an unquoted 2026-12-22 as a date, so start/end are not typed
+                        # "string": "pattern" constrains strings, the timetable checks the rest.
+                        "properties": {
+                            bound: {
+                                "not": {"type": ["array", "object", "boolean", "null", "number"]},
+                                "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}.*)?$",
+                            }
+                            for bound in ("start", "end")
+                        } | {"reason": {"type": "string", "minLength": 1}},
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -225,14 +272,16 @@ DEFAULTS: dict[str, Any] = {
     "artifact_store": {"url": None, "conn_id": None},
     "populate": None,
     "tests": [],
+    "triage": {"enabled": True, "test_paths": ["tests"]},
     "deploy": {"ssh_conn_id": "conveyor_fleet", "max_parallel": 4, "keep_releases": 5,
                "health": {"timeout_s": 60, "interval_s": 1}},
     "waves": [1, "25%", "50%", "100%"],
     "analysis": {"window_s": 600, "interval_s": 10},
     "watch": {"window_s": 300, "interval_s": 10},
-    "qa": {"group": [], "required_approvals": 1, "timeout": "24h"},
+    "qa": {"group": [], "required_approvals": 2, "timeout": "24h", "emergency_required_approvals": 1},
     "notifications": {"slack_webhook_conn_id": None},
     "tickets": {"backend": "local"},
+    "schedule": None,  # no release windows: manual runs only
 }
 
 

@@ -32,6 +32,34 @@ ticket (`conveyor tickets list`). Service file: `{path}`.
 """
 
 
+SIGNOFF_BODY = """\
+**{{ ti.xcom_pull(task_ids='build')['version'] }}** of `{service}` \
+(commit `{{ ti.xcom_pull(task_ids='build')['commit'][:12] }}`), \
+{{ 'an EMERGENCY change: ' ~ params.reason if params.emergency else 'a ' ~ params.change ~ ' change' }}, \
+triggered by {{ dag_run.triggering_user_name or 'the schedule' }} (who cannot approve it).
+
+**Changes since production** ({{ ti.xcom_pull(task_ids='build')['commit_count'] }} commits, \
+[changelog]({{ conf.get('api', 'base_url', fallback='') }}/conveyor/releases/{service}/{{ run_id }}/changelog)):
+{% for c in (ti.xcom_pull(task_ids='build')['manifest']['commit_range']['commits'] or [])[:20] %}
+- `{{ c['sha'][:10] }}` {{ c['subject'] }} ({{ c['author'] }})
+{%- endfor %}
+
+**Tests on the replica:** {% for name, s in ti.xcom_pull(task_ids='tests')['suites'].items() %}\
+{{ name }}: {{ s['passed'] }} passed, {{ s['failed'] }} failed; {% endfor %}
+{% if ti.xcom_pull(task_ids='tests')['pre_existing'] %}
+**Pre-existing failures** (they fail on production's version too; not blocking):
+{% for t in ti.xcom_pull(task_ids='tests')['pre_existing'] %}
+- `{{ t }}`
+{%- endfor %}
+{% endif %}
+
+**Replica health:** {% for h, r in ti.xcom_pull(task_ids='replica.deploy')['health'].items() %}\
+{{ h }} {{ 'ok' if r['ok'] else 'DOWN' }} on {{ r['version'] }}; {% endfor %}
+
+Approve to deploy to production in waves. Reject stops the release: give the reason.
+"""
+
+
 def _params(service: ServiceConfig) -> dict:
     from airflow.sdk import Param
 
@@ -52,7 +80,6 @@ def _params(service: ServiceConfig) -> dict:
 
 def release_dag(service_id: str):
     """Build the ``release_<service_id>`` DAG (call it from a file in ``dags/``)."""
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
     from airflow.sdk import DAG, TaskGroup, TriggerRule, chain
 
     from conveyor.notifiers import ReleaseNotifier
@@ -64,6 +91,7 @@ def release_dag(service_id: str):
         PopulateReplicaOperator,
         RollbackOperator,
     )
+    from conveyor.operators.signoff import QASignoffOperator
     from conveyor.operators.release import (
         BuildOperator,
         FinalizeReleaseOperator,
@@ -110,27 +138,29 @@ def release_dag(service_id: str):
             replica_deploy = DeployOperator(task_id="deploy", environment="replica", artifact=build.output, **common)
             populate = PopulateReplicaOperator(task_id="populate", artifact=build.output, **common)
         tests = TestSuitesOperator(task_id="tests", artifact=build.output, **common)
-        qa_signoff = ApprovalOperator(
-            task_id="qa_signoff",
-            subject="QA sign-off: {{ params.git_ref }} of " + service.id,
-            body=(
-                "**{{ ti.xcom_pull(task_ids='build')['version'] }}** of `" + service.id + "` "
-                "(commit `{{ ti.xcom_pull(task_ids='build')['commit'][:12] }}`, "
-                "{{ ti.xcom_pull(task_ids='build')['commit_count'] }} commit(s) since production), "
-                "{{ 'EMERGENCY: ' ~ params.reason if params.emergency else params.change ~ ' change' }}.\n\n"
-                "Tests on the replica: `{{ ti.xcom_pull(task_ids='tests')['suites'] }}`.\n\n"
-                "Replica health: `{{ ti.xcom_pull(task_ids='replica.deploy')['health'] }}`.\n\n"
-                "Approve to deploy to production in waves; Reject stops the release."
-            ),
-            assigned_users=[{"id": u, "name": u} for u in qa["group"]] or None,
-            response_timeout=service.qa_timeout,
-            fail_on_reject=True,
-            notifiers=[notify("approval", f"Release {what} awaits QA sign-off ("
-                              + (", ".join(qa["group"]) or "anyone") + ") in Required Actions")],
-        )
-        plan = PlanWavesOperator(task_id="plan", n_waves=len(service["waves"]), **common)
+        required = qa["required_approvals"]
+        with TaskGroup("qa_signoff", tooltip=f"QA sign-off: {required} distinct approvals, never the author") \
+                as qa_signoff:
+            previous_approval = None
+            approvals = []
+            for k in range(1, required + 1):
+                approval = QASignoffOperator(
+                    task_id=f"approval_{k}", service_id=service.id, group=qa["group"], ordinal=k,
+                    required=required, emergency_required=min(required, qa["emergency_required_approvals"]),
+                    timeout=service.qa_timeout,
+                    subject=f"QA sign-off {k}/{required}: " + "{{ params.git_ref }} of " + service.id,
+                    body=SIGNOFF_BODY.replace("{service}", service.id),
+                    notifiers=[notify("approval", f"Release {what} awaits QA sign-off {k}/{required} ("
+                                      + (", ".join(qa["group"]) or "anyone") + ") in Required Actions")],
+                )
+                if previous_approval is not None:
+                    previous_approval >> approval
+                previous_approval = approval
+                approvals.append(approval)
+        plan = PlanWavesOperator(task_id="plan", n_waves=len(service["waves"]),
+                                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **common)
         chain(validate, build, replica_deploy, populate, tests, qa_signoff, plan)
-        main = [validate, build, replica_deploy, populate, tests, qa_signoff, plan]
+        main = [validate, build, replica_deploy, populate, tests, *approvals, plan]
         previous = plan
         for i, wave in enumerate(service["waves"]):
             with TaskGroup(f"wave_{i + 1}", tooltip=f"Wave {i + 1}: up to {wave} of production"):

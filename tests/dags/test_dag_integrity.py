@@ -43,7 +43,8 @@ def test_release_dag_shape_and_policies(forbid_connections):
     assert dag.doc_md and "Required Actions" in dag.doc_md
     assert "conveyor" in dag.tags
     ids = set(dag.task_ids)
-    assert {"validate", "build", "replica.deploy", "replica.populate", "tests", "qa_signoff", "plan",
+    assert {"validate", "build", "replica.deploy", "replica.populate", "tests", "qa_signoff.approval_1",
+            "qa_signoff.approval_2", "plan",
             "wave_1.deploy", "wave_1.analysis", "wave_4.analysis", "watch", "finalize",
             "release_failed", "rollback", "ticket"} <= ids
     # failure path: rollback runs after the sentinel, the ticket after the rollback
@@ -52,6 +53,12 @@ def test_release_dag_shape_and_policies(forbid_connections):
     assert "watch" in dag.get_task("release_failed").upstream_task_ids
     for task in dag.tasks:
         assert task.owner == "release-eng"
+    # QA sign-off: two approvals in sequence, from the QA group, emergency changes need one
+    first, second = dag.get_task("qa_signoff.approval_1"), dag.get_task("qa_signoff.approval_2")
+    assert second.upstream_task_ids == {"qa_signoff.approval_1"}
+    assert first.group == ["qa1", "qa2", "qa3"] and first.required == 2 and first.emergency_required == 1
+    assert first.fail_on_reject and str(first.timeout) == "1 day, 0:00:00"
+    assert "reason" in first.params
 
 
 def _validate_conf(conf: dict):

@@ -92,11 +92,11 @@ class RunResult:
 
 
 def run_release(conf: dict, decisions: list[Decision] | None = None, dag_id: str = "release_demo_shop") -> RunResult:
-    """Run one release to its end; QA decisions default to a single approval by qa1."""
+    """Run one release to its end; QA decisions default to approvals by qa1 and qa2."""
     from airflow.utils.session import create_session
 
     dag = load_dag(dag_id)
-    responder = HitlResponder(dag.dag_id, decisions if decisions is not None else [Decision("qa1", "Approve")])
+    responder = HitlResponder(dag.dag_id, decisions if decisions is not None else [Decision("qa1", "Approve"), Decision("qa2", "Approve")])
     responder.start()
     try:
         dr = dag.test(run_conf=conf)

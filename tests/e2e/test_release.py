@@ -46,7 +46,7 @@ def test_good_release_reaches_every_production_host(fleet_on_v1_0_0):
 
     assert result.dag_run.state == "success", result.states
     assert versions() == {name: "v1.1.0" for name in REPLICAS + PROD}
-    assert result.answered == [("qa_signoff", "qa1", "Approve")]
+    assert result.answered == [("qa_signoff.approval_1", "qa1", "Approve"), ("qa_signoff.approval_2", "qa2", "Approve")]
     assert result.states["rollback"] == "skipped" and result.states["ticket"] == "skipped"
     assert ticket_for(result.dag_run.run_id) is None
 
@@ -131,7 +131,7 @@ def test_failing_test_stops_before_production(fleet_on_v1_0_0):
 
     assert result.dag_run.state == "failed"
     assert _failed(result) == ["tests"]
-    assert result.states["qa_signoff"] == "upstream_failed"
+    assert result.states["qa_signoff.approval_1"] == "upstream_failed"
     after = fleet_state("production")
     assert {n: (s["current"], s["pid"]) for n, s in after.items()} == {
         n: (s["current"], s["pid"]) for n, s in before.items() if n in PROD}
@@ -144,7 +144,7 @@ def test_failing_test_stops_before_production(fleet_on_v1_0_0):
 
 @pytest.mark.parametrize("bad_ref", ["v1.1.0; rm -rf /", "$(id)", "`id`", "v1.1.0 && true", "../../etc/passwd", ""])
 def test_shell_metacharacters_in_git_ref_are_refused_at_trigger(release_env, bad_ref):
-    from airflow.exceptions import ParamValidationError
+    from airflow.sdk.exceptions import ParamValidationError
     from harness import load_dag
 
     dag = load_dag()

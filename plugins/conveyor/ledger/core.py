@@ -10,7 +10,8 @@ task that runs twice leaves the same rows. Updates merge rather than overwrite:
 * ``started_at``, ``deployed_at``, ``created_at`` and ``from_version`` keep their first value (a rerun
   does not move the start of a stage, nor forget which version a host ran before the release);
 * a final status (:data:`~conveyor.ledger.schema.TERMINAL_STATUSES`) is not replaced by a non-final one,
-  so a late "running" cannot hide a "success";
+  so a late "running" cannot hide a "success"; a no-op status (:data:`~conveyor.ledger.schema.WEAK_STATUSES`,
+  a host that already ran the version on a rerun) never replaces a recorded one;
 * ``reset=True`` turns all of this off for the fields passed: they are written exactly as given. That
   is how a deliberate rerun re-opens a stage.
 """
@@ -30,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 
 from conveyor.ledger import migrations, schema
-from conveyor.ledger.dora import compute_dora
+from conveyor.ledger.dora import commit_shas, compute_dora
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,18 @@ class Ledger:
         fields: Mapping[str, Any],
         *,
         reset: bool = False,
+        insert_defaults: Mapping[str, Any] | None = None,
     ) -> None:
+        """``INSERT .. ON CONFLICT (key) DO UPDATE`` with the merge rules of this module.
+
+        ``insert_defaults`` are values used only when the row is created (never in the update).
+        """
         key_names = [c.name for c in table.primary_key.columns]
         unknown = set(fields) - (set(table.c.keys()) - set(key_names))
         if unknown:
             raise ValueError(f"unknown {table.name} field(s): {', '.join(sorted(unknown))}")
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = insert(table).values({**key, **fields})
+        stmt = insert(table).values({**(insert_defaults or {}), **key, **fields})
         excluded = stmt.excluded
         updates: dict[str, Any] = {}
         for name in fields:
@@ -169,6 +175,7 @@ class Ledger:
                 terminal = sorted(schema.TERMINAL_STATUSES)
                 updates[name] = sa.case(
                     (sa.and_(current.in_(terminal), new.not_in(terminal)), current),
+                    (sa.and_(current.is_not(None), new.in_(sorted(schema.WEAK_STATUSES))), current),
                     else_=sa.func.coalesce(new, current),
                 )
             else:
@@ -183,8 +190,15 @@ class Ledger:
     # -- writes -----------------------------------------------------------------------------------------
 
     def upsert_release(self, release_id: str, *, reset: bool = False, **fields: Any) -> None:
-        """Create or update a release; ``fields`` are columns of ``releases`` (``service`` on creation)."""
-        self._upsert(schema.releases, {"release_id": release_id}, fields, reset=reset)
+        """Create or update a release; ``fields`` are columns of ``releases``.
+
+        Release ids are ``<service>/<run_id>``: when the first write of a release does not name the
+        service (a failure sentinel that runs after validation failed), it is taken from the id.
+        """
+        service = fields.get("service") or release_id.partition("/")[0]
+        self._upsert(
+            schema.releases, {"release_id": release_id}, fields, reset=reset, insert_defaults={"service": service}
+        )
 
     def upsert_stage(
         self,
@@ -318,6 +332,83 @@ class Ledger:
             row = conn.execute(query).first()
         return dict(row._mapping) if row else None
 
+    def services(self) -> list[str]:
+        """Every service with at least one release, sorted."""
+        r = schema.releases
+        with self._read() as conn:
+            return list(conn.execute(sa.select(r.c.service).distinct().order_by(r.c.service)).scalars())
+
+    def previous_successful_release(self, release_id: str) -> dict[str, Any] | None:
+        """The service's last successful release deployed before this one (started, if not deployed)."""
+        r = schema.releases
+        with self._read() as conn:
+            row = conn.execute(sa.select(r).where(r.c.release_id == release_id)).first()
+            if row is None:
+                return None
+            release = row._mapping
+            reference = release["deployed_at"] or release["started_at"]
+            query = sa.select(r).where(
+                r.c.service == release["service"], r.c.status == "success", r.c.release_id != release_id
+            )
+            if reference is not None:
+                query = query.where(sa.func.coalesce(r.c.deployed_at, r.c.finished_at) < reference)
+            query = query.order_by(
+                r.c.deployed_at.desc().nulls_last(), r.c.finished_at.desc().nulls_last(), r.c.release_id.desc()
+            ).limit(1)
+            previous = conn.execute(query).first()
+        return dict(previous._mapping) if previous else None
+
+    def changelog(self, release_id: str) -> dict[str, Any] | None:
+        """The commits a release shipped: those since the previous successful release.
+
+        The list comes from the release's ``commit_range`` (written by the build from its manifest: the
+        commits from the commit production ran to the release's commit), completed with what the
+        ``commits`` table knows (time, CI status). Returns ``None`` for an unknown release, else
+        ``{"release", "previous", "from_commit", "to_commit", "commits"}``.
+        """
+        release = self.get_release(release_id)
+        if release is None:
+            return None
+        commit_range = release.get("commit_range")
+        entries: list[dict[str, Any]] = []
+        raw = commit_range.get("commits") if isinstance(commit_range, Mapping) else commit_range
+        for item in raw or []:
+            if isinstance(item, Mapping):
+                entries.append(
+                    {
+                        "sha": item.get("sha") or item.get("commit_sha"),
+                        "author": item.get("author"),
+                        "message": item.get("subject") or item.get("message"),
+                        "committed_at": schema.to_utc(item.get("date") or item.get("committed_at")),
+                    }
+                )
+            else:
+                entries.append({"sha": str(item), "author": None, "message": None, "committed_at": None})
+        entries = [e for e in entries if e["sha"]]
+        c = schema.commits
+        known: dict[str, dict[str, Any]] = {}
+        shas = [e["sha"] for e in entries]
+        with self._read() as conn:
+            for i in range(0, len(shas), 500):
+                query = sa.select(c).where(c.c.service == release["service"], c.c.commit_sha.in_(shas[i : i + 500]))
+                known.update({row["commit_sha"]: row for row in _as_dicts(conn.execute(query))})
+        for entry in entries:
+            stored = known.get(entry["sha"], {})
+            for field in ("author", "message", "committed_at"):
+                if entry[field] is None:
+                    entry[field] = stored.get(field)
+            entry["ci_status"] = stored.get("ci_status")
+        previous = self.previous_successful_release(release_id)
+        from_commit = commit_range.get("from") if isinstance(commit_range, Mapping) else None
+        return {
+            "release": release,
+            "previous": previous,
+            "from_commit": from_commit or (previous or {}).get("commit_sha"),
+            "to_commit": (commit_range.get("to") if isinstance(commit_range, Mapping) else None)
+            or release.get("commit_sha"),
+            "commits": entries,
+        }
+
     # -- metrics ----------------------------------------------------------------------------------------
 
     def dora(self, service: str | None, days: int, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -346,7 +437,7 @@ class Ledger:
                 release["production_changed"] = bool(release.pop("touched")) or (
                     release["deployed_at"] is not None
                 )
-            wanted = {(x["service"], sha) for x in releases for sha in (x["commit_range"] or [])}
+            wanted = {(x["service"], sha) for x in releases for sha in commit_shas(x["commit_range"])}
             commit_rows: list[dict[str, Any]] = []
             by_service: dict[str, list[str]] = {}
             for svc, sha in wanted:

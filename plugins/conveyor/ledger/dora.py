@@ -71,6 +71,26 @@ def _commit_times(commits: Iterable[Mapping[str, Any]] | Mapping[tuple[str, str]
     return {(c["service"], c["commit_sha"]): to_utc(c.get("committed_at")) for c in commits}
 
 
+def commit_shas(commit_range: Any) -> list[str]:
+    """The commit shas of a release's ``commit_range``, in the order stored (newest first).
+
+    Accepts what the ledger holds: the build manifest's ``{"from", "to", "commits": [{"sha", ...}]}``,
+    a list of such commit dicts, or a plain list of shas. ``None`` is no commits.
+    """
+    if not commit_range:
+        return []
+    if isinstance(commit_range, Mapping):
+        commit_range = commit_range.get("commits") or []
+    if isinstance(commit_range, str):
+        raise TypeError("commit_range must be a list or a manifest dict, not a string")
+    shas = []
+    for item in commit_range:
+        sha = (item.get("sha") or item.get("commit_sha")) if isinstance(item, Mapping) else item
+        if sha:
+            shas.append(str(sha))
+    return shas
+
+
 def _changed_production(release: Mapping[str, Any]) -> bool:
     if "production_changed" in release and release["production_changed"] is not None:
         return bool(release["production_changed"])
@@ -87,8 +107,9 @@ def compute_dora(
     """The four DORA keys and a per-day series; see the module docstring for the definitions.
 
     :param releases: release rows (``release_id``, ``service``, ``status``, ``started_at``,
-        ``finished_at``, ``deployed_at``, ``commit_range``, optionally ``production_changed``); all of
-        the service's history may be passed, rows outside the period are used only for context.
+        ``finished_at``, ``deployed_at``, ``commit_range`` (see :func:`commit_shas`), optionally
+        ``production_changed``); all of the service's history may be passed, rows outside the period
+        are used only for context.
     :param commits: commit rows (``service``, ``commit_sha``, ``committed_at``) or a mapping
         ``(service, commit_sha) -> committed_at``.
     :param now: end of the period (aware; naive is taken as UTC).
@@ -137,7 +158,7 @@ def compute_dora(
     lead_times: list[float] = []
     without_time = 0
     for r in sorted(deployments, key=lambda r: r["deployed_at"]):
-        for sha in r.get("commit_range") or []:
+        for sha in commit_shas(r.get("commit_range")):
             key = (r["service"], sha)
             if key in seen:
                 continue

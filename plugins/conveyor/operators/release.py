@@ -67,7 +67,8 @@ class BuildOperator(ConveyorOperator):
         super().__init__(**kwargs)
         self.git_ref = git_ref
 
-    def _production_commit(self) -> str | None:
+    def _production(self) -> tuple[str | None, str | None]:
+        """The version production runs (the first host that answers with a known one) and its commit."""
         from conveyor.artifacts import ArtifactStore
         from conveyor.deploy import current_version
         from conveyor.hooks.fleet import FleetHook
@@ -85,14 +86,14 @@ class BuildOperator(ConveyorOperator):
                 manifest = store.manifest(self.service.id, version)
                 if manifest:
                     self.log.info("Production runs %s (%s)", version, manifest["commit"][:12])
-                    return manifest["commit"]
-        return None
+                    return version, manifest["commit"]
+        return None, None
 
     def run(self, context: Context) -> dict[str, Any]:
         from conveyor.artifacts import build_artifact
 
-        info = build_artifact(self.service, self.git_ref, since_commit=self._production_commit(),
-                              log_fn=self.log.info)
+        prod_version, prod_commit = self._production()
+        info = build_artifact(self.service, self.git_ref, since_commit=prod_commit, log_fn=self.log.info)
         commits = info.manifest.get("commit_range", {}).get("commits", [])
         self.ledger.upsert_release(
             self.release_id(context), version=info.version, commit_sha=info.commit,
@@ -104,6 +105,8 @@ class BuildOperator(ConveyorOperator):
         result = info.to_dict()
         result.pop("tarball", None)
         result["commit_count"] = len(commits)
+        result["production_version"] = prod_version
+        result["production_commit"] = prod_commit
         return result
 
 

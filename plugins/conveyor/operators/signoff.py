@@ -1,0 +1,139 @@
+"""QA sign-off on Airflow's human-in-the-loop: a quorum of distinct QA members, never the author.
+
+The sign-off is a task group of ``required_approvals`` approval tasks, answered in order on the
+stock **Required Actions** page or through ``PATCH .../hitlDetails``. Each task is assigned, when
+it starts, to the QA group minus the run's author minus everyone who already approved this
+release, so Airflow's API itself answers 403 to anyone else: the author, a user outside the group,
+or a second approval by the same person. One approval per person per release is also the ledger's
+key. Any rejection stops the release (the task fails; the release is marked failed) and records
+its reason; no answer within the timeout fails it with "no sign-off within ...".
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param
+
+from conveyor.exceptions import ReleaseFailed
+from conveyor.operators.base import ledger_for_conn, release_id_for, utcnow
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+NO_REASON = "(no reason given)"
+
+
+def _user_id(user: Any) -> str | None:
+    if not user:
+        return None
+    if isinstance(user, dict):
+        return user.get("id") or user.get("name")
+    return getattr(user, "id", None) or str(user)
+
+
+class QASignoffOperator(ApprovalOperator):
+    """One approval of a release's QA sign-off.
+
+    :param service_id: the service being released.
+    :param group: user ids who may approve (empty: anyone allowed to act on the DAG, but never the author).
+    :param ordinal: which approval this is (1-based), of ``required``.
+    :param required: approvals the release needs (a normal change; see ``emergency_required``).
+    :param emergency_required: approvals an emergency change needs; approval tasks beyond it skip.
+    :param timeout: how long to wait for an answer.
+    """
+
+    template_fields = ("subject", "body")
+    ui_color = "#e6f4ea"
+
+    def __init__(self, *, service_id: str, group: list[str], ordinal: int, required: int,
+                 emergency_required: int, timeout: timedelta, ledger_conn_id: str = "conveyor_ledger",
+                 **kwargs: Any) -> None:
+        kwargs.pop("params", None)  # the DAG's trigger params are not the sign-off form
+        super().__init__(
+            fail_on_reject=True, response_timeout=timeout,
+            params={"reason": Param(None, type=["string", "null"], maxLength=2000, title="Reason",
+                                    description="Why you approve or reject (required to reject).")},
+            **kwargs,
+        )
+        self.service_id = service_id
+        self.group = list(group)
+        self.ordinal = ordinal
+        self.required = required
+        self.emergency_required = emergency_required
+        self.timeout = timeout
+        self.ledger_conn_id = ledger_conn_id
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _release_id(self, context: Context) -> str:
+        return release_id_for(self.service_id, context["dag_run"].run_id)
+
+    def _approvers(self, context: Context) -> list[str]:
+        release = ledger_for_conn(self.ledger_conn_id).get_release(self._release_id(context)) or {}
+        return [a["approver"] for a in release.get("approvals", []) if a["decision"] == "approved"]
+
+    def eligible(self, author: str | None, approved: list[str]) -> list[str]:
+        return [u for u in dict.fromkeys(self.group) if u != author and u not in approved]
+
+    # -- execution -------------------------------------------------------------------------------------
+    def execute(self, context: Context):
+        from airflow.exceptions import AirflowSkipException
+
+        dag_run = context["dag_run"]
+        emergency = bool((context["params"] or {}).get("emergency"))
+        needed = self.emergency_required if emergency else self.required
+        if self.ordinal > needed:
+            raise AirflowSkipException(f"an emergency change needs {needed} approval(s); this is approval "
+                                       f"{self.ordinal}")
+        author = getattr(dag_run, "triggering_user_name", None)
+        approved = self._approvers(context)
+        if len(approved) >= needed:  # a rerun after the quorum was reached
+            self.log.info("Already approved by %s", ", ".join(approved))
+            return {"chosen_options": [self.APPROVE], "responded_by_user": None, "already": approved}
+        if self.group:
+            eligible = self.eligible(author, approved)
+            if not eligible:
+                raise ReleaseFailed(
+                    f"no QA member left to give approval {self.ordinal} of {needed}: group {self.group}, "
+                    f"author {author!r} excluded, already approved: {approved or 'nobody'}"
+                )
+            self.assigned_users = [{"id": u, "name": u} for u in eligible]
+            self.log.info("Approval %d of %d: waiting for one of %s (author %s excluded; approved so far: %s)",
+                          self.ordinal, needed, ", ".join(eligible), author or "none", ", ".join(approved) or "none")
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        from airflow.exceptions import AirflowException
+
+        if "error" in event:
+            if event.get("error_type") == "timeout":
+                raise ReleaseFailed(f"no sign-off within {_fmt(self.timeout)}: approval {self.ordinal} was never "
+                                    "given")
+            raise AirflowException(f"sign-off failed: {event.get('error')}")
+        chosen = (event.get("chosen_options") or [None])[0]
+        who = _user_id(event.get("responded_by_user")) or "unknown"
+        reason = ((event.get("params_input") or {}).get("reason") or "").strip() or None
+        ledger = ledger_for_conn(self.ledger_conn_id)
+        release_id = self._release_id(context)
+        author = getattr(context["dag_run"], "triggering_user_name", None)
+        if chosen == self.APPROVE and (who == author or (self.group and who not in self.group)):
+            # Only reachable when answered around the API's assignment check (e.g. by a script with DB access).
+            raise ReleaseFailed(f"approval by {who} does not count: the author and users outside the QA group "
+                                "cannot approve")
+        decision = "approved" if chosen == self.APPROVE else "rejected"
+        ledger.upsert_approval(release_id, who, decision=decision, comment=reason or (
+            NO_REASON if decision == "rejected" else None), at=utcnow())
+        if decision == "rejected":
+            raise ReleaseFailed(f"QA sign-off rejected by {who}: {reason or NO_REASON}")
+        self.log.info("Approval %d given by %s%s", self.ordinal, who, f": {reason}" if reason else "")
+        return super().execute_complete(context=context, event=event)
+
+
+def _fmt(td: timedelta) -> str:
+    seconds = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
