@@ -58,9 +58,9 @@ class ArtifactInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArtifactInfo:
-        d = dict(d)
-        d["tarball"] = Path(d["tarball"]) if d.get("tarball") else None
-        return cls(**d)
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}  # XCom may carry more keys
+        known["tarball"] = Path(known["tarball"]) if known.get("tarball") else None
+        return cls(**known)
 
 
 # --------------------------------------------------------------------------------------- git

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conveyor.config import ServiceConfig, load_service
+from conveyor.config import ServiceConfig, load_service, parse_duration
 from conveyor.validation import GIT_REF_PATTERN
 
 DOC = """
@@ -83,7 +83,7 @@ def release_dag(service_id: str):
     from airflow.sdk import DAG, TaskGroup, TriggerRule, chain
 
     from conveyor.notifiers import ReleaseNotifier
-    from conveyor.operators.analysis import CanaryAnalysisOperator
+    from conveyor.operators.analysis import CanaryAnalysisOperator, InconclusiveDecisionOperator
     from conveyor.operators.base import record_failure
     from conveyor.operators.deploy import (
         DeployOperator,
@@ -127,6 +127,15 @@ def release_dag(service_id: str):
         def notify(event: str, text: str) -> ReleaseNotifier:
             return ReleaseNotifier(event=event, text=text, slack_webhook_conn_id=slack)
 
+        def decision(analysis_task_id: str, task_id: str) -> InconclusiveDecisionOperator:
+            return InconclusiveDecisionOperator(
+                task_id=task_id, analysis_task_id=analysis_task_id, service_id=service.id,
+                assigned=service["analysis"].get("deciders", []),
+                timeout=parse_duration(service["analysis"].get("decision_timeout", "30m")),
+                notifiers=[notify("inconclusive", f"Release {what}: canary analysis inconclusive; continue or "
+                                  "roll back? (Required Actions)")],
+            )
+
         validate = ValidateReleaseOperator(
             task_id="validate", **common,
             on_success_callback=notify("started", f"Release {what} started by "
@@ -167,17 +176,22 @@ def release_dag(service_id: str):
                 deploy = DeployOperator(task_id="deploy", environment="production", artifact=build.output,
                                         plan=plan.output, wave=i, **common)
                 analysis = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=i, **common)
-                deploy >> analysis
+                decide = decision(f"wave_{i + 1}.analysis", "decide")
+                deploy >> analysis >> decide
             previous >> deploy
-            previous = analysis
-            main += [deploy, analysis]
-        watch = CanaryAnalysisOperator(task_id="watch", plan=plan.output, wave=None, **common)
+            previous = decide
+            main += [deploy, analysis, decide]
+        with TaskGroup("watch", tooltip="Watch every host on the new version against the pre-deploy baseline"):
+            watch = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=None, **common)
+            watch_decide = decision("watch.analysis", "decide")
+            watch >> watch_decide
         finalize = FinalizeReleaseOperator(
             task_id="finalize", artifact=build.output, **common,
             on_success_callback=notify("succeeded", f"Release {what} reached every production host"),
         )
-        previous >> watch >> finalize
-        main += [watch, finalize]
+        previous >> watch
+        watch_decide >> finalize
+        main += [watch, watch_decide, finalize]
 
         failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED, **common)
         rollback = RollbackOperator(

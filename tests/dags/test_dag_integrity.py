@@ -45,12 +45,13 @@ def test_release_dag_shape_and_policies(forbid_connections):
     ids = set(dag.task_ids)
     assert {"validate", "build", "replica.deploy", "replica.populate", "tests", "qa_signoff.approval_1",
             "qa_signoff.approval_2", "plan",
-            "wave_1.deploy", "wave_1.analysis", "wave_4.analysis", "watch", "finalize",
+            "wave_1.deploy", "wave_1.analysis", "wave_1.decide", "wave_4.analysis", "watch.analysis",
+            "watch.decide", "finalize",
             "release_failed", "rollback", "ticket"} <= ids
     # failure path: rollback runs after the sentinel, the ticket after the rollback
     assert dag.get_task("rollback").upstream_task_ids == {"release_failed"}
     assert dag.get_task("ticket").upstream_task_ids == {"rollback"}
-    assert "watch" in dag.get_task("release_failed").upstream_task_ids
+    assert "watch.decide" in dag.get_task("release_failed").upstream_task_ids
     for task in dag.tasks:
         assert task.owner == "release-eng"
     # QA sign-off: two approvals in sequence, from the QA group, emergency changes need one

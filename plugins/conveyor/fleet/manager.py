@@ -34,7 +34,7 @@ HEALTH_TIMEOUT_S = 30.0
 
 def fetch_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
     """GET ``url`` and parse its JSON body (raises OSError or ValueError)."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our own loopback URLs
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read().decode())
 
 

@@ -1,9 +1,10 @@
 """Steady synthetic traffic to the fleet's apps: one Poisson stream of requests per host.
 
-Runs inside the fleet daemon's event loop, on raw asyncio streams (one short HTTP/1.1 exchange per
-request, ``Connection: close``), with a bounded number of requests in flight: the machine is shared
-with Airflow, so the generator must stay light. Outcomes are not recorded here; the app's own
-``/metrics`` counts requests, errors and latency, which is what canary analysis reads.
+Runs inside the fleet daemon's event loop as a bare asyncio protocol (one short HTTP/1.1 exchange
+per connection), with a bounded number of requests in flight: the machine is shared with Airflow,
+so the generator must stay light. The requests are the demo's mix (:func:`conveyor.demo.traffic_request`).
+Outcomes are not recorded here: the app's own ``/metrics`` counts requests, errors and latency, which
+is what canary analysis reads.
 """
 
 from __future__ import annotations
@@ -13,28 +14,13 @@ import logging
 import random
 from collections.abc import Callable
 
+from conveyor.demo import traffic_request
 from conveyor.fleet.spec import FleetSpec, HostSpec
 
 log = logging.getLogger(__name__)
 
 RequestPicker = Callable[[random.Random], tuple[str, str, "bytes | None"]]
-MAX_IN_FLIGHT = 64  # across all hosts; when reached, new arrivals are dropped (the app is stuck anyway)
-
-
-def _fallback_request(rng: random.Random) -> tuple[str, str, bytes | None]:
-    """Used only when :mod:`conveyor.demo` cannot be imported (a broken checkout)."""
-    if rng.random() < 0.8:
-        return "GET", "/products", None
-    return "POST", "/cart", b'{"product_id": 1, "quantity": 1}'
-
-
-def request_picker() -> RequestPicker:
-    try:
-        from conveyor.demo import traffic_request
-    except ImportError as e:
-        log.warning("conveyor.demo.traffic_request is unavailable (%s); sending GET /products and POST /cart", e)
-        return _fallback_request
-    return traffic_request
+MAX_IN_FLIGHT = 200  # across all hosts; beyond it new arrivals are dropped (apps stuck until the timeout)
 
 
 class _Exchange(asyncio.Protocol):
@@ -92,7 +78,7 @@ class TrafficGenerator:
 
     def __init__(self, spec: FleetSpec, picker: RequestPicker | None = None, seed: int | None = None):
         self.spec = spec
-        self.picker = picker or request_picker()
+        self.picker = picker or traffic_request
         self.rng = random.Random(seed)
         self.targets: list[HostSpec] = [
             h for h in spec.hosts() if h.environment == "production" or spec.traffic_to_replicas

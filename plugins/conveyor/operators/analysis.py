@@ -8,8 +8,8 @@ snapshot the plan took: each old process's counters over its lifetime.
 The wait happens in the triggerer (:class:`~conveyor.triggers.analysis.CanaryAnalysisTrigger`), so
 a bake window holds no worker slot. The judge (:func:`conveyor.analysis.judge`) is asked after
 every scrape and may stop early; the window bounds the wait. ``fail`` raises
-:class:`AnalysisFailed` (the release rolls back); ``inconclusive`` raises
-:class:`AnalysisInconclusive`.
+:class:`AnalysisFailed` (the release rolls back); ``inconclusive`` returns, and the
+:class:`InconclusiveDecisionOperator` after it asks a human in Required Actions.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+
+from airflow.providers.standard.operators.hitl import HITLOperator
 
 from conveyor.exceptions import AnalysisFailed, AnalysisInconclusive, ConveyorError
 from conveyor.operators.base import ConveyorOperator, utcnow
@@ -105,8 +107,67 @@ class CanaryAnalysisOperator(ConveyorOperator):
         if verdict["decision"] == "fail":
             self.ledger.upsert_stage(release_id, stage, status="running", detail=result)
             raise AnalysisFailed(f"{label}: {verdict['reason']}")
-        if verdict["decision"] == "inconclusive":
-            self.ledger.upsert_stage(release_id, stage, status="running", detail=result)
-            raise AnalysisInconclusive(f"{label}: {verdict['reason']}")
+        if verdict["decision"] == "inconclusive":  # the decision task after this one asks a human
+            self.ledger.upsert_stage(release_id, stage, status="inconclusive", finished_at=utcnow(), detail=result)
+            self.log.warning("%s: inconclusive; asking a human to continue or roll back", label)
+            return result
         self.ledger.upsert_stage(release_id, stage, status="success", finished_at=utcnow(), detail=result)
         return result
+
+
+class InconclusiveDecisionOperator(HITLOperator):
+    """Ask a human what to do when the analysis could not decide: continue, or roll back.
+
+    Does nothing (and asks nobody) when the analysis before it passed. When it was inconclusive
+    (too little traffic, too noisy), it waits in **Required Actions** with the evidence; "Roll back"
+    (or no answer within the timeout) fails the task, which rolls the release back.
+
+    :param analysis_task_id: the analysis task whose verdict this follows.
+    :param assigned: user ids who may decide (empty: anyone allowed to act on the DAG).
+    :param timeout: how long to wait before rolling back.
+    """
+
+    template_fields = ("subject", "body")
+    ui_color = "#fff3c4"
+    CONTINUE = "Continue"
+    ROLL_BACK = "Roll back"
+
+    def __init__(self, *, analysis_task_id: str, service_id: str, assigned: list[str], timeout: timedelta,
+                 **kwargs: Any) -> None:
+        kwargs.pop("params", None)  # the DAG's trigger params are not this form
+        super().__init__(
+            options=[self.CONTINUE, self.ROLL_BACK], defaults=[self.ROLL_BACK], multiple=False,
+            response_timeout=timeout, assigned_users=[{"id": u, "name": u} for u in assigned] or None,
+            subject=f"Canary analysis inconclusive: continue or roll back? ({service_id})",
+            body=(
+                "The analysis of **{{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['label'] }}** could not "
+                "decide: {{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['reason'] }}\n\n"
+                "Canary: `{{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['canary'] }}`; baseline: "
+                "`{{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['baseline'] }}`.\n\n"
+                "**Continue** deploys on; **Roll back** (the default when nobody answers) returns every "
+                "touched host to its previous version."
+            ),
+            **kwargs,
+        )
+        self.analysis_task_id = analysis_task_id
+        self.service_id = service_id
+
+    def execute(self, context: Context):
+        verdict = context["ti"].xcom_pull(task_ids=self.analysis_task_id) or {}
+        if verdict.get("decision") != "inconclusive":
+            self.log.info("Analysis %s: %s; no decision needed", verdict.get("label"), verdict.get("decision"))
+            return {"decision": verdict.get("decision"), "asked": False}
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        if "error" in event:
+            if event.get("error_type") == "timeout":
+                raise AnalysisInconclusive("analysis inconclusive and nobody decided in time: rolling back")
+            raise ConveyorError(f"decision failed: {event.get('error')}")
+        result = super().execute_complete(context=context, event=event)
+        who = (event.get("responded_by_user") or {}).get("id") if isinstance(event.get("responded_by_user"), dict) \
+            else event.get("responded_by_user")
+        if result["chosen_options"] == [self.ROLL_BACK]:
+            raise AnalysisInconclusive(f"analysis inconclusive; {who or 'a human'} chose to roll back")
+        self.log.info("Analysis inconclusive; %s chose to continue", who)
+        return {"decision": "continue", "asked": True, "by": who}
