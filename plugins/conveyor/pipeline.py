@@ -101,6 +101,8 @@ def release_dag(service_id: str):
     from conveyor.operators.testing import TestSuitesOperator
     from conveyor.operators.ticket import TicketOperator
 
+    from conveyor.timetables import timetable_for
+
     service = load_service(service_id)
     qa = service["qa"]
     doc = DOC.format(
@@ -111,7 +113,7 @@ def release_dag(service_id: str):
     with DAG(
         dag_id=service.dag_id,
         description=f"Release {service.id}: build, replica, tests, QA sign-off, waves with canary analysis",
-        schedule=None,
+        schedule=timetable_for(service),  # release windows and freezes, or None (manual runs only)
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,  # one release per service at a time: later runs queue

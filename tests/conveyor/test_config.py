@@ -24,7 +24,7 @@ def test_every_shipped_service_file_is_valid():
 
 def test_demo_service_defaults_are_applied():
     service = load_service("demo_shop")
-    assert service["qa"]["group"] == ["qa1", "qa2"]
+    assert service["qa"]["group"] == ["qa1", "qa2", "qa3"] and service["qa"]["required_approvals"] == 2
     assert service["deploy"]["keep_releases"] == 5  # from the defaults
     assert service["waves"] == [1, "25%", "50%", "100%"]
     assert service.qa_timeout.total_seconds() == 24 * 3600
@@ -45,7 +45,7 @@ def _write(tmp_path: Path, mutate) -> Path:
         (lambda d: d["build"].pop("command"), "build"),
         (lambda d: d.update(colour="blue"), "(top level)"),
         (lambda d: d["qa"].update(timeout="tomorrow"), "qa.timeout"),
-        (lambda d: d["qa"].update(required_approvals=3), "qa.required_approvals"),
+        (lambda d: d["qa"].update(required_approvals=4), "qa.required_approvals"),
         (lambda d: d["deploy"].update(max_parallel=0), "deploy.max_parallel"),
         (lambda d: d["environments"]["production"].update(inventory={"hosts": [{"name": "a;b", "address": "x"}]}),
          "environments.production.inventory"),

@@ -31,6 +31,7 @@ class ValidateReleaseOperator(ConveyorOperator):
             raise InvalidInputError("an emergency release needs a reason")
         service = self.service  # raises ServiceConfigError naming the file and field
         dag_run = context["dag_run"]
+        self._check_window(context, emergency, reason)
         release = {
             "release_id": self.release_id(context),
             "service": service.id,
@@ -51,6 +52,28 @@ class ValidateReleaseOperator(ConveyorOperator):
         self.log.info("Release %s of %s at %s (%s change%s)", release["release_id"], service.id, ref,
                       params["change"], ", EMERGENCY: " + reason if emergency else "")
         return release
+
+
+    def _check_window(self, context: Context, emergency: bool, reason: str) -> None:
+        """Freezes and release windows: refuse a normal manual run in a freeze, skip a stale slot."""
+        from airflow.exceptions import AirflowSkipException
+
+        from conveyor.timetables import ReleaseWindowTimetable
+
+        timetable = getattr(context.get("dag"), "timetable", None)
+        if not isinstance(timetable, ReleaseWindowTimetable):
+            return
+        dag_run = context["dag_run"]
+        run_type = str(getattr(dag_run, "run_type", "") or "")
+        if run_type.endswith("scheduled"):
+            run_after = getattr(dag_run, "run_after", None)
+            if run_after is not None and timetable.is_stale(run_after):
+                raise AirflowSkipException(f"slot {run_after.isoformat()} is stale (more than "
+                                           f"{timetable.max_lateness} late): not releasing")
+            return
+        refusal = timetable.manual_run_refusal(utcnow(), emergency=emergency, reason=reason)
+        if refusal:
+            raise InvalidInputError(refusal)
 
 
 class BuildOperator(ConveyorOperator):

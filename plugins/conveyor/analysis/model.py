@@ -1,0 +1,200 @@
+"""The judge's data types: one scrape, the settings, and the verdicts. Pure Python, no Airflow import."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DECISIONS = ("pass", "fail", "inconclusive", "continue")
+
+
+@dataclass
+class Scrape:
+    """One scrape of one host. Every number is a CUMULATIVE counter since the process started.
+
+    :param t: epoch seconds of the scrape.
+    :param requests: HTTP status code (a string: ``"200"``, ``"500"``) -> requests served.
+    :param latency_buckets: histogram upper bound ``le`` (``math.inf`` for ``+Inf``) -> requests that
+        took at most that long, in seconds.
+    :param latency_sum: total seconds spent serving the requests counted by the histogram.
+    :param latency_count: requests counted by the histogram.
+    :param start_time: the process's start (``process_start_time_seconds``); a change means the
+        process restarted and its counters began again from zero.
+    """
+
+    t: float
+    requests: dict[str, float]
+    latency_buckets: dict[float, float]
+    latency_sum: float
+    latency_count: float
+    start_time: float | None = None
+
+
+@dataclass
+class AnalysisSettings:
+    """How the judge decides. Every field has a default; :meth:`from_dict` ignores unknown keys.
+
+    :param window_s: the analysis window. The judge says ``continue`` until it decides or the window
+        ends; at the end it always says ``pass``, ``fail`` or ``inconclusive``.
+    :param min_requests: requests needed on EACH side (canary, baseline) before a ``pass``.
+    :param min_fail_requests: canary requests needed before a ``fail`` (a few errors while a process
+        warms up are not a verdict).
+    :param alpha: the false-rollback rate the judge allows per analysis, however often it looks.
+    :param final_alpha_share: the part of ``alpha`` kept for one fixed-sample test when the window
+        ends; the rest is spent by the always-valid sequential test that may stop early.
+    :param metrics: which comparisons to run: ``"errors"``, ``"latency"``.
+    :param error_statuses: statuses that count as errors: exact codes (``"503"``) or classes (``"5xx"``).
+    :param error_tolerance: relative slack on the error rate: a regression means the canary's rate is
+        more than ``1 + error_tolerance`` times the baseline's.
+    :param error_floor: absolute error rate (0.001 = 0.1%) at or under which the canary is never a
+        regression, whatever the baseline: 1 error against 0 is not a regression, 5% against 0% is.
+    :param latency_tolerance: relative slack on latency: a regression means the canary serves more of
+        its requests above the threshold than the baseline would if every baseline request took
+        ``1 + latency_tolerance`` times as long (or ``latency_floor_ms`` longer, whichever is more).
+    :param latency_floor_ms: absolute latency slack in milliseconds.
+    :param latency_quantile: the threshold is the histogram bucket bound nearest to this quantile of
+        the baseline's latency (0.9: requests slower than the baseline's ~p90 are "slow").
+    :param outlier_hosts: drop baseline hosts whose error rate or mean latency is far from the other
+        baseline hosts' (median/MAD, needs 3 or more baseline hosts).
+    :param early_pass: allow a ``pass`` before the window ends when every metric shows strong
+        evidence (e-value >= 1/alpha) that the canary is no worse than ``early_pass_margin`` times
+        the baseline, and both sides have ``min_requests``.
+    :param early_pass_margin: the non-inferiority margin of ``early_pass`` (on the error-rate ratio
+        and on the slow-request ratio).
+    """
+
+    window_s: float = 300.0
+    min_requests: int = 200
+    min_fail_requests: int = 50
+    alpha: float = 0.01
+    final_alpha_share: float = 0.5
+    metrics: list[str] = field(default_factory=lambda: ["errors", "latency"])
+    error_statuses: list[str] = field(default_factory=lambda: ["5xx"])
+    error_tolerance: float = 0.1
+    error_floor: float = 0.001
+    latency_tolerance: float = 0.1
+    latency_floor_ms: float = 2.0
+    latency_quantile: float = 0.9
+    outlier_hosts: bool = True
+    early_pass: bool = False
+    early_pass_margin: float = 1.5
+
+    def __post_init__(self) -> None:
+        self.window_s = float(self.window_s)
+        self.min_requests = int(self.min_requests)
+        self.min_fail_requests = int(self.min_fail_requests)
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0 <= self.final_alpha_share < 1:
+            raise ValueError(f"final_alpha_share must be in [0, 1), got {self.final_alpha_share}")
+        if not 0 < self.latency_quantile < 1:
+            raise ValueError(f"latency_quantile must be in (0, 1), got {self.latency_quantile}")
+        if self.error_tolerance < 0 or self.latency_tolerance < 0 or self.error_floor < 0:
+            raise ValueError("tolerances and floors must be >= 0")
+        if self.early_pass_margin <= 1:
+            raise ValueError(f"early_pass_margin must be > 1, got {self.early_pass_margin}")
+        if isinstance(self.metrics, str):
+            self.metrics = [self.metrics]
+        unknown = set(self.metrics) - {"errors", "latency"}
+        if unknown or not self.metrics:
+            raise ValueError(f"metrics must be a non-empty subset of ['errors', 'latency'], got {self.metrics}")
+        if isinstance(self.error_statuses, str):
+            self.error_statuses = [self.error_statuses]
+        self.error_statuses = [str(s) for s in self.error_statuses]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> AnalysisSettings:
+        """Build from a service file's ``analysis`` section; keys this class does not know are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def is_error(self, status: str) -> bool:
+        status = str(status)
+        for pattern in self.error_statuses:
+            if pattern == status:
+                return True
+            if len(pattern) == 3 and pattern[1:].lower() == "xx" and len(status) == 3 and status[0] == pattern[0]:
+                return True
+        return False
+
+
+def _clean(value: Any) -> Any:
+    """JSON-able copy: non-finite floats become None, tuples become lists, floats are rounded."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+@dataclass
+class MetricVerdict:
+    """One metric's decision and its evidence.
+
+    :param metric: ``"errors"`` or ``"latency"``.
+    :param decision: ``pass | fail | inconclusive | continue``.
+    :param reason: one human line.
+    :param canary: the canary's value (error rate as a fraction; latency quantile in ms).
+    :param baseline: the baseline's value, same unit.
+    :param effect: the tested ratio, canary over baseline (error rates; slow-request shares).
+    :param interval: a ``1 - alpha`` confidence interval of ``effect`` over the whole window so far.
+    :param threshold: the ratio above which the canary counts as a regression (``1 + tolerance``).
+    :param e_value: the sequential test's e-value against "no regression" (largest so far).
+    :param p_value: the window-end test's p-value, once the window has ended.
+    :param samples: counts behind the numbers (requests, errors or slow requests, hosts, intervals).
+    """
+
+    metric: str
+    decision: str
+    reason: str
+    canary: float | None = None
+    baseline: float | None = None
+    effect: float | None = None
+    interval: tuple[float, float] | None = None
+    threshold: float | None = None
+    e_value: float | None = None
+    p_value: float | None = None
+    samples: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def statistic(self) -> str:
+        parts = []
+        if self.e_value is not None:
+            parts.append(f"e={self.e_value:.3g}")
+        if self.p_value is not None:
+            parts.append(f"p={self.p_value:.3g}")
+        return ", ".join(parts) or "n/a"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["statistic"] = self.statistic
+        return _clean(d)
+
+
+@dataclass
+class Verdict:
+    """The judge's answer: ``decision`` is ``pass | fail | inconclusive | continue`` (ask again)."""
+
+    decision: str
+    metrics: list[MetricVerdict]
+    reason: str
+    elapsed_s: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "elapsed_s": _clean(float(self.elapsed_s)),
+            "metrics": [m.to_dict() for m in self.metrics],
+            "details": _clean(self.details),
+        }
