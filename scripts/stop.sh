@@ -16,5 +16,10 @@ if [[ -f "$pidfile" ]]; then
 fi
 if [[ -x .venv/bin/conveyor ]]; then
   echo "==> Stopping the local fleet"
-  conveyor fleet down
+  # Stops every app, then the SSH servers and the traffic generator, and checks nothing is left;
+  # the hosts' files stay, so the next `make run` restarts each host on its current version.
+  if ! .venv/bin/conveyor fleet down; then
+    echo "The local fleet did not stop cleanly; see $CONVEYOR_HOME/fleet/daemon.log" >&2
+    exit 1
+  fi
 fi

@@ -3,7 +3,7 @@
 ```
 validate -> build -> replica.deploy -> replica.populate -> tests -> qa_signoff -> plan
   -> wave_1.deploy -> wave_1.analysis -> ... -> wave_N.analysis -> watch -> finalize
-on any failure:  release_failed -> rollback -> ticket        (the run still ends failed)
+on any failure:  release_failed -> rollback -> ticket -> fail_run   (the run ends failed)
 ```
 
 Parsing does no work: building the DAG reads the service's YAML file and nothing else (no
@@ -96,6 +96,7 @@ def release_dag(service_id: str):
         BuildOperator,
         FinalizeReleaseOperator,
         ReleaseFailedOperator,
+        ReleaseOutcomeOperator,
         ValidateReleaseOperator,
     )
     from conveyor.operators.testing import TestSuitesOperator
@@ -208,5 +209,9 @@ def release_dag(service_id: str):
                                        "{{ ti.xcom_pull(task_ids='ticket')['ticket_id'] }}: "
                                        "{{ ti.xcom_pull(task_ids='ticket')['title'] }}"),
         )
-        main >> failed >> rollback >> ticket
+        # A release that failed must end as a failed run, even though its failure path succeeded:
+        # this leaf fails whenever the failure path ran (Airflow's "watcher" pattern).
+        outcome = ReleaseOutcomeOperator(task_id="fail_run", trigger_rule=TriggerRule.NONE_SKIPPED,
+                                         on_failure_callback=None, **common)
+        main >> failed >> rollback >> ticket >> outcome
     return dag

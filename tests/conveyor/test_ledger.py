@@ -83,8 +83,9 @@ MANIFEST_RANGE = {
 }
 
 
-def record_full_release(ledger: Ledger, rid: str = RID, *, t0: dt.datetime = T("2025-03-10T10:00")) -> None:
+def record_full_release(ledger: Ledger, rid: str = RID, *, t0: dt.datetime | None = None) -> None:
     """validate -> build -> replica -> tests -> QA approval -> two production waves -> finalize."""
+    t0 = t0 or T("2025-03-10T10:00")
     at = lambda minutes: t0 + dt.timedelta(minutes=minutes)  # noqa: E731
     ledger.upsert_release(
         rid, service="demo_shop", git_ref="v1.1.0", change_kind="minor", emergency=False, reason=None,
@@ -327,7 +328,8 @@ def test_merge_rules(ledger):
     assert (stage["status"], stage["started_at"], stage["error"]) == ("failed", T("2025-01-01T10:00"), "boom")
     ledger.upsert_stage("svc/r1", "deploy", status="success", finished_at=T("2025-01-01T12:05"))
     (stage,) = ledger.get_release("svc/r1")["stages"]
-    assert (stage["status"], stage["finished_at"]) == ("success", T("2025-01-01T12:05"))
+    # The successful rerun's row no longer carries the first attempt's error.
+    assert (stage["status"], stage["finished_at"], stage["error"]) == ("success", T("2025-01-01T12:05"), None)
     ledger.upsert_stage("svc/r1", "deploy", status="running", reset=True)
     (stage,) = ledger.get_release("svc/r1")["stages"]
     assert (stage["status"], stage["started_at"], stage["finished_at"], stage["error"]) == (
@@ -644,6 +646,9 @@ def test_the_hook_falls_back_to_the_local_sqlite_ledger(monkeypatch, tmp_path):
          "postgresql+psycopg2://u:p@db:5433/ledger?sslmode=require"),
         ({"conn_type": "generic", "extra": {"sqlalchemy_url": "postgresql+psycopg2://a@b/c"}},
          "postgresql+psycopg2://a@b/c"),
+        # The URI form docker-compose.yaml uses.
+        ("postgresql://airflow:airflow@postgres:5432/conveyor_ledger",
+         "postgresql+psycopg2://airflow:airflow@postgres:5432/conveyor_ledger"),
     ],
 )
 def test_the_hook_builds_the_url_from_the_connection(monkeypatch, conn, expected):
@@ -651,7 +656,7 @@ def test_the_hook_builds_the_url_from_the_connection(monkeypatch, conn, expected
 
     from conveyor.ledger.hook import LedgerHook
 
-    monkeypatch.setenv("AIRFLOW_CONN_CONVEYOR_LEDGER", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW_CONN_CONVEYOR_LEDGER", conn if isinstance(conn, str) else json.dumps(conn))
     assert LedgerHook().ledger_url().render_as_string(hide_password=False) == expected
 
 

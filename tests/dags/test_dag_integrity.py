@@ -51,6 +51,7 @@ def test_release_dag_shape_and_policies(forbid_connections):
     # failure path: rollback runs after the sentinel, the ticket after the rollback
     assert dag.get_task("rollback").upstream_task_ids == {"release_failed"}
     assert dag.get_task("ticket").upstream_task_ids == {"rollback"}
+    assert dag.get_task("fail_run").upstream_task_ids == {"ticket"} and not dag.get_task("fail_run").downstream_task_ids
     assert "watch.decide" in dag.get_task("release_failed").upstream_task_ids
     for task in dag.tasks:
         assert task.owner == "release-eng"

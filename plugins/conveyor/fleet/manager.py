@@ -275,6 +275,8 @@ class Fleet:
     def wait_healthy(self, hosts: list[HostSpec] | None = None, timeout: float = HEALTH_TIMEOUT_S) -> None:
         """Wait until every host's ``/health`` answers ``{"status": "ok"}``."""
         pending = {h.name: h for h in (self.hosts() if hosts is None else hosts)}
+        if not pending:
+            return
         deadline = time.monotonic() + timeout
         errors: dict[str, str] = {}
         while pending:

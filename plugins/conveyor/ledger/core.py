@@ -12,6 +12,7 @@ task that runs twice leaves the same rows. Updates merge rather than overwrite:
 * a final status (:data:`~conveyor.ledger.schema.TERMINAL_STATUSES`) is not replaced by a non-final one,
   so a late "running" cannot hide a "success"; a no-op status (:data:`~conveyor.ledger.schema.WEAK_STATUSES`,
   a host that already ran the version on a rerun) never replaces a recorded one;
+* a stage recorded as ``success`` loses the error of an earlier failed attempt (a successful rerun);
 * ``reset=True`` turns all of this off for the fields passed: they are written exactly as given. That
   is how a deliberate rerun re-opens a stage.
 """
@@ -177,6 +178,11 @@ class Ledger:
                     (sa.and_(current.in_(terminal), new.not_in(terminal)), current),
                     (sa.and_(current.is_not(None), new.in_(sorted(schema.WEAK_STATUSES))), current),
                     else_=sa.func.coalesce(new, current),
+                )
+            elif name == "error" and "status" in fields:
+                # A stage that ends in success drops the error of an earlier failed attempt.
+                updates[name] = sa.case(
+                    (excluded["status"] == "success", new), else_=sa.func.coalesce(new, current)
                 )
             else:
                 updates[name] = sa.func.coalesce(new, current)

@@ -163,5 +163,25 @@ class ReleaseFailedOperator(ConveyorOperator):
         return {"status": "failed"}
 
 
-__all__ = ["BuildOperator", "FinalizeReleaseOperator", "ReleaseFailed", "ReleaseFailedOperator",
+class ReleaseOutcomeOperator(ConveyorOperator):
+    """The failure path's last task: fails, so that a failed release is a failed run.
+
+    Its message sums the failure up: the failed stage and error, the rollback and the ticket.
+    """
+
+    ui_color = "#fbe3e3"
+
+    def execute(self, context: Context) -> None:
+        release = self.ledger.get_release(self.release_id(context)) or {}
+        failed = sorted((s for s in release.get("stages", []) if s.get("status") == "failed"),
+                        key=lambda s: str(s.get("finished_at") or ""))
+        ti = context["ti"]
+        rollback = ti.xcom_pull(task_ids="rollback") or {}
+        ticket = ti.xcom_pull(task_ids="ticket") or {}
+        where = f"{failed[0]['stage']}: {failed[0].get('error')}" if failed else "an unknown stage"
+        raise ReleaseFailed(f"release failed at {where}; rollback: {rollback.get('status', 'did not run')}; "
+                            f"ticket: {ticket.get('ticket_id', 'not filed')}")
+
+
+__all__ = ["BuildOperator", "FinalizeReleaseOperator", "ReleaseFailed", "ReleaseFailedOperator", "ReleaseOutcomeOperator",
            "ValidateReleaseOperator"]

@@ -32,12 +32,23 @@ def build_version() -> str:
 
 
 class Shop:
+    """The shop's state. The catalog is re-read when ``products.json`` changes (populate runs after start)."""
+
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
         self.version = build_version()
         self.metrics = Metrics(self.version)
-        self.products = catalog.load(self.data_dir)
-        self.by_id = {p["id"]: p for p in self.products}
+        self._stamp: float | None = None
+        self.products: list[dict] = []
+        self.by_id: dict[int, dict] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        path = self.data_dir / "products.json"
+        stamp = path.stat().st_mtime if path.exists() else None
+        if stamp != self._stamp or not self.products:
+            products = catalog.load(self.data_dir)
+            self.products, self.by_id, self._stamp = products, {p["id"]: p for p in products}, stamp
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -59,6 +70,7 @@ class Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         url = urlsplit(self.path)
         route, status = url.path, 500
+        self.shop.refresh()
         try:
             if url.path == "/health":
                 route, status = "/health", 200

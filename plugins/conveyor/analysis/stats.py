@@ -1,0 +1,261 @@
+"""The statistics behind the judge: always-valid e-processes and exact tail probabilities.
+
+Everything is numpy + math (no scipy). Notation: per interval ``k`` the canary has exposure ``n_c``
+(requests) and ``x`` events (errors, or requests slower than a threshold); the baseline has
+exposure ``n_b`` and ``y`` events. If events are Poisson (or binomial) with per-request rates
+``p_c`` and ``p_b``, then given ``m = x + y``,
+
+    x ~ Binomial(m, theta),   theta = rho*n_c / (rho*n_c + n_b),   rho = p_c / p_b,
+
+whatever the common level of ``p_b`` in that interval (so daily drift, shared by both sides, cancels).
+The likelihood ratio of ``rho1`` against ``rho0`` is ``g**x * ((rho0*n_c + n_b)/(rho1*n_c + n_b))**m``
+with ``g = rho1/rho0``; its product over intervals, mixed over a grid of ``rho1 > rho0``, is a
+non-negative supermartingale under every ``rho <= rho0`` (monotone likelihood ratio), so by Ville's
+inequality it exceeds ``1/alpha`` at ANY time with probability at most ``alpha``: the judge may
+look after every scrape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Mixture over alternatives rho1 = rho0 * g. The grid and weights were tuned on the benchmark
+# (bench/canary.py): most mass on 1.3x..6x, some on large effects so a gross regression is caught at
+# once, weights sum to 1 (any fixed prior keeps validity; the prior only moves power around).
+_G_UP = np.exp(np.linspace(math.log(1.15), math.log(40.0), 24))
+_W_UP = np.exp(-0.5 * ((np.log(_G_UP) - math.log(2.2)) / 0.75) ** 2)
+_W_UP = _W_UP / _W_UP.sum()
+_LOG_W_UP = np.log(_W_UP)
+# Non-inferiority (early pass): alternatives rho1 = margin * g, g < 1.
+_G_DOWN = np.exp(np.linspace(math.log(0.95), math.log(0.2), 16))
+_LOG_W_DOWN = np.full(_G_DOWN.size, -math.log(_G_DOWN.size))
+
+
+def _logsumexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def ratio_e_process(x: np.ndarray, y: np.ndarray, n_c: np.ndarray, n_b: np.ndarray,
+                    rho0: np.ndarray | float, *, upper: bool = True) -> np.ndarray:
+    """Log e-process path of the conditional binomial test, one value per interval (cumulative).
+
+    ``upper=True`` tests H0: ``rho <= rho0`` (no regression) against ``rho > rho0``; ``upper=False``
+    tests H0: ``rho >= rho0`` (a regression of at least ``rho0``) against ``rho < rho0`` (used to
+    pass early on strong evidence of non-inferiority). ``rho0`` may vary by interval, as long as
+    each interval's value is fixed before that interval's counts are seen. Intervals without
+    exposure on either side, or without events, leave the e-value unchanged.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n_c = np.asarray(n_c, dtype=float)
+    n_b = np.asarray(n_b, dtype=float)
+    rho0 = np.broadcast_to(np.asarray(rho0, dtype=float), x.shape)
+    if x.size == 0:
+        return np.zeros(0)
+    g, logw = (_G_UP, _LOG_W_UP) if upper else (_G_DOWN, _LOG_W_DOWN)
+    m = x + y
+    ok = (n_c > 0) & (n_b > 0) & (m > 0) & np.isfinite(rho0) & (rho0 > 0)
+    a = np.where(ok, rho0 * n_c / np.where(n_b > 0, n_b, 1.0), 1.0)  # null odds of "event is canary's"
+    # log LR[j, k] = x_k log g_j - m_k log((g_j a_k + 1) / (a_k + 1))
+    llr = np.outer(np.log(g), x) - m[None, :] * (np.log1p(np.outer(g, a)) - np.log1p(a)[None, :])
+    llr[:, ~ok] = 0.0
+    path = np.cumsum(llr, axis=1)
+    return _logsumexp(path + logw[:, None], axis=0)
+
+
+def rate_e_process(x: np.ndarray, n: np.ndarray, p0: float) -> np.ndarray:
+    """Log e-process path for H0: per-request event probability ``<= p0`` (one sample, binomial)."""
+    x = np.asarray(x, dtype=float)
+    n = np.asarray(n, dtype=float)
+    if x.size == 0:
+        return np.zeros(0)
+    if p0 <= 0:
+        # any event refutes "rate <= 0" outright
+        return np.where(np.cumsum(x) > 0, math.inf, 0.0)
+    p1 = np.minimum(p0 * _G_UP, 0.5 * (1 + p0))
+    keep = p1 > p0
+    if not keep.any():
+        return np.zeros(x.size)
+    p1, logw = p1[keep], _LOG_W_UP[keep] - _logsumexp(_LOG_W_UP[keep])
+    llr = np.outer(np.log(p1 / p0), x) + np.outer(np.log1p(-p1) - math.log1p(-p0), np.maximum(n - x, 0.0))
+    return _logsumexp(np.cumsum(llr, axis=1) + logw[:, None], axis=0)
+
+
+# ---------------------------------------------------------------- exact tails
+
+
+def _log_comb_terms(n: int, k_lo: int, k_hi: int) -> np.ndarray:
+    """log C(n, k) for k = k_lo..k_hi (inclusive)."""
+    base = math.lgamma(n + 1) - math.lgamma(k_lo + 1) - math.lgamma(n - k_lo + 1)
+    if k_hi <= k_lo:
+        return np.array([base])
+    k = np.arange(k_lo, k_hi, dtype=float)
+    return base + np.concatenate([[0.0], np.cumsum(np.log(n - k) - np.log(k + 1))])
+
+
+def _norm_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def binom_sf(x: float, n: float, p: float) -> float:
+    """P(X >= x) for X ~ Binomial(n, p), exact (summing the terms that matter)."""
+    x, n = int(math.ceil(x - 1e-9)), int(round(n))
+    if x <= 0:
+        return 1.0
+    if x > n or p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    sd = math.sqrt(n * p * (1 - p))
+    span = int(40 * sd + 60)
+    lp, lq = math.log(p), math.log1p(-p)
+    if x > n * p:
+        hi = min(n, x + span)
+        k = np.arange(x, hi + 1, dtype=float)
+        logs = _log_comb_terms(n, x, hi) + k * lp + (n - k) * lq
+        return float(min(1.0, np.exp(logs).sum()))
+    lo = max(0, x - 1 - span)
+    k = np.arange(lo, x, dtype=float)
+    logs = _log_comb_terms(n, lo, x - 1) + k * lp + (n - k) * lq
+    return float(max(0.0, 1.0 - np.exp(logs).sum()))
+
+
+def binom_cdf(x: float, n: float, p: float) -> float:
+    """P(X <= x) for X ~ Binomial(n, p)."""
+    return 1.0 - binom_sf(math.floor(x) + 1, n, p)
+
+
+def binom_upper(x: float, n: float, level: float) -> float:
+    """One-sided Clopper-Pearson upper bound: the largest p with P(X <= x; n, p) >= level."""
+    n = int(round(n))
+    if n <= 0:
+        return 1.0
+    if x >= n:
+        return 1.0
+    lo, hi = x / n, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if binom_cdf(x, n, mid) > level:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def binom_lower(x: float, n: float, level: float) -> float:
+    """One-sided Clopper-Pearson lower bound: the smallest p with P(X >= x; n, p) >= level."""
+    n = int(round(n))
+    if x <= 0 or n <= 0:
+        return 0.0
+    lo, hi = 0.0, min(1.0, x / n)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if binom_sf(x, n, mid) < level:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def poisson_binomial_sf(x: float, m: np.ndarray, theta: np.ndarray, exact_limit: int = 3000) -> float:
+    """P(sum_k X_k >= x) for independent X_k ~ Binomial(m_k, theta_k).
+
+    Exact (convolution, thetas rounded up to 1/400) up to ``exact_limit`` total trials, normal with
+    continuity correction above.
+    """
+    m = np.rint(np.asarray(m, dtype=float)).astype(int)
+    theta = np.clip(np.asarray(theta, dtype=float), 0.0, 1.0)
+    keep = m > 0
+    m, theta = m[keep], theta[keep]
+    total = int(m.sum())
+    x = int(math.ceil(x - 1e-9))
+    if x <= 0:
+        return 1.0
+    if x > total:
+        return 0.0
+    if total > exact_limit:
+        mean = float((m * theta).sum())
+        var = float((m * theta * (1 - theta)).sum())
+        if var <= 0:
+            return 1.0 if x <= mean else 0.0
+        return _norm_sf((x - 0.5 - mean) / math.sqrt(var))
+    # Round each theta UP to a grid of 1/400 (a larger null theta only makes the tail heavier, so the
+    # p-value stays valid) and group equal thetas: a sum of binomials with one theta is binomial.
+    theta = np.minimum(np.ceil(theta * 400.0) / 400.0, 1.0)
+    pmf = np.ones(1)
+    for th in np.unique(theta):
+        mm = int(m[theta == th].sum())
+        if th <= 0:
+            continue
+        if th >= 1:
+            pmf = np.concatenate([np.zeros(mm), pmf])
+            continue
+        k = np.arange(mm + 1, dtype=float)
+        part = np.exp(_log_comb_terms(mm, 0, mm) + k * math.log(th) + (mm - k) * math.log1p(-th))
+        pmf = np.convolve(pmf, part)
+    return float(min(1.0, max(0.0, pmf[x:].sum())))
+
+
+def ratio_interval(x: float, y: float, n_c: float, n_b: float, level: float) -> tuple[float, float]:
+    """Two-sided ``1 - level`` interval for rho = p_c/p_b from the pooled conditional binomial."""
+    m = x + y
+    if m <= 0 or n_c <= 0 or n_b <= 0:
+        return (0.0, math.inf)
+    lo_t = binom_lower(x, m, level / 2)
+    hi_t = binom_upper(x, m, level / 2)
+    scale = n_b / n_c
+    lo = lo_t / (1 - lo_t) * scale if lo_t < 1 else math.inf
+    hi = hi_t / (1 - hi_t) * scale if hi_t < 1 else math.inf
+    return (lo, hi)
+
+
+# ---------------------------------------------------------------- robust pooling
+
+
+def _nanmedian0(a: np.ndarray) -> np.ndarray:
+    """Median over axis 0 ignoring NaN (NaN where a column has no value); faster than np.nanmedian."""
+    s = np.sort(a, axis=0)  # NaN sorts last
+    n = (~np.isnan(a)).sum(axis=0)
+    lo = np.clip((n - 1) // 2, 0, None)
+    hi = np.clip(n // 2, 0, None)
+    cols = np.arange(a.shape[1])
+    out = 0.5 * (s[lo, cols] + s[hi, cols])
+    return np.where(n > 0, out, np.nan)
+
+
+def outlier_hosts(rates: np.ndarray, sd: np.ndarray, rel_floor: float, k: float = 3.0) -> np.ndarray:
+    """Mask of hosts (rows) to drop, per column: median/MAD with a sampling-noise floor.
+
+    ``rates`` is hosts x columns (NaN = not enough data, never dropped); ``sd`` the sampling sd of
+    each rate. A host is dropped when it is more than ``k`` robust sds AND more than ``rel_floor``
+    (relative) away from the median, and at most ``(hosts - 1) // 2`` hosts are dropped (the most
+    extreme), so the median hosts always remain. Needs 3+ hosts with data.
+    """
+    h = rates.shape[0]
+    drop = np.zeros(rates.shape, dtype=bool)
+    if h < 3:
+        return drop
+    valid = ~np.isnan(rates)
+    enough = valid.sum(axis=0) >= 3
+    if not enough.any():
+        return drop
+    with np.errstate(invalid="ignore", all="ignore"):
+        med = _nanmedian0(rates)
+        dev = np.abs(rates - med[None, :])
+        mad = 1.4826 * _nanmedian0(dev)
+        scale = np.sqrt(mad[None, :] ** 2 + sd**2)
+        far = valid & (dev > k * scale) & (dev > rel_floor * np.abs(med[None, :]))
+    far &= enough[None, :]
+    limit = (h - 1) // 2
+    counts = far.sum(axis=0)
+    over = np.nonzero(counts > limit)[0]
+    for c in over:  # keep only the most extreme ones
+        order = np.argsort(-np.where(far[:, c], dev[:, c], -1.0))
+        far[:, c] = False
+        far[order[:limit], c] = True
+    drop |= far
+    return drop

@@ -1,0 +1,314 @@
+"""Conveyor's pages on the Airflow API server: DORA metrics, the release list and per-release changelogs.
+
+A FastAPI app that :mod:`conveyor_plugin` mounts at ``/conveyor`` (``fastapi_apps``) and links from the
+Airflow UI's navigation (``external_views``):
+
+* ``GET /conveyor/api/dora?service=<id>&days=<n>[&end=<ISO time>]``: the DORA numbers as JSON
+  (:meth:`conveyor.ledger.core.Ledger.dora`); without ``service``, over all services;
+* ``GET /conveyor/dora?service=&days=``: the same numbers as a page with per-day charts (inline SVG);
+* ``GET /conveyor/releases[?service=]``: recent releases;
+* ``GET /conveyor/releases/<release id>/changelog`` (and ``/conveyor/api/releases/<id>/changelog``): the
+  commits a release shipped since the previous successful release.
+
+Every route needs the same login as the rest of the UI: Airflow's own ``get_user`` dependency checks
+the JWT from an ``Authorization: Bearer`` header or the ``_token`` cookie that the UI login sets, and
+the user must be allowed to see the website (``AccessView.WEBSITE``). Without a valid login the API
+answers 401 (JSON) and the pages answer 401 with a link to the login page.
+
+Importing this module is cheap and touches neither Airflow's database nor the ledger: the auth
+manager and the ledger connection are looked up per request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from conveyor.validation import SERVICE_ID_RE
+from conveyor.web import charts
+
+if TYPE_CHECKING:
+    from conveyor.ledger import Ledger
+
+URL_PREFIX = "/conveyor"
+MAX_DAYS = 3650
+PERIOD_CHOICES = (7, 14, 30, 90, 180, 365)
+LedgerFactory = Callable[[], "Ledger"]
+
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_TEMPLATES.filters.update(
+    duration=charts.duration, percent=charts.percent, per_day=charts.per_day, data_value=charts.data_value
+)
+
+
+# --------------------------------------------------------------------------------------------- ledger
+
+_ledgers: dict[str, Ledger] = {}
+_resolved: tuple[float, str] | None = None
+_ledger_lock = threading.Lock()
+_RESOLVE_TTL_S = 30.0
+
+
+def airflow_ledger() -> Ledger:
+    """The ledger of the ``conveyor_ledger`` connection (one engine per URL in this process).
+
+    The connection is looked up again every 30 s, so an edited connection is picked up without a
+    restart of the API server.
+    """
+    global _resolved
+    from conveyor.ledger import Ledger
+    from conveyor.ledger.hook import LedgerHook
+
+    with _ledger_lock:
+        if _resolved is None or time.monotonic() - _resolved[0] > _RESOLVE_TTL_S:
+            url = LedgerHook().ledger_url()
+            _resolved = (time.monotonic(), url.render_as_string(hide_password=False))
+        key = _resolved[1]
+        if key not in _ledgers:
+            _ledgers[key] = Ledger(key)
+        return _ledgers[key]
+
+
+# ----------------------------------------------------------------------------------------------- auth
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class LoginRequired(Exception):
+    """A page was asked for without a valid login."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+async def airflow_user(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Any:
+    """The logged-in Airflow user, authenticated exactly as the UI's own API routes do.
+
+    Delegates to ``airflow.api_fastapi.core_api.security.get_user`` (bearer token first, then the
+    ``_token`` cookie, honouring the user already resolved by Airflow's JWT refresh middleware), then
+    asks the auth manager whether the user may see the website. Raises 401/403 like Airflow does.
+    """
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import get_user
+
+    user = await get_user(request=request, _oauth_token=None, bearer_credentials=credentials)
+    if not get_auth_manager().is_authorized_view(access_view=AccessView.WEBSITE, user=user):
+        raise HTTPException(status_code=403, detail="Forbidden")
+    return user
+
+
+async def page_user(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Any:
+    """:func:`airflow_user` for HTML pages: a failed login becomes a page with a link to the login."""
+    try:
+        return await airflow_user(request, credentials)
+    except HTTPException as exc:
+        raise LoginRequired(exc.status_code, str(exc.detail)) from exc
+
+
+def _login_url(request: Request) -> str | None:
+    try:
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return get_auth_manager().get_url_login(next_url=str(request.url))
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------------- validation
+
+
+def _check_service(service: str | None) -> str | None:
+    if service in (None, "", "all"):
+        return None
+    if not SERVICE_ID_RE.match(service):
+        raise HTTPException(
+            status_code=422,
+            detail=f"service must be a service id (a lowercase letter, then lowercase letters, digits or _), "
+            f"got {service!r}",
+        )
+    return service
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("query", "path")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+ServiceQuery = Annotated[
+    str | None, Query(max_length=63, description="a service id; omitted or 'all' for every service")
+]
+DaysQuery = Annotated[int, Query(ge=1, le=MAX_DAYS, description="length of the period in days")]
+EndQuery = Annotated[
+    dt.datetime | None, Query(description="end of the period (ISO 8601, naive is UTC); default now")
+]
+
+
+
+
+def get_ledger(request: Request) -> Ledger:
+    return request.app.state.ledger_factory()
+
+
+# Module level: with postponed annotations FastAPI resolves these names in the module's globals.
+LedgerDep = Annotated[Any, Depends(get_ledger)]
+
+
+# ------------------------------------------------------------------------------------------------ app
+
+
+def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
+    """The Conveyor web app; ``ledger_factory`` (default: the ``conveyor_ledger`` connection) gives the ledger."""
+    app = FastAPI(
+        title="Conveyor",
+        description="Release ledger views: DORA metrics, releases, changelogs.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.state.ledger_factory = ledger_factory or airflow_ledger
+
+    ApiUser = Depends(airflow_user)
+    PageUser = Depends(page_user)
+
+    def base_path(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/")
+
+    def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        html = _TEMPLATES.get_template(template).render(base=base_path(request), quote=quote, **context)
+        return HTMLResponse(html, status_code=status_code)
+
+    def _wants_html(request: Request) -> bool:
+        return not request.url.path.removeprefix(base_path(request)).startswith("/api/")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message = _validation_message(exc)
+        if _wants_html(request):
+            return render(request, "error.html", 422, title="Invalid request", message=message)
+        return JSONResponse(status_code=422, content={"detail": message, "errors": jsonable_encoder(exc.errors())})
+
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, exc: LoginRequired):
+        return render(request, "error.html", exc.status_code, title="Login required" if exc.status_code == 401
+                      else "Forbidden", message=exc.detail, login_url=_login_url(request))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        if _wants_html(request):
+            return render(request, "error.html", exc.status_code, title=f"Error {exc.status_code}",
+                          message=str(exc.detail))
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
+                            headers=getattr(exc, "headers", None))
+
+    def _dora(ledger: Ledger, service: str | None, days: int, end: dt.datetime | None) -> dict[str, Any]:
+        service = _check_service(service)
+        known = ledger.services()
+        if service is not None and service not in known:
+            raise HTTPException(
+                status_code=404,
+                detail=f"no releases are recorded for service {service!r}; known: {', '.join(known) or 'none'}",
+            )
+        return ledger.dora(service, days=days, now=end)
+
+    # -- JSON --------------------------------------------------------------------------------------
+
+    @app.get("/api/dora", dependencies=[ApiUser])
+    def api_dora(ledger: LedgerDep, service: ServiceQuery = None, days: DaysQuery = 30,
+                 end: EndQuery = None) -> dict[str, Any]:
+        """DORA metrics of a service (or all) over ``days`` days ending at ``end``."""
+        return _dora(ledger, service, days, end)
+
+    @app.get("/api/releases/{release_id:path}/changelog", dependencies=[ApiUser])
+    def api_changelog(release_id: str, ledger: LedgerDep) -> dict[str, Any]:
+        changelog = ledger.changelog(release_id)
+        if changelog is None:
+            raise HTTPException(status_code=404, detail=f"release {release_id!r} is not in the ledger")
+        return jsonable_encoder(changelog)
+
+    # -- pages -------------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def index(request: Request) -> RedirectResponse:
+        return RedirectResponse(f"{base_path(request)}/dora")
+
+    @app.get("/dora", response_class=HTMLResponse, dependencies=[PageUser])
+    def dora_page(request: Request, ledger: LedgerDep, service: ServiceQuery = None, days: DaysQuery = 30,
+                  end: EndQuery = None) -> HTMLResponse:
+        numbers = _dora(ledger, service, days, end)
+        services = ledger.services()
+        per_service = []
+        if numbers["service"] is None:
+            per_service = [ledger.dora(s, days=days, now=end) for s in services]
+        series = numbers["series"]
+        chart_list = [
+            charts.bar_chart(series, [("deployments", "deployments", "#2f855a"),
+                                      ("failed_changes", "failed changes", "#c53030")],
+                             title="Deployments and failed changes per day", chart_id="chart-deployments"),
+            charts.bar_chart(series, [("lead_time_median_seconds", "lead time (median)", "#2b6cb0")],
+                             title="Lead time for changes (median of commits deployed that day)",
+                             formatter=charts.duration, chart_id="chart-lead-time"),
+            charts.bar_chart(series, [("change_failure_rate", "change failure rate", "#c05621")],
+                             title="Change failure rate per day", formatter=charts.percent,
+                             chart_id="chart-change-failure-rate"),
+            charts.bar_chart(series, [("time_to_restore_median_seconds", "time to restore (median)", "#6b46c1")],
+                             title="Time to restore service (incidents closed that day)",
+                             formatter=charts.duration, chart_id="chart-time-to-restore"),
+        ]
+        query = {"days": days, **({"service": numbers["service"]} if numbers["service"] else {})}
+        if end is not None:
+            query["end"] = end.isoformat()
+        return render(request, "dora.html", numbers=numbers, services=services, per_service=per_service,
+                      charts=chart_list, days=days, end=end, period_choices=PERIOD_CHOICES,
+                      json_url=f"{base_path(request)}/api/dora?{urlencode(query)}")
+
+    @app.get("/releases", response_class=HTMLResponse, dependencies=[PageUser])
+    def releases_page(request: Request, ledger: LedgerDep, service: ServiceQuery = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> HTMLResponse:
+        service = _check_service(service)
+        releases = ledger.list_releases(service, limit=limit)
+        return render(request, "releases.html", releases=releases, service=service, services=ledger.services(),
+                      limit=limit)
+
+    @app.get("/releases/{release_id:path}/changelog", response_class=HTMLResponse, dependencies=[PageUser])
+    def changelog_page(request: Request, release_id: str, ledger: LedgerDep) -> HTMLResponse:
+        changelog = ledger.changelog(release_id)
+        if changelog is None:
+            raise HTTPException(status_code=404, detail=f"release {release_id!r} is not in the ledger")
+        return render(request, "changelog.html", log=changelog, release=changelog["release"])
+
+    return app
+
+
+def release_path(release_id: str) -> str:
+    """The URL path segment of a release id (ids contain ``/``, ``:`` and ``+``)."""
+    return quote(release_id, safe="/:")
+
+
+_TEMPLATES.globals["release_path"] = release_path

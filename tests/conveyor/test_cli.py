@@ -1,0 +1,129 @@
+"""The ``conveyor`` command, run as users run it: the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.fleet_fixtures import local_fleet  # noqa: F401 - the session fleet fixture
+
+from conveyor.tickets import LocalTicketBackend, render_ticket
+
+CONVEYOR = Path(sys.executable).with_name("conveyor")
+
+
+def conveyor(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CONVEYOR_HOME": str(home)}
+    return subprocess.run([str(CONVEYOR), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def file_ticket(home: Path, ticket_id: str, service: str, version: str, created_at: str) -> None:
+    evidence = {"service": service, "version": version, "git_ref": version, "release_id": f"{service}-{version}",
+                "failed_stage": "wave_1.analysis", "error": f"{version}: error rate 5.1% vs 0.0%",
+                "rollback": {"status": "rolled back", "rolled_back": ["prod-1"]}}
+    LocalTicketBackend(home / "tickets").file(render_ticket(ticket_id, evidence), created_at=created_at)
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "conveyor"
+
+
+def test_the_console_script_is_installed():
+    assert CONVEYOR.exists(), "run `make venv`: the conveyor console script is missing"
+
+
+def test_tickets_list_on_an_empty_backend(home):
+    result = conveyor(home, "tickets", "list")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "No tickets."
+    result = conveyor(home, "tickets", "list", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == []
+
+
+def test_tickets_list_and_show(home):
+    file_ticket(home, "RCA-00000000A1", "demo_shop", "v1.2.0", "2026-11-22T10:00:00")
+    file_ticket(home, "RCA-00000000B2", "billing", "v3.0.0", "2026-11-22T11:00:00")
+
+    result = conveyor(home, "tickets", "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "CREATED", "SERVICE"]
+    assert [line.split()[0] for line in lines[1:]] == ["RCA-00000000B2", "RCA-00000000A1"]  # newest first
+    assert "wave_1.analysis" in lines[1]
+    assert "rolled back" in lines[1]
+
+    result = conveyor(home, "tickets", "list", "--service", "demo_shop", "--json")
+    assert result.returncode == 0
+    [ticket] = json.loads(result.stdout)
+    assert ticket["ticket_id"] == "RCA-00000000A1"
+    assert ticket["version"] == "v1.2.0"
+
+    result = conveyor(home, "tickets", "show", "RCA-00000000A1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# [demo_shop] release v1.2.0 failed at wave_1.analysis")
+    assert "v1.2.0: error rate 5.1% vs 0.0%" in result.stdout
+
+    result = conveyor(home, "tickets", "show", "RCA-00000000A1", "--json")
+    assert json.loads(result.stdout)["body"].startswith("# [demo_shop]")
+
+
+def test_tickets_show_errors(home):
+    result = conveyor(home, "tickets", "show", "RCA-404")
+    assert result.returncode == 1
+    assert "no ticket RCA-404" in result.stderr
+    result = conveyor(home, "tickets", "show", "../../etc/passwd")
+    assert result.returncode == 2
+    assert "invalid ticket id" in result.stderr
+
+
+def test_fleet_status_when_the_fleet_is_not_running(home):
+    for args in (("fleet", "status"), ("fleet", "status", "--json")):
+        result = conveyor(home, *args)
+        assert result.returncode == 1
+        assert "The local fleet is not running" in result.stderr
+        assert "conveyor fleet up" in result.stderr
+        assert result.stdout == ""
+
+
+def test_fleet_connection_before_the_first_up(home):
+    result = conveyor(home, "fleet", "connection")
+    assert result.returncode == 1
+    assert "conveyor fleet up" in result.stderr
+
+
+def test_fleet_down_when_nothing_runs(home):
+    result = conveyor(home, "fleet", "down")
+    assert result.returncode == 0, result.stderr
+    assert "not set up" in result.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("fleet",), ("fleet", "launch"), ("tickets", "show"), ("bogus",)])
+def test_usage_errors_exit_2(home, args):
+    result = conveyor(home, *args)
+    assert result.returncode == 2
+    assert "usage: conveyor" in result.stderr
+
+
+def test_fleet_status_and_connection_of_a_running_fleet(local_fleet):  # noqa: F811
+    home = local_fleet.home.parent  # the session's CONVEYOR_HOME
+    result = conveyor(home, "fleet", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["running"] is True
+    assert [h["version"] for h in status["hosts"]] == ["v1.0.0"] * 8
+    result = conveyor(home, "fleet", "status")
+    assert result.returncode == 0
+    assert "prod-6" in result.stdout
+    assert "ok v1.0.0" in result.stdout
+    result = conveyor(home, "fleet", "connection")
+    assert json.loads(result.stdout) == json.loads(local_fleet.connection_uri())
+    result = conveyor(home, "fleet", "up")
+    assert result.returncode == 0
+    assert "already running" in result.stdout
+

@@ -1,0 +1,86 @@
+"""The local fleet as a pytest fixture: ``local_fleet`` (session scope).
+
+Import it where it is needed (``from tests.fleet_fixtures import local_fleet``). It brings up a full
+fleet (2 replicas + 6 production hosts, each a real SSH server, seeded with the demo shop v1.0.0,
+traffic on) under the test session's ``CONVEYOR_HOME``, on ports chosen at run time so it never
+meets a fleet started by ``make run``, and yields the :class:`conveyor.fleet.Fleet`. At the end of
+the session it stops the fleet and fails if any of its processes is left.
+
+Importing the fixture into several modules is safe: every copy shares one fleet, started by the
+first user and stopped by the last.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from conveyor.paths import PROJECT_ROOT
+
+_shared: dict = {"fleet": None, "users": 0}
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on every address (bound on 0.0.0.0, then released)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def free_fleet_spec(**overrides):
+    """A :class:`FleetSpec` on free ports (the addresses are the usual 127.0.0.x ones)."""
+    from conveyor.fleet import FleetSpec
+
+    ssh_port, app_port = free_ports(2)
+    return FleetSpec(**{"ssh_port": ssh_port, "app_port": app_port, **overrides})
+
+
+def fleet_processes(fleet) -> list[int]:
+    """Every process of ``fleet`` still alive: daemon, apps, and anything carrying its marker."""
+    from conveyor.fleet import procs
+
+    known = [pid for pid in fleet.pids().values() if procs.alive(pid)]
+    return sorted(set(known) | set(fleet.leftover_processes()))
+
+
+def stop_and_check(fleet, pids: list[int]) -> None:
+    """``fleet.down()``, then assert that none of ``pids`` (nor any marked process) is alive."""
+    from conveyor.fleet import procs
+
+    fleet.down()
+    left = sorted({p for p in pids if procs.alive(p)} | set(fleet.leftover_processes()))
+    assert not left, f"fleet processes left behind after down(): {left}"
+
+
+@pytest.fixture(scope="session")
+def local_fleet():
+    """A running local fleet (shared by the whole session); yields the ``Fleet``."""
+    from conveyor.fleet import Fleet
+    from conveyor.paths import fleet_dir
+
+    if _shared["fleet"] is None:
+        home = fleet_dir()
+        if not os.environ.get("CONVEYOR_HOME") or home.is_relative_to(Path(PROJECT_ROOT) / ".conveyor"):
+            pytest.fail("local_fleet needs CONVEYOR_HOME set to a temporary directory (tests/conftest.py does it)")
+        fleet = Fleet(free_fleet_spec(), home=home, echo=lambda line: print(f"[fleet] {line}"))
+        try:
+            fleet.up(seed_version="v1.0.0", wait=True)
+        except BaseException:
+            fleet.down()
+            raise
+        _shared["fleet"] = fleet
+    _shared["users"] += 1
+    fleet = _shared["fleet"]
+    try:
+        yield fleet
+    finally:
+        _shared["users"] -= 1
+        if _shared["users"] == 0:
+            _shared["fleet"] = None
+            stop_and_check(fleet, fleet_processes(fleet))
