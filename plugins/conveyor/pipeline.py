@@ -39,7 +39,7 @@ SIGNOFF_BODY = """\
 triggered by {{ dag_run.triggering_user_name or 'the schedule' }} (who cannot approve it).
 
 **Changes since production** ({{ ti.xcom_pull(task_ids='build')['commit_count'] }} commits, \
-[changelog]({{ conf.get('api', 'base_url', fallback='') }}/conveyor/releases/{service}/{{ run_id }}/changelog)):
+[changelog]({base_url}/conveyor/releases/{service}/{{ run_id }}/changelog)):
 {% for c in (ti.xcom_pull(task_ids='build')['manifest']['commit_range']['commits'] or [])[:20] %}
 - `{{ c['sha'][:10] }}` {{ c['subject'] }} ({{ c['author'] }})
 {%- endfor %}
@@ -80,6 +80,7 @@ def _params(service: ServiceConfig) -> dict:
 
 def release_dag(service_id: str):
     """Build the ``release_<service_id>`` DAG (call it from a file in ``dags/``)."""
+    from airflow.configuration import conf as airflow_conf
     from airflow.sdk import DAG, TaskGroup, TriggerRule, chain
 
     from conveyor.notifiers import ReleaseNotifier
@@ -151,6 +152,7 @@ def release_dag(service_id: str):
             populate = PopulateReplicaOperator(task_id="populate", artifact=build.output, **common)
         tests = TestSuitesOperator(task_id="tests", artifact=build.output, **common)
         required = qa["required_approvals"]
+        base_url = (airflow_conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/")
         with TaskGroup("qa_signoff", tooltip=f"QA sign-off: {required} distinct approvals, never the author") \
                 as qa_signoff:
             previous_approval = None
@@ -161,7 +163,7 @@ def release_dag(service_id: str):
                     required=required, emergency_required=min(required, qa["emergency_required_approvals"]),
                     timeout=service.qa_timeout,
                     subject=f"QA sign-off {k}/{required}: " + "{{ params.git_ref }} of " + service.id,
-                    body=SIGNOFF_BODY.replace("{service}", service.id),
+                    body=SIGNOFF_BODY.replace("{service}", service.id).replace("{base_url}", base_url),
                     notifiers=[notify("approval", f"Release {what} awaits QA sign-off {k}/{required} ("
                                       + (", ".join(qa["group"]) or "anyone") + ") in Required Actions")],
                 )

@@ -100,7 +100,7 @@ def test_version_that_does_not_start_stops_at_the_canary(fleet_on_v1_0_0):
     assert ticket["version"] == "v1.3.0"
     assert ticket["hosts_touched"] == canary
     assert ticket["rollback_status"] == "rolled back"
-    assert "not healthy on v1.3.0" in ticket["error"]
+    assert "required setting(s) SHOP_PAYMENT_GATEWAY not set" in ticket["error"]  # the app log tail
     assert "Payments: read the gateway from SHOP_PAYMENT_GATEWAY" in ticket["body"]  # the commit range
     assert "/dags/release_demo_shop/runs/" in ticket["run_url"]
     assert "Why" in ticket["body"]

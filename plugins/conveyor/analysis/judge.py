@@ -240,8 +240,15 @@ def _survival_many(bounds: np.ndarray, frac: np.ndarray, v: np.ndarray) -> np.nd
 
 
 class _Budget:
-    def __init__(self, settings: AnalysisSettings, static: bool) -> None:
-        per_metric = settings.alpha / len(settings.metrics)
+    """How one metric's share of ``alpha`` is spent: baseline bound (static), sequential, window end."""
+
+    def __init__(self, settings: AnalysisSettings, static: bool, metric: str) -> None:
+        if len(settings.metrics) == 1:
+            per_metric = settings.alpha
+        elif metric == "errors":
+            per_metric = settings.alpha * settings.errors_alpha_share
+        else:
+            per_metric = settings.alpha * (1.0 - settings.errors_alpha_share)
         self.ucb = per_metric / 2 if static else 0.0  # spent on the baseline's upper confidence bound
         rest = per_metric - self.ucb
         self.final = rest * settings.final_alpha_share
@@ -279,7 +286,7 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
     if data.mode == "none" or data.canary.shape[0] == 0:
         what = "no canary data yet" if not data.canary_hosts else "no baseline data"
         return _no_data("errors", data, settings, over, what)
-    budget = _Budget(settings, data.mode == "static")
+    budget = _Budget(settings, data.mode == "static", "errors")
     r0 = 1.0 + settings.error_tolerance
     nc, xc = data.canary[:, _REQ], data.canary[:, _ERR]
     n_int = nc.size
@@ -380,7 +387,7 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         return _no_data("latency", data, settings, over, what)
     if not data.bounds:
         return _no_data("latency", data, settings, over, "no latency histogram buckets shared by all hosts")
-    budget = _Budget(settings, data.mode == "static")
+    budget = _Budget(settings, data.mode == "static", "latency")
     bounds = np.array(data.bounds)
     q = settings.latency_quantile
     scale = 1.0 + settings.latency_tolerance

@@ -42,8 +42,11 @@ class AnalysisSettings:
     :param min_fail_requests: canary requests needed before a ``fail`` (a few errors while a process
         warms up are not a verdict).
     :param alpha: the false-rollback rate the judge allows per analysis, however often it looks.
-    :param final_alpha_share: the part of ``alpha`` kept for one fixed-sample test when the window
-        ends; the rest is spent by the always-valid sequential test that may stop early.
+    :param final_alpha_share: the part of each metric's ``alpha`` kept for one fixed-sample test
+        when the window ends; the rest is spent by the always-valid sequential test that may stop
+        early.
+    :param errors_alpha_share: the part of ``alpha`` given to the error-rate test when both metrics
+        run (latency gets the rest): latency data are plentiful, error counts are not.
     :param metrics: which comparisons to run: ``"errors"``, ``"latency"``.
     :param error_statuses: statuses that count as errors: exact codes (``"503"``) or classes (``"5xx"``).
     :param error_tolerance: relative slack on the error rate: a regression means the canary's rate is
@@ -70,6 +73,7 @@ class AnalysisSettings:
     min_fail_requests: int = 50
     alpha: float = 0.01
     final_alpha_share: float = 0.5
+    errors_alpha_share: float = 0.5
     metrics: list[str] = field(default_factory=lambda: ["errors", "latency"])
     error_statuses: list[str] = field(default_factory=lambda: ["5xx"])
     error_tolerance: float = 0.1
@@ -89,6 +93,8 @@ class AnalysisSettings:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if not 0 <= self.final_alpha_share < 1:
             raise ValueError(f"final_alpha_share must be in [0, 1), got {self.final_alpha_share}")
+        if not 0 < self.errors_alpha_share < 1:
+            raise ValueError(f"errors_alpha_share must be in (0, 1), got {self.errors_alpha_share}")
         if not 0 < self.latency_quantile < 1:
             raise ValueError(f"latency_quantile must be in (0, 1), got {self.latency_quantile}")
         if self.error_tolerance < 0 or self.latency_tolerance < 0 or self.error_floor < 0:

@@ -174,6 +174,9 @@ def host_env(paths: FleetPaths, spec: FleetSpec, host: HostSpec) -> dict[str, st
         "CONVEYOR_HOST_ADDRESS": host.address,
         "CONVEYOR_APP_PORT": str(host.app_port),
         MARKER_ENV: str(paths.home),
+        # Configuration drift for the demo: only the replica has the payment gateway set, so v1.3.0
+        # (which needs it) passes the replica and fails to start in production.
+        **({"SHOP_PAYMENT_GATEWAY": "sandbox"} if host.environment == "replica" else {}),
     }
 
 
