@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from conveyor.analysis import AnalysisSettings, Scrape, judge  # noqa: E402
+from conveyor.analysis import AnalysisSettings, Scrape, judge
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 WINDOW_S = 600.0

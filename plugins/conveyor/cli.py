@@ -1,4 +1,4 @@
-"""The ``conveyor`` command: the local fleet and root-cause tickets.
+"""The ``conveyor`` command: the local fleet, root-cause tickets, QA sign-off and the demo repository.
 
 ::
 
@@ -8,6 +8,9 @@
     conveyor fleet connection          # the Airflow connection (JSON) for AIRFLOW_CONN_CONVEYOR_FLEET
     conveyor tickets list [--json] [--service S]
     conveyor tickets show ID [--json]
+    conveyor approve RUN_ID --as USER [--password P] [--comment TEXT] [--dag D] [--api URL]
+    conveyor reject RUN_ID --as USER --reason TEXT [--password P] [--dag D] [--api URL]
+    conveyor demo commit --red|--green [--message M] [--author NAME]
 
 Exit codes: 0 success, 1 the command failed (fleet not running, ticket not found, ...), 2 usage
 error. Each command group registers itself in :func:`build_parser` through an ``add_*`` function, so
@@ -182,10 +185,120 @@ def add_ticket_commands(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_tickets_show)
 
 
+# ---------------------------------------------------------------------------------- sign-off
+
+
+def _password(args: argparse.Namespace) -> str:
+    import getpass
+    import os
+
+    if args.password is not None:
+        return args.password
+    if os.environ.get("CONVEYOR_PASSWORD"):
+        return os.environ["CONVEYOR_PASSWORD"]
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Airflow password for {args.user}: ")
+    raise UsageError("no password: pass --password or set CONVEYOR_PASSWORD")
+
+
+def _sign_off(args: argparse.Namespace, decision: str, reason: str | None) -> int:
+    from conveyor.signoff_client import SignoffError, sign_off
+
+    try:
+        result = sign_off(api=args.api, user=args.user, password=_password(args), run_id=args.run_id,
+                          decision=decision, reason=reason, dag_id=args.dag, task_id=args.task,
+                          timeout=args.timeout)
+    except SignoffError as e:  # Airflow's answer (403, 409, no approval awaiting ...) or no connection
+        raise CommandFailed(str(e)) from None
+    verb = "Approved" if decision == "Approve" else "Rejected"
+    print(f"{verb} {result.task_id} of run {result.run_id} ({result.dag_id}) as {result.user}"
+          + (f" at {result.responded_at}" if result.responded_at else "") + ".")
+    if result.subject:
+        print(f"  {result.subject}")
+    if result.reason:
+        print(f"  {'Reason' if decision == 'Reject' else 'Comment'}: {result.reason}")
+    if decision == "Reject":
+        print("  The release stops: it is marked failed and a root-cause ticket is filed.")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _sign_off(args, "Approve", args.comment)
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    if not (args.reason or "").strip():
+        raise UsageError("--reason must not be empty: say why the release is rejected")
+    return _sign_off(args, "Reject", args.reason)
+
+
+def add_signoff_commands(sub: argparse._SubParsersAction) -> None:
+    from conveyor.signoff_client import DEFAULT_API, DEFAULT_DAG
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_id", metavar="RUN_ID", help="the release run (its Airflow run id)")
+        p.add_argument("--as", dest="user", required=True, metavar="USER", help="your Airflow user name")
+        p.add_argument("--password", metavar="P",
+                       help="your Airflow password (default: $CONVEYOR_PASSWORD, else prompted)")
+        p.add_argument("--dag", default=DEFAULT_DAG, metavar="DAG_ID", help="the release DAG (default: %(default)s)")
+        p.add_argument("--api", default=DEFAULT_API, metavar="URL",
+                       help="Airflow's API server (default: %(default)s)")
+        p.add_argument("--task", metavar="TASK_ID",
+                       help="the approval task (default: the run's approval awaiting input)")
+        p.add_argument("--timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
+
+    approve = sub.add_parser(
+        "approve", help="approve a release's awaiting QA sign-off",
+        description="Approve the QA sign-off a release run is waiting for, through Airflow's REST API "
+                    "(the same check as Required Actions: only an assigned QA member may answer).",
+    )
+    common(approve)
+    approve.add_argument("--comment", metavar="TEXT", help="an optional note, recorded with the approval")
+    approve.set_defaults(func=cmd_approve)
+
+    reject = sub.add_parser(
+        "reject", help="reject a release at QA sign-off (the release fails)",
+        description="Reject the QA sign-off a release run is waiting for; the release fails, nothing more "
+                    "is deployed, and the reason is recorded in the ledger and the root-cause ticket.",
+    )
+    common(reject)
+    reject.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded in the ledger and ticket)")
+    reject.set_defaults(func=cmd_reject)
+
+
+def cmd_demo_commit(args: argparse.Namespace) -> int:
+    from conveyor.demo_commits import push_demo_commit
+
+    try:
+        sha = push_demo_commit(red=args.red, message=args.message, author=args.author)
+    except ValueError as e:  # a malformed --author
+        raise UsageError(str(e)) from None
+    except RuntimeError as e:  # git failed
+        raise CommandFailed(str(e)) from None
+    print(f"{sha}  pushed to main of the demo repository "
+          f"({'red: a unit test fails' if args.red else 'green'}); ci_demo_shop checks it on its next run")
+    return EXIT_OK
+
+
+def add_demo_commands(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="the demo service's repository",
+                          description="Push commits to the demo repository to watch ci_demo_shop react.")
+    cmds = demo.add_subparsers(dest="demo_command", metavar="COMMAND", required=True)
+    commit = cmds.add_parser("commit", help="push a red (a unit test fails) or green commit to main")
+    kind = commit.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--red", action="store_true", help="break a unit test (the cart's bulk discount)")
+    kind.add_argument("--green", action="store_true", help="fix the break, or make a harmless change")
+    commit.add_argument("--message", "-m", metavar="M", help="the commit message (default: describes the change)")
+    commit.add_argument("--author", metavar="NAME", help="'Name' or 'Name <email>' (default: a demo developer)")
+    commit.set_defaults(func=cmd_demo_commit)
+
+
 # ------------------------------------------------------------------------------------- main
 
 #: Every command group; a new group is an ``add_*(subparsers)`` function appended here.
-COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [add_fleet_commands, add_ticket_commands]
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_fleet_commands, add_ticket_commands, add_signoff_commands, add_demo_commands,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

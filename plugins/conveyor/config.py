@@ -84,6 +84,28 @@ _INVENTORY = {
     ]
 }
 
+# The canary judge's settings (conveyor.analysis.AnalysisSettings; documented in docs/analysis.md),
+# accepted in `analysis:` and, as overrides for the post-deploy watch, in `watch:`.
+_FRACTION = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+_JUDGE_SETTINGS: dict[str, Any] = {
+    "min_requests": {"type": "integer", "minimum": 0},
+    "min_fail_requests": {"type": "integer", "minimum": 0},
+    "alpha": _FRACTION,
+    "final_alpha_share": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+    "errors_alpha_share": _FRACTION,
+    "metrics": {"type": "array", "items": {"enum": ["errors", "latency"]}, "minItems": 1, "uniqueItems": True},
+    "error_statuses": {"type": "array", "items": {"type": "string", "pattern": r"^([1-5][0-9][0-9]|[1-5]xx)$"},
+                       "minItems": 1},
+    "error_tolerance": {"type": "number", "minimum": 0},
+    "error_floor": {"type": "number", "minimum": 0, "maximum": 1},
+    "latency_tolerance": {"type": "number", "minimum": 0},
+    "latency_floor_ms": {"type": "number", "minimum": 0},
+    "latency_quantile": _FRACTION,
+    "outlier_hosts": {"type": "boolean"},
+    "early_pass": {"type": "boolean"},
+    "early_pass_margin": {"type": "number", "exclusiveMinimum": 1},
+}
+
 SERVICE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -193,6 +215,7 @@ SERVICE_SCHEMA: dict[str, Any] = {
             "properties": {
                 "window_s": {"type": "number", "exclusiveMinimum": 0},
                 "interval_s": {"type": "number", "exclusiveMinimum": 0},
+                **_JUDGE_SETTINGS,
             },
         },
         "watch": {
@@ -201,6 +224,7 @@ SERVICE_SCHEMA: dict[str, Any] = {
             "properties": {
                 "window_s": {"type": "number", "minimum": 0},
                 "interval_s": {"type": "number", "exclusiveMinimum": 0},
+                **_JUDGE_SETTINGS,
             },
         },
         "qa": {
@@ -222,6 +246,19 @@ SERVICE_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {"backend": {"enum": ["local"]}},
+        },
+        "ci": {
+            # Continuous integration of the release branch (conveyor.ci, docs/ci.md).
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                # The suite CI runs (a name from ``tests``; null: the first one). It runs without hosts.
+                "suite": {"type": ["string", "null"], "pattern": r"^[a-z][a-z0-9_-]{0,31}$"},
+                # How often ci_<service> polls the repository; null: webhook-triggered runs only.
+                "poll_interval": {"type": ["string", "null"], "pattern": _DURATION_RE.pattern},
+                # At most this many new commits are checked per run (the newest ones).
+                "max_commits": {"type": "integer", "minimum": 1, "maximum": 100},
+            },
         },
         "schedule": {
             # Release windows (conveyor.timetables, docs/schedule.md). Absent or null: manual runs only.
@@ -282,6 +319,7 @@ DEFAULTS: dict[str, Any] = {
     "notifications": {"slack_webhook_conn_id": None},
     "tickets": {"backend": "local"},
     "schedule": None,  # no release windows: manual runs only
+    "ci": {"suite": None, "poll_interval": "5m", "max_commits": 10},
 }
 
 

@@ -146,7 +146,7 @@ def release_dag(service_id: str):
                                        "{{ dag_run.triggering_user_name or 'the schedule' }}"
                                        "{{ ' — EMERGENCY: ' ~ params.reason if params.emergency else '' }}"),
         )
-        build = BuildOperator(task_id="build", git_ref="{{ params.git_ref }}", **common)
+        build = BuildOperator(task_id="build", git_ref="{{ ti.xcom_pull(task_ids='validate')['git_ref'] }}", **common)
         with TaskGroup("replica", tooltip="Deploy the candidate to the replica and reset its data"):
             replica_deploy = DeployOperator(task_id="deploy", environment="replica", artifact=build.output, **common)
             populate = PopulateReplicaOperator(task_id="populate", artifact=build.output, **common)

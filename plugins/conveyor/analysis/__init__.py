@@ -19,7 +19,7 @@ so looking often does not raise the false-rollback rate above ``alpha``. See ``d
 
 from __future__ import annotations
 
-from conveyor.analysis.judge import judge
+from conveyor.analysis.judging import judge
 from conveyor.analysis.model import AnalysisSettings, MetricVerdict, Scrape, Verdict
 from conveyor.analysis.prometheus import parse_prometheus
 

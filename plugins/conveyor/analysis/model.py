@@ -58,7 +58,7 @@ class AnalysisSettings:
         ``1 + latency_tolerance`` times as long (or ``latency_floor_ms`` longer, whichever is more).
     :param latency_floor_ms: absolute latency slack in milliseconds.
     :param latency_quantile: the threshold is the histogram bucket bound nearest to this quantile of
-        the baseline's latency (0.9: requests slower than the baseline's ~p90 are "slow").
+        the baseline's latency (0.75: requests slower than the baseline's ~p75 are "slow").
     :param outlier_hosts: drop baseline hosts whose error rate or mean latency is far from the other
         baseline hosts' (median/MAD, needs 3 or more baseline hosts).
     :param early_pass: allow a ``pass`` before the window ends when every metric shows strong
@@ -76,11 +76,11 @@ class AnalysisSettings:
     errors_alpha_share: float = 0.5
     metrics: list[str] = field(default_factory=lambda: ["errors", "latency"])
     error_statuses: list[str] = field(default_factory=lambda: ["5xx"])
-    error_tolerance: float = 0.1
+    error_tolerance: float = 0.05
     error_floor: float = 0.001
     latency_tolerance: float = 0.1
     latency_floor_ms: float = 2.0
-    latency_quantile: float = 0.9
+    latency_quantile: float = 0.75
     outlier_hosts: bool = True
     early_pass: bool = False
     early_pass_margin: float = 1.5

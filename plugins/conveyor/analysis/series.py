@@ -86,7 +86,13 @@ def host_counts(name: str, scrapes: list[Scrape], settings: AnalysisSettings,
     """
     statuses = tuple(settings.error_statuses)
     objs = list(scrapes) if since is None else [s for s in scrapes if s.t >= since]
-    if any(objs[i].t >= objs[i + 1].t for i in range(len(objs) - 1)):
+    key = (name, statuses, tuple(map(id, objs)))
+    with _LOCK:
+        hit = _LRU.get(key)
+        if hit is not None:
+            _LRU.move_to_end(key)
+            return hit[1]
+    if any(a.t >= b.t for a, b in zip(objs, objs[1:], strict=False)):
         objs.sort(key=lambda s: s.t)
         dedup: list[Scrape] = []
         for s in objs:  # a scrape recorded twice at the same time: keep the later one
@@ -95,12 +101,8 @@ def host_counts(name: str, scrapes: list[Scrape], settings: AnalysisSettings,
             else:
                 dedup.append(s)
         objs = dedup
-    key = (name, statuses, tuple(id(o) for o in objs))
+        key = (name, statuses, tuple(map(id, objs)))
     with _LOCK:
-        hit = _LRU.get(key)
-        if hit is not None:
-            _LRU.move_to_end(key)
-            return hit[1]
         prev = _LRU.get((name, statuses, key[2][:-1])) if len(objs) > 1 else None
     result = None
     if prev is not None:
@@ -147,18 +149,31 @@ def _moved(a: float, b: float) -> bool:
 
 
 def _extend(name: str, prev: tuple, vec: tuple) -> tuple[HostCounts, np.ndarray, float] | None:
+    """One more scrape: the same arithmetic as :func:`_increments`, on one row, in plain Python."""
     _, hc, last_filled, last_start = prev
     row = _row(vec, hc.bounds)
     if row is None or len(hc.times) == 0 or vec[0] <= hc.times[-1]:
         return None
-    cur = np.array([row], dtype=float)
-    nan = np.isnan(cur[0])
-    cur[0, nan] = last_filled[nan]
-    diff, reset = _increments(last_filled[None, :], cur, np.array([_moved(vec[1], last_start)]))
-    values = np.vstack([hc.values, hc.values[-1:] + diff])
-    out = HostCounts(name, np.append(hc.times, vec[0]), values, hc.bounds, hc.restarts + int(reset[0]))
+    last = last_filled.tolist()
+    cur = [c if c == c else p for c, p in zip(row, last, strict=True)]  # NaN: keep the last good reading
+    reset = _moved(vec[1], last_start) or cur[0] < last[0] or cur[2] < last[2]
+    diff = []
+    for c, p in zip(cur, last, strict=True):
+        d = c if reset else c - p
+        if d < 0:
+            d = c
+        if d != d or d < 0:
+            d = 0.0
+        diff.append(d)
+    diff[1] = min(diff[1], diff[0])
+    top = 0.0
+    for i in range(4, len(diff)):
+        top = max(top, diff[i])
+        diff[i] = min(top, diff[2])
+    values = np.vstack([hc.values, hc.values[-1] + np.array(diff)])
+    out = HostCounts(name, np.append(hc.times, vec[0]), values, hc.bounds, hc.restarts + int(reset))
     start = vec[1] if not math.isnan(vec[1]) else last_start
-    return out, cur[0], start
+    return out, np.array(cur), start
 
 
 def _compute(name: str, vecs: list[tuple]) -> tuple[HostCounts, np.ndarray, float]:
@@ -202,20 +217,12 @@ def scrape_spacing(hosts: list[HostCounts]) -> float:
 
 
 def rounds(hosts: list[HostCounts], spacing: float) -> np.ndarray:
-    """Round end times: scrape times of all hosts clustered (one round = scrapes within spacing/2)."""
+    """Round end times: all hosts' scrape times, a new round after a gap of more than spacing/2."""
     times = np.sort(np.concatenate([h.times for h in hosts])) if hosts else np.zeros(0)
     if times.size == 0:
         return times
-    ends = []
-    start = times[0]
-    last = times[0]
-    for t in times[1:]:
-        if t - start > spacing / 2:
-            ends.append(last)
-            start = t
-        last = t
-    ends.append(last)
-    return np.array(ends)
+    last_of_round = np.append(np.diff(times) > spacing / 2, True)
+    return times[last_of_round]
 
 
 def align(host: HostCounts, ends: np.ndarray) -> np.ndarray:

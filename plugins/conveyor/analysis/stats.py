@@ -227,13 +227,21 @@ def _nanmedian0(a: np.ndarray) -> np.ndarray:
     return np.where(n > 0, out, np.nan)
 
 
-def outlier_hosts(rates: np.ndarray, sd: np.ndarray, rel_floor: float, k: float = 3.0) -> np.ndarray:
-    """Mask of hosts (rows) to drop, per column: median/MAD with a sampling-noise floor.
+def outlier_hosts(rates: np.ndarray, n: np.ndarray, rel_floor: float, cv: float | None = None,
+                  k: float = 3.0, rel_floor_high: float | None = None) -> np.ndarray:
+    """Mask of hosts (rows) to drop, per column: far from the median host, beyond sampling noise.
 
-    ``rates`` is hosts x columns (NaN = not enough data, never dropped); ``sd`` the sampling sd of
-    each rate. A host is dropped when it is more than ``k`` robust sds AND more than ``rel_floor``
-    (relative) away from the median, and at most ``(hosts - 1) // 2`` hosts are dropped (the most
-    extreme), so the median hosts always remain. Needs 3+ hosts with data.
+    ``rates`` is hosts x columns (NaN = not enough data, never dropped), ``n`` the observations
+    behind each rate. The sampling sd of host ``h`` is that of a host LIKE THE MEDIAN one:
+    ``sqrt(median / n)`` for event rates (Poisson, ``cv=None``) or ``cv * median / sqrt(n)`` for
+    means. A host is dropped when it is more than ``k`` such sds AND more than ``rel_floor``
+    (relative) below the median or ``rel_floor_high`` (default: ``rel_floor``) above it; at most
+    ``(hosts - 1) // 2`` hosts are dropped (the most extreme), so the median hosts always remain.
+    The judge uses a larger ``rel_floor_high``: dropping a host that looks better than the rest
+    errs towards a false rollback, dropping one that looks worse only towards missing a
+    regression, so an unusually good host goes first when the evidence is ambiguous. Needs 3+ hosts with data. From 5 hosts on, the
+    sd is widened by the hosts' spread (1.4826 x MAD); with 3 or 4 hosts the MAD is set by the
+    second-oddest host and would hide the oddest one.
     """
     h = rates.shape[0]
     drop = np.zeros(rates.shape, dtype=bool)
@@ -246,15 +254,23 @@ def outlier_hosts(rates: np.ndarray, sd: np.ndarray, rel_floor: float, k: float 
     with np.errstate(invalid="ignore", all="ignore"):
         med = _nanmedian0(rates)
         dev = np.abs(rates - med[None, :])
-        mad = 1.4826 * _nanmedian0(dev)
+        nn = np.maximum(n, 1.0)
+        if cv is None:
+            sd = np.sqrt(np.abs(med)[None, :] * nn + 1.0) / nn
+        else:
+            sd = cv * np.abs(med)[None, :] / np.sqrt(nn)
+        mad = 1.4826 * _nanmedian0(dev) if h >= 5 else np.zeros(rates.shape[1])
         scale = np.sqrt(mad[None, :] ** 2 + sd**2)
-        far = valid & (dev > k * scale) & (dev > rel_floor * np.abs(med[None, :]))
+        high = rel_floor if rel_floor_high is None else rel_floor_high
+        floor = np.where(rates > med[None, :], high, rel_floor) * np.abs(med[None, :])
+        far = valid & (dev > k * scale) & (dev > floor)
+        extreme = dev / np.where(floor > 0, floor, 1.0)
     far &= enough[None, :]
     limit = (h - 1) // 2
     counts = far.sum(axis=0)
     over = np.nonzero(counts > limit)[0]
     for c in over:  # keep only the most extreme ones
-        order = np.argsort(-np.where(far[:, c], dev[:, c], -1.0))
+        order = np.argsort(-np.where(far[:, c], extreme[:, c], -1.0))
         far[:, c] = False
         far[order[:limit], c] = True
     drop |= far

@@ -277,6 +277,17 @@ class Ledger:
 
     # -- reads ------------------------------------------------------------------------------------------
 
+    def get_commits(self, service: str, shas: list[str]) -> dict[str, dict[str, Any]]:
+        """The ``commits`` rows of ``shas`` that the ledger has, by sha."""
+        c = schema.commits
+        shas = list(shas)
+        rows: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for i in range(0, len(shas), 500):
+                query = sa.select(c).where(c.c.service == service, c.c.commit_sha.in_(shas[i:i + 500]))
+                rows.update({row._mapping["commit_sha"]: dict(row._mapping) for row in conn.execute(query)})
+        return rows
+
     def get_release(self, release_id: str) -> dict[str, Any] | None:
         """The release row with ``stages``, ``hosts``, ``approvals``, ``tests``, ``rollbacks``, ``tickets``."""
         t = schema

@@ -49,9 +49,16 @@ def _add_query_indexes(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _add_commit_ci_detail(conn: Connection) -> None:
+    # Migration 1 creates tables from the current schema, so a new database already has the column.
+    if "ci_detail" not in {c["name"] for c in sa.inspect(conn).get_columns("commits")}:
+        conn.execute(sa.text("ALTER TABLE commits ADD COLUMN ci_detail TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _create_core_tables),
     Migration(2, "indexes for service/time queries", _add_query_indexes),
+    Migration(3, "commits.ci_detail: why CI judged a commit red", _add_commit_ci_detail),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -179,6 +179,7 @@ commits = sa.Table(
     sa.Column("committed_at", UTCDateTime),
     sa.Column("ci_status", sa.String(30)),
     sa.Column("checked_at", UTCDateTime),
+    sa.Column("ci_detail", sa.Text),  # added by migration 3: why CI judged the commit red
 )
 
 # Tables created by the first migration, in creation order.

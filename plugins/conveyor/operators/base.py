@@ -77,7 +77,13 @@ class ConveyorOperator(BaseOperator):
         release_id = self.release_id(context)
         self.ledger.upsert_stage(release_id, stage, status="running", started_at=utcnow(), finished_at=None,
                                  error=None)
-        result = self.run(context)
+        from airflow.exceptions import AirflowSkipException
+
+        try:
+            result = self.run(context)
+        except AirflowSkipException as skip:
+            self.ledger.upsert_stage(release_id, stage, status="skipped", finished_at=utcnow(), error=str(skip))
+            raise
         detail = result if isinstance(result, dict) else {"result": result}
         self.ledger.upsert_stage(release_id, stage, status="success", finished_at=utcnow(),
                                  detail=_summary(detail))

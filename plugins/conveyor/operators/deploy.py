@@ -95,10 +95,11 @@ class DeployOperator(_FleetOperator):
                 release_id, name, environment=self.environment, wave=wave_label, from_version=res["from"],
                 to_version=res["to"], status="deployed" if res["changed"] else "unchanged", at=utcnow(),
             )
+        original = (self.plan or {}).get("original", {}) if self.environment == "production" else {}
         for name in errors:
             self.ledger.upsert_host_deployment(
-                release_id, name, environment=self.environment, wave=wave_label, to_version=info.version,
-                status="failed", at=utcnow(),
+                release_id, name, environment=self.environment, wave=wave_label, from_version=original.get(name),
+                to_version=info.version, status="failed", at=utcnow(),
             )
         if errors:
             raise DeployError("deploy failed on " + "; ".join(f"{n}: {e}" for n, e in errors.items()))

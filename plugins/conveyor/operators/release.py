@@ -32,6 +32,11 @@ class ValidateReleaseOperator(ConveyorOperator):
         service = self.service  # raises ServiceConfigError naming the file and field
         dag_run = context["dag_run"]
         self._check_window(context, emergency, reason)
+        from conveyor.operators.gate import release_gate
+
+        gated = release_gate(context, service, self.ledger)  # scheduled runs: the newest green commit, or skip
+        if gated:
+            ref = gated
         release = {
             "release_id": self.release_id(context),
             "service": service.id,

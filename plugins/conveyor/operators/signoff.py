@@ -11,7 +11,7 @@ its reason; no answer within the timeout fails it with "no sign-off within ...".
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -79,7 +79,7 @@ class QASignoffOperator(ApprovalOperator):
 
     # -- execution -------------------------------------------------------------------------------------
     def execute(self, context: Context):
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         dag_run = context["dag_run"]
         emergency = bool((context["params"] or {}).get("emergency"))
@@ -105,30 +105,52 @@ class QASignoffOperator(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        from airflow.exceptions import AirflowException
+        from airflow.sdk.exceptions import AirflowException
 
         if "error" in event:
             if event.get("error_type") == "timeout":
                 raise ReleaseFailed(f"no sign-off within {_fmt(self.timeout)}: approval {self.ordinal} was never "
                                     "given")
             raise AirflowException(f"sign-off failed: {event.get('error')}")
+        # Validate the answer (option, form fields) before recording anything: a malformed answer
+        # fails the task without leaving a decision in the ledger.
+        self.validate_chosen_options(event.get("chosen_options") or [])
+        self.validate_params_input(event.get("params_input") or {})
         chosen = (event.get("chosen_options") or [None])[0]
         who = _user_id(event.get("responded_by_user")) or "unknown"
         reason = ((event.get("params_input") or {}).get("reason") or "").strip() or None
         ledger = ledger_for_conn(self.ledger_conn_id)
         release_id = self._release_id(context)
         author = getattr(context["dag_run"], "triggering_user_name", None)
-        if chosen == self.APPROVE and (who == author or (self.group and who not in self.group)):
-            # Only reachable when answered around the API's assignment check (e.g. by a script with DB access).
-            raise ReleaseFailed(f"approval by {who} does not count: the author and users outside the QA group "
-                                "cannot approve")
+        if chosen == self.APPROVE:
+            # Only reachable when the API's assignment check did not apply: an empty QA group (no
+            # assignees, so Airflow lets anyone with DAG access answer) or an answer written around
+            # the API. The approval does not count and the release stops, saying why.
+            if who == author or (self.group and who not in self.group):
+                raise ReleaseFailed(f"approval by {who} does not count: the author and users outside the QA "
+                                    "group cannot approve")
+            if who in self._approvers(context):
+                raise ReleaseFailed(f"approval {self.ordinal} by {who} does not count: {who} already approved "
+                                    "this release (each person counts once)")
         decision = "approved" if chosen == self.APPROVE else "rejected"
         ledger.upsert_approval(release_id, who, decision=decision, comment=reason or (
-            NO_REASON if decision == "rejected" else None), at=utcnow())
+            NO_REASON if decision == "rejected" else None), at=_as_datetime(event.get("responded_at")) or utcnow())
         if decision == "rejected":
             raise ReleaseFailed(f"QA sign-off rejected by {who}: {reason or NO_REASON}")
         self.log.info("Approval %d given by %s%s", self.ordinal, who, f": {reason}" if reason else "")
         return super().execute_complete(context=context, event=event)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """The answer's ``responded_at`` (a datetime, or an ISO string after serialization), timezone-aware."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _fmt(td: timedelta) -> str:

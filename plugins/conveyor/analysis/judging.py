@@ -45,6 +45,12 @@ from conveyor.analysis.series import (
 _REQ, _ERR, _CNT, _SUM = 0, 1, 2, 3
 _MIN_HOST_REQUESTS = 100  # a baseline host needs this many requests before it can be called an outlier
 _MIN_TAU_COUNT = 50  # baseline latency observations needed to choose the latency threshold
+# A baseline host is an outlier only if it is this far (relative: below, above) from the median host
+# as well as 3 sampling sds away: normal hosts differ by a few percent, sick ones by a lot. Better-
+# than-usual hosts go sooner than worse ones (see stats.outlier_hosts).
+_ERROR_HOST_SPREAD = (0.5, 1.0)
+_LATENCY_HOST_SPREAD = (0.15, 0.3)
+_LATENCY_CV = 1.0  # assumed coefficient of variation of one request's latency (for the sampling sd)
 
 
 @dataclass
@@ -102,7 +108,7 @@ def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
     static: dict[str, HostCounts] = {}
     for n, h in b_full.items():
         if int(np.sum(h.times >= since)) >= 2:
-            live[n] = host_counts(n, baseline[n], settings, since=since)
+            live[n] = h if h.times[0] >= since else host_counts(n, baseline[n], settings, since=since)
         elif len(h.times) >= 2:
             static[n] = h
         else:
@@ -293,24 +299,26 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
     dropped: list[str] = []
     if data.mode == "live":
         nb_h, xb_h = data.baseline[:, :, _REQ], data.baseline[:, :, _ERR]
-        keep = np.ones(nb_h.shape, dtype=bool)
+        keep = np.ones((nb_h.shape[0], n_int + 1), dtype=bool)
         if settings.outlier_hosts and nb_h.shape[0] >= 3:
-            cum_n = data.base_cum[:, :-1, _REQ]  # totals before each interval: predictable
-            cum_x = data.base_cum[:, :-1, _ERR]
+            cum_n = data.base_cum[:, :, _REQ]  # column i: totals before interval i (the last: whole window)
+            cum_x = data.base_cum[:, :, _ERR]
             with np.errstate(invalid="ignore", divide="ignore"):
                 rates = np.where(cum_n >= _MIN_HOST_REQUESTS, cum_x / cum_n, np.nan)
-                sd = np.sqrt(cum_x + 1.0) / np.maximum(cum_n, 1.0)
-            drop = stats.outlier_hosts(rates, sd, rel_floor=0.5)
-            keep = ~drop
-            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(drop[:, -1])] if n_int else []
-        nb = (nb_h * keep).sum(axis=0)
-        xb = (xb_h * keep).sum(axis=0)
+            keep = ~stats.outlier_hosts(rates, cum_n, _ERROR_HOST_SPREAD[0], rel_floor_high=_ERROR_HOST_SPREAD[1])
+            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(~keep[:, -1])]
+        # The sequential test pools the hosts chosen BEFORE each interval (predictable, so the
+        # e-process stays valid); the window-end test and the reported rates use the final choice.
+        nb = (nb_h * keep[:, :-1]).sum(axis=0)
+        xb = (xb_h * keep[:, :-1]).sum(axis=0)
+        nb_f = (nb_h * keep[:, -1:]).sum(axis=0)
+        xb_f = (xb_h * keep[:, -1:]).sum(axis=0)
         log_ea = stats.ratio_e_process(xc, xb, nc, nb, r0)
         log_eb = stats.rate_e_process(xc, nc, settings.error_floor)
         run_a = np.maximum.accumulate(log_ea)
         run_b = np.maximum.accumulate(log_eb)
         log_e = np.minimum(run_a, run_b)
-        total_nb, total_xb = float(nb.sum()), float(xb.sum())
+        total_nb, total_xb = float(nb_f.sum()), float(xb_f.sum())
         null_desc = f"> x{r0:g} baseline and > {_fmt_rate(settings.error_floor)}"
     else:
         keep_h = np.ones(data.baseline.shape[0], dtype=bool)
@@ -318,7 +326,8 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
             n_h, x_h = data.baseline[:, _REQ], data.baseline[:, _ERR]
             with np.errstate(invalid="ignore", divide="ignore"):
                 rates = np.where(n_h >= _MIN_HOST_REQUESTS, x_h / n_h, np.nan)[:, None]
-            drop = stats.outlier_hosts(rates, (np.sqrt(x_h + 1.0) / np.maximum(n_h, 1.0))[:, None], 0.5)[:, 0]
+            drop = stats.outlier_hosts(rates, n_h[:, None], _ERROR_HOST_SPREAD[0],
+                                       rel_floor_high=_ERROR_HOST_SPREAD[1])[:, 0]
             keep_h = ~drop
             dropped = [data.baseline_hosts[i] for i in np.flatnonzero(drop)]
         total_nb = float(data.baseline[keep_h, _REQ].sum())
@@ -340,8 +349,8 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
     failed_final = False
     if over and first is None and total_nc >= settings.min_fail_requests and budget.final > 0:
         if data.mode == "live":
-            a = np.where((nc > 0) & (nb > 0), r0 * nc / np.where(nb > 0, nb, 1.0), 0.0)
-            p_a = stats.poisson_binomial_sf(total_xc, xc + xb, a / (1 + a))
+            a = np.where((nc > 0) & (nb_f > 0), r0 * nc / np.where(nb_f > 0, nb_f, 1.0), 0.0)
+            p_a = stats.poisson_binomial_sf(total_xc, xc + xb_f, a / (1 + a))
             p_b_floor = stats.binom_sf(total_xc, total_nc, settings.error_floor) if settings.error_floor > 0 else (
                 0.0 if total_xc > 0 else 1.0)
             p_value = max(p_a, p_b_floor)
@@ -403,18 +412,19 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
     if data.mode == "live":
         base_cum = data.base_cum  # H x (I+1) x C
         h = base_cum.shape[0]
-        keep = np.ones((h, n_int), dtype=bool)
+        keep = np.ones((h, n_int + 1), dtype=bool)
         if settings.outlier_hosts and h >= 3:
-            cnt = base_cum[:, :-1, _CNT]
+            cnt = base_cum[:, :, _CNT]
             with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(cnt >= _MIN_HOST_REQUESTS, base_cum[:, :-1, _SUM] / cnt, np.nan)
-                sd = 0.5 * mean / np.sqrt(np.maximum(cnt, 1.0))
-            drop = stats.outlier_hosts(mean, np.nan_to_num(sd), rel_floor=0.25)
-            keep = ~drop
-            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(drop[:, -1])] if n_int else []
-        pooled_before = np.einsum("hi,hic->ic", keep.astype(float), base_cum[:, :-1, :])  # I x C
+                mean = np.where(cnt >= _MIN_HOST_REQUESTS, base_cum[:, :, _SUM] / cnt, np.nan)
+            keep = ~stats.outlier_hosts(mean, cnt, _LATENCY_HOST_SPREAD[0], cv=_LATENCY_CV,
+                                        rel_floor_high=_LATENCY_HOST_SPREAD[1])
+            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(~keep[:, -1])]
+        weights = keep[:, :-1].astype(float)  # predictable choice for the sequential test
+        pooled_before = np.einsum("hi,hic->ic", weights, base_cum[:, :-1, :])  # I x C
         inc = data.baseline  # H x I x C
-        pooled_inc = np.einsum("hi,hic->ic", keep.astype(float), inc)
+        pooled_inc = np.einsum("hi,hic->ic", weights, inc)
+        final_inc = np.einsum("h,hic->ic", keep[:, -1].astype(float), inc)  # final choice: window-end test
         taus, ratio0 = _thresholds(bounds, pooled_before, q, slack)
         used = taus >= 0
         idx = np.where(used, taus, 0)
@@ -425,7 +435,9 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         nc = np.where(used, cc, 0.0)
         x, y = np.maximum(x, 0.0), np.maximum(y, 0.0)
         log_e = np.maximum.accumulate(stats.ratio_e_process(x, y, nc, nb, np.where(used, ratio0, 1.0)))
-        base_final = pooled_before[-1] + pooled_inc[-1] if n_int else np.zeros(4 + len(bounds))
+        nb_f = np.where(used, final_inc[:, _CNT], 0.0)
+        y_f = np.maximum(np.where(used, final_inc[:, _CNT] - final_inc[rows, 4 + idx], 0.0), 0.0)
+        base_final = np.einsum("h,hc->c", keep[:, -1].astype(float), base_cum[:, -1, :])
         tau_now = float(bounds[taus[used][-1]]) if used.any() else None
         r_now = float(ratio0[used][-1]) if used.any() else None
     else:
@@ -434,14 +446,14 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
             cnt = data.baseline[:, _CNT]
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = np.where(cnt >= _MIN_HOST_REQUESTS, data.baseline[:, _SUM] / cnt, np.nan)
-            sd = np.nan_to_num(0.5 * mean / np.sqrt(np.maximum(cnt, 1.0)))
-            keep_h = ~stats.outlier_hosts(mean[:, None], sd[:, None], 0.25)[:, 0]
+            keep_h = ~stats.outlier_hosts(mean[:, None], cnt[:, None], _LATENCY_HOST_SPREAD[0], cv=_LATENCY_CV,
+                                         rel_floor_high=_LATENCY_HOST_SPREAD[1])[:, 0]
             dropped = [data.baseline_hosts[i] for i in np.flatnonzero(~keep_h)]
         base_final = data.baseline[keep_h].sum(axis=0)
         total = float(base_final[_CNT])
         j = _choose_tau(bounds, base_final[4:], total, q)
         used = np.zeros(n_int, dtype=bool)
-        x = y = nc = nb = np.zeros(n_int)
+        x = y = nc = nb = y_f = nb_f = np.zeros(n_int)
         log_e = np.zeros(n_int)
         tau_now = r_now = None
         p_ref = None
@@ -463,10 +475,9 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
             s_tau = 1.0 - base_final[4 + j] / total
             r_now = p_ref / s_tau if s_tau > 0 else None
     total_nc = float(cc.sum())
-    total_nb = float(base_final[_CNT]) if data.mode == "static" else float(
-        data.baseline[:, :, _CNT].sum() if data.baseline.size else 0.0)
+    total_nb = float(base_final[_CNT])
     used_nc, used_x = float(nc[used].sum()), float(x[used].sum())
-    used_nb, used_y = float(nb[used].sum()), float(y[used].sum())
+    used_nb, used_y = float(nb_f[used].sum()), float(y_f[used].sum())
     crossed = (log_e >= budget.log_threshold) & (np.cumsum(cc) >= settings.min_fail_requests)
     first = _first_true(crossed)
     e_best = float(math.exp(min(float(log_e.max()), 700.0))) if n_int else 1.0
@@ -485,8 +496,8 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
     failed_final = False
     if over and first is None and total_nc >= settings.min_fail_requests and budget.final > 0 and used.any():
         if data.mode == "live":
-            a = np.where(used & (nc > 0) & (nb > 0), ratio0 * nc / np.where(nb > 0, nb, 1.0), 0.0)
-            p_value = stats.poisson_binomial_sf(used_x, x + y, np.where(np.isfinite(a), a / (1 + a), 0.0))
+            a = np.where(used & (nc > 0) & (nb_f > 0), ratio0 * nc / np.where(nb_f > 0, nb_f, 1.0), 0.0)
+            p_value = stats.poisson_binomial_sf(used_x, x + y_f, np.where(np.isfinite(a), a / (1 + a), 0.0))
         else:
             p_value = stats.binom_sf(used_x, used_nc, p_ref)
         failed_final = p_value <= budget.final

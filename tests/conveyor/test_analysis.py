@@ -1,0 +1,471 @@
+"""The canary judge: parsing, the statistics on known cases, and every edge case the issue lists.
+
+Pure Python (no Airflow). Series are built deterministically (fixed counts per interval), so each
+case has one right answer; the few Monte Carlo checks use a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conveyor.analysis import AnalysisSettings, MetricVerdict, Scrape, Verdict, judge, parse_prometheus, stats
+
+BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+# share of requests per bucket (non-cumulative) for a "normal" host: median ~50 ms
+BASE_SHAPE = (0.0, 0.0, 0.08, 0.42, 0.29, 0.13, 0.08, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # last: +Inf
+SLOW_SHAPE = (0.0, 0.0, 0.02, 0.20, 0.25, 0.23, 0.30, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # a clear slowdown
+
+
+def series(n_int: int, requests: float, errors: float, *, shape=BASE_SHAPE, step: float = 10.0, t0: float = 0.0,
+           start_time: float | None = -1000.0, restart_at: int | None = None, mean_s: float = 0.06,
+           ) -> list[Scrape]:
+    """Cumulative scrapes of one host with constant per-interval counts (deterministic)."""
+    out = []
+    req = err = cnt = lsum = 0.0
+    buckets = np.zeros(len(BOUNDS) + 1)
+    start = start_time
+    per_bucket = np.array(shape) * requests
+    for k in range(n_int + 1):
+        if k > 0:
+            if restart_at is not None and k == restart_at:
+                req = err = cnt = lsum = 0.0
+                buckets[:] = 0.0
+                start = (start or 0.0) + 500.0
+            req += requests
+            err += errors
+            cnt += requests
+            lsum += requests * mean_s
+            buckets += per_bucket
+        cum = np.cumsum(buckets)
+        out.append(Scrape(
+            t=t0 + k * step, requests={"200": req - err, "503": err},
+            latency_buckets={**dict(zip(BOUNDS, cum[:-1].tolist(), strict=True)), math.inf: float(cum[-1])},
+            latency_sum=lsum, latency_count=cnt, start_time=start))
+    return out
+
+
+def settings(**kw) -> AnalysisSettings:
+    return AnalysisSettings.from_dict({"window_s": 600, **kw})
+
+
+def run_until_decided(canary, baseline, s: AnalysisSettings, step: float = 10.0) -> tuple[Verdict, float]:
+    n = max(len(v) for v in [*canary.values(), *baseline.values()])
+    verdict = None
+    for k in range(1, n + 1):
+        elapsed = (k - 1) * step
+        verdict = judge({h: v[:k] for h, v in canary.items()}, {h: v[:k] for h, v in baseline.items()}, s,
+                        elapsed_s=elapsed)
+        if verdict.decision != "continue":
+            return verdict, elapsed
+    return verdict, (n - 1) * step
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+PROM = """
+# HELP shop_http_requests_total Requests.
+# TYPE shop_http_requests_total counter
+shop_http_requests_total{path="/",status="200"} 1.5e3
+shop_http_requests_total{status="200",path="/cart"} 500
+shop_http_requests_total{path="/cart",status="500"} 7 1700000000000
+shop_http_requests_total{path="/x,\\"y\\"",status="503"} 3
+other_metric{status="500"} 99
+shop_http_request_duration_seconds_bucket{path="/",le="0.05"} 1000
+shop_http_request_duration_seconds_bucket{path="/cart",le="0.05"} 200
+shop_http_request_duration_seconds_bucket{path="/",le="+Inf"} 1500
+shop_http_request_duration_seconds_bucket{path="/cart",le="+Inf"} 510
+shop_http_request_duration_seconds_sum{path="/"} 60.5
+shop_http_request_duration_seconds_sum{path="/cart"} 20
+shop_http_request_duration_seconds_count{path="/"} 1500
+shop_http_request_duration_seconds_count{path="/cart"} 510
+
+process_start_time_seconds 1.7e9
+not a sample line
+"""
+
+
+def test_parse_prometheus_sums_over_other_labels_and_keys_by_status():
+    s = parse_prometheus(PROM, 123.0)
+    assert s.t == 123.0
+    assert s.requests == {"200": 2000.0, "500": 7.0, "503": 3.0}
+    assert s.latency_buckets == {0.05: 1200.0, math.inf: 2010.0}
+    assert s.latency_sum == pytest.approx(80.5)
+    assert s.latency_count == 2010.0
+    assert s.start_time == 1.7e9
+
+
+def test_parse_prometheus_custom_names_nan_and_empty():
+    text = 'api_total{code="200"} NaN\napi_total{code="500"} 2\nlat_bucket{le="1"} 3\nlat_count 3\nlat_sum 1\n'
+    s = parse_prometheus(text, 1.0, requests_metric="api_total", latency_metric="lat")
+    assert math.isnan(s.requests["200"])
+    assert s.requests["500"] == 2.0
+    assert s.latency_buckets == {1.0: 3.0}
+    assert s.latency_count == 3.0
+    empty = parse_prometheus("", 5.0)
+    assert empty.requests == {}
+    assert empty.latency_buckets == {}
+    assert empty.start_time is None
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def test_settings_from_dict_ignores_unknown_keys_and_round_trips():
+    s = AnalysisSettings.from_dict({"window_s": 60, "interval_s": 5, "min_requests": 10, "bogus": 1})
+    assert (s.window_s, s.min_requests, s.alpha) == (60.0, 10, 0.01)
+    assert AnalysisSettings.from_dict(s.to_dict()) == s
+    assert AnalysisSettings.from_dict(None) == AnalysisSettings()
+    json.dumps(s.to_dict())
+
+
+@pytest.mark.parametrize("bad", [{"alpha": 0}, {"alpha": 1.5}, {"metrics": ["cpu"]}, {"latency_quantile": 1},
+                                 {"error_tolerance": -0.1}, {"early_pass_margin": 1.0}, {"metrics": []}])
+def test_settings_reject_nonsense(bad):
+    with pytest.raises(ValueError, match="must"):
+        AnalysisSettings.from_dict(bad)
+
+
+def test_error_status_patterns():
+    s = AnalysisSettings(error_statuses=["5xx", "429"])
+    assert s.is_error("500")
+    assert s.is_error("503")
+    assert s.is_error("429")
+    assert not s.is_error("404")
+    assert not s.is_error("200")
+    assert not s.is_error("")
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_binomial_tails_match_brute_force():
+    for n, p in [(10, 0.3), (57, 0.02), (200, 0.5)]:
+        pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+        for x in [0, 1, 3, n // 2, n]:
+            assert stats.binom_sf(x, n, p) == pytest.approx(sum(pmf[x:]), rel=1e-9, abs=1e-15)
+    assert stats.binom_sf(0, 10, 0.0) == 1.0
+    assert stats.binom_sf(1, 10, 0.0) == 0.0
+
+
+def test_clopper_pearson_bounds():
+    hi = stats.binom_upper(0, 100, 0.05)
+    assert hi == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-6)  # exact for x = 0
+    lo = stats.binom_lower(100, 100, 0.05)
+    assert lo == pytest.approx(0.05 ** (1 / 100), rel=1e-6)
+    assert stats.binom_lower(5, 100, 0.025) < 0.05 < stats.binom_upper(5, 100, 0.025)
+
+
+def test_poisson_binomial_tail_against_convolution():
+    m, th = np.array([3, 5, 2]), np.array([0.1, 0.4, 0.7])
+    pmf = np.ones(1)
+    for mm, t in zip(m, th, strict=True):
+        pmf = np.convolve(pmf, [math.comb(mm, k) * t**k * (1 - t) ** (mm - k) for k in range(mm + 1)])
+    # thetas here are multiples of 1/400 already, so the (conservative) rounding changes nothing
+    for x in range(0, 11):
+        assert stats.poisson_binomial_sf(x, m, th) == pytest.approx(pmf[x:].sum(), abs=1e-12)
+    # rounding thetas up can only make the tail heavier (a conservative p-value)
+    assert stats.poisson_binomial_sf(4, [10], [0.1234]) >= stats.binom_sf(4, 10, 0.1234) - 1e-12
+
+
+def test_ratio_e_process_is_the_likelihood_ratio_mixture():
+    # one interval: 5 canary errors, 5 baseline errors, equal traffic, H0 rho <= 1
+    path = stats.ratio_e_process(np.array([5.0]), np.array([5.0]), np.array([100.0]), np.array([100.0]), 1.0)
+    g = stats._G_UP
+    expected = np.log(np.sum(stats._W_UP * g**5 * (2 / (g + 1)) ** 10))
+    assert path[0] == pytest.approx(expected)
+    # intervals with no exposure or no events leave it unchanged
+    path2 = stats.ratio_e_process(np.array([5.0, 0, 3]), np.array([5.0, 0, 0]), np.array([100.0, 100, 0]),
+                                  np.array([100.0, 0, 100]), 1.0)
+    assert path2[1] == path2[2] == pytest.approx(path[0])
+
+
+def test_ratio_e_process_keeps_false_alarms_under_alpha_when_looking_every_interval():
+    rng = np.random.default_rng(1)
+    alpha, runs, crossings = 0.05, 1500, 0
+    for _ in range(runs):
+        n_c = rng.poisson(100, 60).astype(float)
+        n_b = rng.poisson(300, 60).astype(float)
+        x = rng.binomial(n_c.astype(int), 0.02).astype(float)  # same rate: exactly on the null (rho = 1)
+        y = rng.binomial(n_b.astype(int), 0.02).astype(float)
+        crossings += bool((stats.ratio_e_process(x, y, n_c, n_b, 1.0) >= math.log(1 / alpha)).any())
+    assert crossings / runs <= alpha  # Ville: P(ever >= 1/alpha) <= alpha, however often we look
+
+
+def test_ratio_e_process_grows_under_a_real_regression():
+    rng = np.random.default_rng(2)
+    n_c, n_b = np.full(60, 100.0), np.full(60, 300.0)
+    x = rng.binomial(100, 0.04, 60).astype(float)
+    y = rng.binomial(300, 0.01, 60).astype(float)
+    assert stats.ratio_e_process(x, y, n_c, n_b, 1.1)[-1] > math.log(1e4)
+    # and the non-inferiority direction: a canary as good as the baseline is "not 2x worse"
+    x2 = rng.binomial(100, 0.01, 60).astype(float)
+    assert stats.ratio_e_process(x2, y, n_c, n_b, 2.0, upper=False)[-1] > math.log(100)
+
+
+def test_rate_e_process_zero_floor_and_positive_floor():
+    assert list(stats.rate_e_process(np.array([0.0, 1.0]), np.array([10.0, 10.0]), 0.0)) == [0.0, math.inf]
+    low = stats.rate_e_process(np.array([1.0]), np.array([6000.0]), 0.001)  # 1 error in 6000 at floor 0.1%
+    high = stats.rate_e_process(np.array([300.0]), np.array([6000.0]), 0.001)  # 5%
+    assert low[-1] < 0 < math.log(1e6) < high[-1]
+
+
+def test_outlier_hosts_drop_only_a_clearly_odd_host():
+    rates = np.array([[0.010], [0.011], [0.060]])
+    n = np.full((3, 1), 6000.0)
+    assert stats.outlier_hosts(rates, n, rel_floor=0.5)[:, 0].tolist() == [False, False, True]
+    # two hosts: nobody can be called the odd one
+    assert not stats.outlier_hosts(rates[:2], n[:2], 0.5).any()
+    # normal spread and sampling noise: keep everyone
+    assert not stats.outlier_hosts(np.array([[0.010], [0.012], [0.009]]), n, 0.5).any()
+    # not enough data yet (NaN): keep
+    assert not stats.outlier_hosts(np.array([[np.nan], [0.01], [0.5]]), n, 0.5).any()
+
+
+# ------------------------------------------------------------------------------------------ judge
+
+
+def test_no_data_is_never_a_pass():
+    s = settings()
+    v = judge({"c1": []}, {"b1": [], "b2": []}, s, elapsed_s=10)
+    assert v.decision == "continue"
+    v = judge({"c1": []}, {"b1": [], "b2": []}, s, elapsed_s=600)
+    assert v.decision == "inconclusive"
+    assert all(m.decision == "inconclusive" for m in v.metrics)
+    v = judge({}, {}, s, elapsed_s=700)
+    assert v.decision == "inconclusive"
+    # canary data but no baseline at all
+    v = judge({"c1": series(60, 100, 1)}, {"b1": []}, s, elapsed_s=600)
+    assert v.decision == "inconclusive"
+
+
+def test_single_scrape_gives_no_data_yet():
+    v = judge({"c1": series(0, 100, 1)}, {"b1": series(0, 100, 1)}, settings(), elapsed_s=0)
+    assert v.decision == "continue"
+
+
+def test_too_little_traffic_continues_then_is_inconclusive():
+    canary = {"c1": series(60, 2, 0)}  # 120 requests in the window, min_requests is 200
+    baseline = {f"b{i}": series(60, 2, 0) for i in range(3)}
+    v, t = run_until_decided(canary, baseline, settings())
+    assert (v.decision, t) == ("inconclusive", 600)
+    assert "too little traffic" in v.reason
+
+
+def test_equal_hosts_pass_at_window_end_not_before():
+    canary = {"c1": series(60, 100, 1)}
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    v, t = run_until_decided(canary, baseline, settings())
+    assert (v.decision, t) == ("pass", 600)
+    assert [m.decision for m in v.metrics] == ["pass", "pass"]
+    errors = v.metrics[0]
+    assert errors.canary == pytest.approx(0.01)
+    assert errors.baseline == pytest.approx(0.01)
+    assert errors.effect == pytest.approx(1.0)
+    assert errors.samples["canary_requests"] == 6000
+    assert errors.samples["baseline_requests"] == 18000
+
+
+def test_after_the_window_the_judge_never_says_continue():
+    canary = {"c1": series(3, 100, 1)}
+    baseline = {"b1": series(3, 100, 1)}
+    for elapsed in (600, 601, 10_000):
+        assert judge(canary, baseline, settings(), elapsed_s=elapsed).decision in ("pass", "fail", "inconclusive")
+
+
+def test_error_regression_fails_early_with_evidence():
+    canary = {"c1": series(60, 100, 5)}  # 5% vs 1%
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    v, t = run_until_decided(canary, baseline, settings())
+    assert v.decision == "fail"
+    assert t < 120
+    m = v.metrics[0]
+    assert m.metric == "errors"
+    assert m.decision == "fail"
+    assert m.e_value >= 1 / (0.01 * 0.5 * 0.5)
+    lo, hi = m.interval
+    assert lo > 1.1
+    assert lo < m.effect < hi
+    assert v.reason.startswith("error rate 5.00% vs 1.00% (x5.00, e=")
+    json.dumps(v.to_dict(), allow_nan=False)
+
+
+def test_zero_error_baseline_one_canary_error_is_not_a_regression():
+    canary = {"c1": series(60, 100, 0)}
+    canary["c1"][-1].requests["503"] = 1.0  # a single error in 6000 requests, none on the baseline
+    canary["c1"][-1].requests["200"] -= 1.0
+    baseline = {f"b{i}": series(60, 100, 0) for i in range(3)}
+    v, _ = run_until_decided(canary, baseline, settings())
+    assert v.decision == "pass"
+    assert v.metrics[0].effect is None or math.isinf(v.metrics[0].effect)
+    json.dumps(v.to_dict(), allow_nan=False)  # an infinite ratio is written as null
+
+
+def test_zero_error_baseline_five_percent_canary_is_a_regression():
+    canary = {"c1": series(60, 100, 5)}
+    baseline = {f"b{i}": series(60, 100, 0) for i in range(3)}
+    v, t = run_until_decided(canary, baseline, settings())
+    assert v.decision == "fail"
+    assert t < 120
+    assert "5.00% vs 0.00%" in v.reason
+
+
+def test_small_absolute_rate_above_zero_baseline_respects_the_floor():
+    # 0.05% on the canary vs 0%: under the 0.1% floor, not a regression however many requests
+    canary = {"c1": series(60, 2000, 1)}
+    baseline = {f"b{i}": series(60, 2000, 0) for i in range(3)}
+    assert run_until_decided(canary, baseline, settings())[0].decision == "pass"
+    # with the floor at zero any errors against none are a regression
+    assert run_until_decided(canary, baseline, settings(error_floor=0.0))[0].decision == "fail"
+
+
+def test_counter_reset_counts_increments_from_the_new_value():
+    # the canary restarts at interval 30: its counters start again from zero
+    canary = {"c1": series(60, 100, 1, restart_at=30)}
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    v, _ = run_until_decided(canary, baseline, settings())
+    assert v.decision == "pass"
+    assert v.metrics[0].samples["canary_requests"] == 6000  # 60 intervals x 100, none lost, none negative
+    assert v.metrics[0].samples["restarts"] == 1
+
+
+def test_counter_going_down_without_start_time_is_a_restart():
+    canary = {"c1": series(60, 100, 1, restart_at=20, start_time=None)}
+    baseline = {f"b{i}": series(60, 100, 1, start_time=None) for i in range(3)}
+    v = judge(canary, baseline, settings(), elapsed_s=600)
+    assert v.decision == "pass"
+    assert v.metrics[0].samples["canary_requests"] == 6000
+
+
+def test_nan_readings_are_skipped_not_treated_as_resets():
+    canary = {"c1": series(60, 100, 1)}
+    for k in (10, 11, 40):
+        canary["c1"][k].requests["200"] = math.nan
+        canary["c1"][k].latency_count = math.nan
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    v = judge(canary, baseline, settings(), elapsed_s=600)
+    assert v.decision == "pass"
+    assert v.metrics[0].samples["canary_requests"] == 6000
+    assert v.metrics[0].samples["restarts"] == 0
+
+
+def test_a_noisy_baseline_host_is_dropped():
+    canary = {"c1": series(60, 100, 3)}  # 3% vs a healthy 1% ...
+    baseline = {"b1": series(60, 100, 1), "b2": series(60, 100, 1), "sick": series(60, 100, 12)}  # ... and 12%
+    v, _ = run_until_decided(canary, baseline, settings())
+    assert v.decision == "fail"
+    assert v.metrics[0].samples["baseline_hosts_dropped"] == ["sick"]
+    # without robust pooling the sick host would hide the regression (pooled baseline ~4.7%)
+    v2, _ = run_until_decided(canary, baseline, settings(outlier_hosts=False))
+    assert v2.decision == "pass"
+
+
+def test_an_unusually_good_baseline_host_does_not_fail_a_healthy_canary():
+    canary = {"c1": series(60, 100, 1)}
+    baseline = {"b1": series(60, 100, 1), "b2": series(60, 100, 1), "idle": series(60, 100, 0)}
+    v, _ = run_until_decided(canary, baseline, settings())
+    assert v.decision == "pass"
+    assert v.metrics[0].samples["baseline_hosts_dropped"] == ["idle"]
+
+
+def test_latency_regression_fails_and_latency_within_tolerance_passes():
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    slow = {"c1": series(60, 100, 1, shape=SLOW_SHAPE)}
+    v, t = run_until_decided(slow, baseline, settings())
+    assert v.decision == "fail"
+    assert t < 120
+    assert v.metrics[1].metric == "latency"
+    assert v.metrics[1].decision == "fail"
+    assert v.reason.startswith("latency p75")
+    # 10% more requests above the threshold than the baseline: inside the +10% latency tolerance
+    slightly = tuple(BASE_SHAPE[i] * (0.985 if i < 5 else 1.0) for i in range(14))
+    slightly = tuple(list(slightly[:5]) + [BASE_SHAPE[5] + 0.0045] + list(slightly[6:]))
+    v2, _ = run_until_decided({"c1": series(60, 100, 1, shape=slightly)}, baseline, settings())
+    assert v2.decision == "pass"
+
+
+def test_latency_without_histogram_is_inconclusive_unless_not_requested():
+    def strip(ss):
+        for s in ss:
+            s.latency_buckets = {}
+        return ss
+    canary = {"c1": strip(series(60, 100, 1))}
+    baseline = {f"b{i}": strip(series(60, 100, 1)) for i in range(3)}
+    v = judge(canary, baseline, settings(), elapsed_s=600)
+    assert v.decision == "inconclusive"
+    assert v.metrics[1].decision == "inconclusive"
+    v = judge(canary, baseline, settings(metrics=["errors"]), elapsed_s=600)
+    assert v.decision == "pass"
+    assert [m.metric for m in v.metrics] == ["errors"]
+
+
+def test_hosts_with_different_buckets_use_the_common_ones():
+    canary = {"c1": series(60, 100, 1)}
+    for s in canary["c1"]:
+        s.latency_buckets[0.3] = s.latency_buckets[0.25]  # an extra bound only the canary has
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    v = judge(canary, baseline, settings(), elapsed_s=600)
+    assert v.decision == "pass"
+
+
+def test_static_baseline_snapshot_pass_and_fail():
+    # the post-deploy watch: no live baseline, only each old process's counters over its lifetime
+    def snapshot(requests, errors):
+        zero = Scrape(t=-7200.0, requests={"200": 0.0, "503": 0.0}, latency_buckets={b: 0.0 for b in BOUNDS},
+                      latency_sum=0.0, latency_count=0.0, start_time=-7200.0)
+        cum = np.cumsum(np.array(BASE_SHAPE) * requests)
+        pre = Scrape(t=-5.0, requests={"200": requests - errors, "503": errors},
+                     latency_buckets={**dict(zip(BOUNDS, cum[:-1].tolist(), strict=True)), math.inf: float(cum[-1])},
+                     latency_sum=requests * 0.06, latency_count=requests, start_time=-7200.0)
+        return [zero, pre]
+    baseline = {f"h{i}": snapshot(72000, 720) for i in range(3)}  # 1% over two hours
+    good = {f"h{i}": series(60, 100, 1) for i in range(3)}
+    v, _ = run_until_decided(good, baseline, settings())
+    assert v.decision == "pass"
+    assert v.metrics[0].samples["mode"] == "static"
+    bad = {f"h{i}": series(60, 100, 6) for i in range(3)}
+    v, t = run_until_decided(bad, baseline, settings())
+    assert v.decision == "fail"
+    assert t < 120
+
+
+def test_min_fail_requests_holds_back_a_verdict_on_a_handful_of_requests():
+    canary = {"c1": series(60, 5, 5)}  # every request fails, but only 5 per interval
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    v, t = run_until_decided(canary, baseline, settings(min_fail_requests=50))
+    assert v.decision == "fail"
+    assert t >= 100
+
+
+def test_early_pass_is_optional_and_needs_strong_evidence():
+    canary = {"c1": series(60, 1000, 10)}
+    baseline = {f"b{i}": series(60, 1000, 10) for i in range(3)}
+    v, t = run_until_decided(canary, baseline, settings())
+    assert (v.decision, t) == ("pass", 600)
+    v, t = run_until_decided(canary, baseline, settings(early_pass=True))
+    assert v.decision == "pass"
+    assert t < 600
+    assert "early pass" in v.reason
+
+
+def test_verdict_to_dict_is_json_for_xcom_and_tickets():
+    canary = {"c1": series(60, 100, 5)}
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    d = judge(canary, baseline, settings(), elapsed_s=600).to_dict()
+    text = json.dumps(d, allow_nan=False)
+    assert json.loads(text)["decision"] == "fail"
+    m = d["metrics"][0]
+    for key in ("metric", "decision", "effect", "interval", "statistic", "samples", "e_value", "p_value", "reason"):
+        assert key in m
+    assert isinstance(MetricVerdict(metric="errors", decision="continue", reason="").to_dict()["statistic"], str)
+
+
+def test_hosts_scraped_at_slightly_different_times_are_aligned():
+    canary = {"c1": series(60, 100, 1, t0=0.4)}
+    baseline = {"b1": series(60, 100, 1, t0=0.0), "b2": series(60, 100, 1, t0=1.1), "b3": series(60, 100, 1, t0=2.0)}
+    v = judge(canary, baseline, settings(), elapsed_s=600)
+    assert v.decision == "pass"
+    assert v.details["intervals"] == 60

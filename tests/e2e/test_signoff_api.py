@@ -1,0 +1,262 @@
+"""QA sign-off through a real Airflow: its REST API, its login, its assignment check (issue 4).
+
+One Airflow (scheduler, dag-processor, triggerer, API server; LocalExecutor on SQLite) serves the
+whole module (``airflow_server``); runs are triggered as ``dev`` through ``POST .../dagRuns`` and
+answered through ``PATCH .../hitlDetails`` (or ``conveyor approve|reject``), so the 403s below are
+Airflow's own. Each test starts with every host of the local fleet on ``v1.0.0``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from airflow_server import DAG_ID, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
+from harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
+
+pytestmark = [pytest.mark.e2e]
+
+PROD = [f"prod-{i}" for i in range(1, 7)]
+CONVEYOR = Path(sys.executable).with_name("conveyor")
+APPROVAL_1, APPROVAL_2 = "qa_signoff.approval_1", "qa_signoff.approval_2"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def fleet_on_v1_0_0(airflow_server):  # noqa: F811
+    put_fleet_on("v1.0.0")
+    state = fleet_state()
+    assert {s["health"]["version"] for s in state.values()} == {"v1.0.0"}
+    return state
+
+
+def trigger(server: AirflowServer, git_ref: str, user: str = "dev") -> str:
+    run = server.client(user).trigger(DAG_ID, {"git_ref": git_ref})
+    assert run["triggering_user_name"] == user
+    return run["dag_run_id"]
+
+
+def task_states(server: AirflowServer, run_id: str) -> dict[str, str]:
+    data = server.client("admin").call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances",
+                                       query={"limit": 200})
+    return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
+
+
+def diagnose(server: AirflowServer, run_id: str) -> str:
+    states = task_states(server, run_id)
+    failed = [t for t, s in states.items() if s == "failed" and t != "fail_run"]
+    logs = "\n".join(f"=== {t} ===\n{server.task_log(run_id, t)[-3000:]}" for t in failed)
+    return f"task states: {sorted(states.items())}\n{logs}"
+
+
+def wait_for_run(server: AirflowServer, run_id: str, timeout: float = 600) -> str:
+    admin = server.client("admin")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = admin.dag_run(DAG_ID, run_id)["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} still not finished after {timeout}s; " + diagnose(server, run_id))
+
+
+def wait_for_approval(server: AirflowServer, run_id: str, task_id: str, timeout: float = 420) -> dict:
+    """The Required Action of ``task_id`` once the task is parked waiting for an answer."""
+    admin = server.client("admin")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for detail in admin.hitl_details(DAG_ID, run_id, pending=True):
+            ti = detail["task_instance"]
+            if ti["task_id"] == task_id and ti["state"] == "awaiting_input":
+                return detail
+        if admin.dag_run(DAG_ID, run_id)["state"] in ("success", "failed"):
+            raise AssertionError(f"run {run_id} ended before {task_id} asked for sign-off; " + diagnose(server, run_id))
+        time.sleep(1)
+    raise AssertionError(f"{task_id} of {run_id} not awaiting input after {timeout}s; " + diagnose(server, run_id))
+
+
+def answer(server: AirflowServer, user: str, run_id: str, task_id: str, option: str,
+           reason: str | None = None) -> tuple[int, dict]:
+    """``PATCH .../hitlDetails`` as ``user``; returns Airflow's status and body."""
+    return server.client(user).request(
+        "PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+        {"chosen_options": [option], "params_input": {"reason": reason} if reason else {}},
+    )
+
+
+def conveyor(server: AirflowServer, user: str, *args: str) -> subprocess.CompletedProcess:
+    """``conveyor approve|reject ... --as user`` against the module's Airflow (password from the environment)."""
+    return subprocess.run([str(CONVEYOR), *args, "--as", user, "--api", server.url], env=server.cli_env(user),
+                          capture_output=True, text=True, timeout=120)
+
+
+def assigned(detail: dict) -> set[str]:
+    return {u["id"] for u in detail["assigned_users"]}
+
+
+def unchanged(before: dict, after: dict) -> dict:
+    """Hosts whose active version or app process differs between two ``fleet_state`` snapshots."""
+    return {n: (before[n]["current"], before[n]["pid"], after[n]["current"], after[n]["pid"])
+            for n in before if (before[n]["current"], before[n]["pid"]) != (after[n]["current"], after[n]["pid"])}
+
+
+# -------------------------------------------------------------------------------------- tests
+
+
+def test_two_distinct_qa_members_approve_and_the_release_reaches_production(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    server = airflow_server
+    run_id = trigger(server, "v1.1.0")
+
+    first = wait_for_approval(server, run_id, APPROVAL_1)
+    assert assigned(first) == {"qa1", "qa2", "qa3"}
+    assert "v1.1.0" in first["subject"]
+    for outsider in ("dev", "ops", "admin"):  # the author, a user outside QA, even an admin
+        status, body = answer(server, outsider, run_id, APPROVAL_1, "Approve")
+        assert status == 403, (outsider, status, body)
+        assert f"User={outsider}" in body["detail"]
+        assert "not a respondent" in body["detail"]
+    status, body = answer(server, "qa1", run_id, APPROVAL_1, "Approve")
+    assert status == 200, body
+    assert body["responded_by"]["id"] == "qa1"
+    assert body["chosen_options"] == ["Approve"]
+
+    second = wait_for_approval(server, run_id, APPROVAL_2)
+    assert assigned(second) == {"qa2", "qa3"}  # qa1 counts once
+    status, body = answer(server, "qa1", run_id, APPROVAL_2, "Approve")
+    assert status == 403, body
+    status, body = answer(server, "dev", run_id, APPROVAL_2, "Approve")
+    assert status == 403, body
+    status, body = answer(server, "qa2", run_id, APPROVAL_2, "Approve")
+    assert status == 200, body
+    status, body = answer(server, "qa3", run_id, APPROVAL_2, "Approve")
+    assert status == 409, body  # one answer per approval
+
+    assert wait_for_run(server, run_id) == "success", diagnose(server, run_id)
+    assert versions("production") == {name: "v1.1.0" for name in PROD}
+    release = release_record(run_id)
+    assert release["status"] == "success"
+    assert release["author"] == "dev"
+    approvals = {a["approver"]: a for a in release["approvals"]}
+    assert sorted(approvals) == ["qa1", "qa2"]
+    assert {a["decision"] for a in approvals.values()} == {"approved"}
+    assert approvals["qa1"]["at"] is not None
+    assert approvals["qa2"]["at"] is not None
+    assert approvals["qa1"]["at"] <= approvals["qa2"]["at"]
+    assert ticket_for(run_id) is None
+
+
+def test_a_rejection_with_the_cli_fails_the_release_before_production(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    server = airflow_server
+    before = fleet_state("production")
+    run_id = trigger(server, "v1.1.0")
+    wait_for_approval(server, run_id, APPROVAL_1)
+
+    result = conveyor(server, "dev", "approve", run_id)  # the author
+    assert result.returncode == 1, result
+    assert "HTTP 403" in result.stderr
+    assert "User=dev (id=dev) is not a respondent" in result.stderr
+
+    result = conveyor(server, "qa1", "approve", run_id, "--comment", "Checked the cart on replica-1")
+    assert result.returncode == 0, result.stderr
+    assert f"Approved {APPROVAL_1} of run {run_id} (release_demo_shop) as qa1" in result.stdout
+
+    wait_for_approval(server, run_id, APPROVAL_2)
+    result = conveyor(server, "qa1", "approve", run_id)  # a second approval by the same person
+    assert result.returncode == 1, result
+    assert "HTTP 403" in result.stderr
+    assert "User=qa1" in result.stderr
+
+    reason = "Checkout shows the old shipping price on the replica (QA-142)"
+    result = conveyor(server, "qa2", "reject", run_id, "--reason", reason)
+    assert result.returncode == 0, result.stderr
+    assert f"Rejected {APPROVAL_2} of run {run_id}" in result.stdout
+    assert reason in result.stdout
+
+    assert wait_for_run(server, run_id) == "failed"
+    states = task_states(server, run_id)
+    assert states[APPROVAL_2] == "failed", diagnose(server, run_id)
+    assert states["plan"] == "upstream_failed"
+    assert states["wave_1.deploy"] == "upstream_failed"
+    assert states["ticket"] == "success"
+    assert states["fail_run"] == "failed"
+    assert unchanged(before, fleet_state("production")) == {}
+
+    approvals = {a["approver"]: a for a in release_record(run_id)["approvals"]}
+    assert approvals["qa1"]["decision"] == "approved"
+    assert approvals["qa1"]["comment"] == "Checked the cart on replica-1"
+    assert approvals["qa2"]["decision"] == "rejected"
+    assert approvals["qa2"]["comment"] == reason
+    assert approvals["qa2"]["at"] is not None
+    ticket = ticket_for(run_id)
+    assert ticket is not None
+    assert ticket["failed_stage"] == APPROVAL_2
+    assert reason in ticket["body"]
+    assert "qa2: rejected" in ticket["body"]
+    assert ticket["hosts_touched"] == []
+
+    result = conveyor(server, "qa3", "approve", run_id)  # nothing left to answer
+    assert result.returncode == 1
+    assert "no QA approval awaiting input" in result.stderr
+    assert "run state: failed" in result.stderr
+
+
+def test_no_sign_off_within_the_timeout_fails_the_release(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    server = airflow_server
+    before = fleet_state("production")
+    with server.service_override(qa={"timeout": "20s"}):
+        run_id = trigger(server, "v1.1.0")
+        detail = wait_for_approval(server, run_id, APPROVAL_1)
+        assert assigned(detail) == {"qa1", "qa2", "qa3"}
+        started = time.monotonic()
+        assert wait_for_run(server, run_id, timeout=180) == "failed"
+        assert time.monotonic() - started < 120
+    states = task_states(server, run_id)
+    assert states[APPROVAL_1] == "failed", diagnose(server, run_id)
+    assert states["wave_1.deploy"] == "upstream_failed"
+    assert unchanged(before, fleet_state("production")) == {}
+    release = release_record(run_id)
+    stage = {s["stage"]: s for s in release["stages"]}[APPROVAL_1]
+    assert stage["status"] == "failed"
+    assert "no sign-off within 20s" in stage["error"]
+    assert release["approvals"] == []
+    assert "no sign-off within 20s" in ticket_for(run_id)["error"]
+
+
+def test_pre_existing_failure_goes_to_sign_off_and_is_listed_for_qa(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    server = airflow_server
+    run_id = trigger(server, "v1.6.0")
+    wait_for_approval(server, run_id, APPROVAL_1)
+
+    detail = server.client("qa1").hitl_detail(DAG_ID, run_id, APPROVAL_1)  # what QA reads
+    body = detail["body"]
+    assert "Pre-existing failures" in body, body
+    pre_existing = body.split("Pre-existing failures", 1)[1].split("**Replica health", 1)[0]
+    assert "test_search_ignores_case" in pre_existing, body
+    assert "v1.6.0" in body
+    tests = [t for t in release_record(run_id)["tests"] if t["outcome"] == "failed"]
+    assert [(t["test"].rsplit(".", 1)[-1], t["pre_existing"]) for t in tests] == [("test_search_ignores_case", True)]
+
+    status, body = answer(server, "qa1", run_id, APPROVAL_1, "Reject", "demo: checked the triage only")
+    assert status == 200, body
+    assert wait_for_run(server, run_id) == "failed"
+    assert task_states(server, run_id)["tests"] == "success"
+
+
+def test_new_test_failure_stops_at_tests_without_asking_qa(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    server = airflow_server
+    before = fleet_state("production")
+    run_id = trigger(server, "v1.5.0")
+    assert wait_for_run(server, run_id) == "failed"
+    states = task_states(server, run_id)
+    assert states["tests"] == "failed", diagnose(server, run_id)
+    assert states[APPROVAL_1] == "upstream_failed"
+    assert server.client("admin").hitl_details(DAG_ID, run_id) == []
+    assert unchanged(before, fleet_state("production")) == {}
+    ticket = ticket_for(run_id)
+    assert ticket["failed_stage"] == "tests"
+    assert "unit::tests.unit.test_cart.test_bulk_discount_is_ten_percent" in ticket["failing_tests"]
