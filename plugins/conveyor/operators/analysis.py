@@ -98,6 +98,13 @@ class CanaryAnalysisOperator(ConveyorOperator):
                          baseline=None) -> dict[str, Any]:
         release_id = self.release_id(context)
         stage = self.stage or self.task_id
+        # Recomputed rather than trusted from the deferral kwargs (not every runner passes them back).
+        waves = self.plan["waves"]
+        if self.wave is None:
+            label, canary = "watch", [n for w in waves for n in w]
+        else:
+            label, canary = f"wave-{self.wave + 1}", [n for w in waves[: self.wave + 1] for n in w]
+        baseline = [h["name"] for h in self.plan["hosts"] if h["name"] not in canary] or "pre-deploy snapshot"
         if event.get("status") != "done":
             raise ConveyorError(f"{label}: analysis could not run: {event.get('message')}")
         verdict = event["verdict"]
