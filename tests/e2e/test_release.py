@@ -120,11 +120,26 @@ def test_error_regression_is_caught_by_the_comparison_and_rolled_back(fleet_on_v
     ticket = ticket_for(result.dag_run.run_id)
     assert ticket["failed_stage"] == failed
     assert ticket["rollback_status"] == "rolled back"
-    assert "error" in ticket["error"].lower()
-    assert "## Metric comparison" in ticket["body"] or "fail" in ticket["body"]
+    assert "error rate" in ticket["error"]
+    assert "errors: fail" in ticket["body"]  # the metric comparison, with its evidence
     release = release_record(result.dag_run.run_id)
     assert {r["to_version"] for r in release["rollbacks"]} == {"v1.0.0"}
     assert sorted(r["host"] for r in release["rollbacks"]) == sorted(ticket["hosts_touched"])
+
+
+def test_latency_regression_is_caught_by_the_judge_and_rolled_back(fleet_on_v1_0_0):
+    """v1.4.0 adds 150 ms to every request: the judge fails the canary on latency (same settings as
+    the good release above, which passes)."""
+    result = run_release({"git_ref": "v1.4.0"})
+
+    assert result.dag_run.state == "failed"
+    assert _failed(result) == ["wave_1.analysis"], result.states
+    assert versions("production") == {n: "v1.0.0" for n in PROD}
+    ticket = ticket_for(result.dag_run.run_id)
+    assert ticket["failed_stage"] == "wave_1.analysis"
+    assert "latency" in ticket["error"].lower()
+    assert ticket["rollback_status"] == "rolled back"
+    assert "## Metric comparison" in ticket["body"] and "latency" in ticket["body"]
 
 
 def test_failing_test_stops_before_production(fleet_on_v1_0_0):
