@@ -37,7 +37,7 @@ cat <<MSG
 
 Conveyor is running.
   Airflow UI:  $AIRFLOW__API__BASE_URL   (DAG: release_demo_shop)
-  Users:       admin, dev (triggers releases), qa1 and qa2 (the demo's QA group)
+  Users:       admin, dev (triggers releases), qa1, qa2, qa3 (the demo QA group: two must approve), ops
   Passwords:   $passwords
                $(cat "$passwords" 2>/dev/null || echo "(written by Airflow on first start)")
   Fleet:       conveyor fleet status      Tickets: conveyor tickets list

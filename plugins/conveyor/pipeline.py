@@ -38,7 +38,7 @@ SIGNOFF_BODY = """\
 {{ 'an EMERGENCY change: ' ~ params.reason if params.emergency else 'a ' ~ params.change ~ ' change' }}, \
 triggered by {{ dag_run.triggering_user_name or 'the schedule' }} (who cannot approve it).
 
-**Changes since production** ({{ ti.xcom_pull(task_ids='build')['commit_count'] }} commits, \
+**Changes since production** ({{ ti.xcom_pull(task_ids='build')['commit_count'] }} commit(s), \
 [changelog]({base_url}/conveyor/releases/{service}/{{ run_id }}/changelog)):
 {% for c in (ti.xcom_pull(task_ids='build')['manifest']['commit_range']['commits'] or [])[:20] %}
 - `{{ c['sha'][:10] }}` {{ c['subject'] }} ({{ c['author'] }})
