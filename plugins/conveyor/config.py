@@ -212,9 +212,13 @@ SERVICE_SCHEMA: dict[str, Any] = {
         },
         "analysis": {
             "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "window_s": {"type": "number", "exclusiveMinimum": 0},
                 "interval_s": {"type": "number", "exclusiveMinimum": 0},
+                # who answers "continue or roll back?" when a verdict is inconclusive (empty: anyone), how long
+                "deciders": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "decision_timeout": {"type": "string", "pattern": _DURATION_RE.pattern},
                 **_JUDGE_SETTINGS,
             },
         },
@@ -313,7 +317,7 @@ DEFAULTS: dict[str, Any] = {
     "deploy": {"ssh_conn_id": "conveyor_fleet", "max_parallel": 4, "keep_releases": 5,
                "health": {"timeout_s": 60, "interval_s": 1}},
     "waves": [1, "25%", "50%", "100%"],
-    "analysis": {"window_s": 600, "interval_s": 10},
+    "analysis": {"window_s": 600, "interval_s": 10, "deciders": [], "decision_timeout": "30m"},
     "watch": {"window_s": 300, "interval_s": 10},
     "qa": {"group": [], "required_approvals": 2, "timeout": "24h", "emergency_required_approvals": 1},
     "notifications": {"slack_webhook_conn_id": None},

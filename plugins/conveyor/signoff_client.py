@@ -20,10 +20,12 @@ Standard library only (``urllib``): the CLI imports no Airflow. Every failure is
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 DEFAULT_API = "http://localhost:8080"
@@ -33,6 +35,14 @@ APPROVE, REJECT = "Approve", "Reject"
 #: 3.1/3.2 defer it).
 WAITING_STATES = ("awaiting_input", "deferred")
 MAX_REASON = 2000  # the sign-off form's ``reason`` Param (maxLength)
+#: Answer a request only once it is this old (seconds). Airflow 3.3.2 races on an answer that lands
+#: before the scheduler has processed the executor's "finished" event of the process that parked the
+#: task: the task is resumed and queued, then that stale event removes it from the executor and the
+#: scheduler fails it ("finished with state success, but the task instance's state attribute is
+#: queued"). The parking process is reaped up to ``[workers] min_heartbeat_interval`` (5 s by
+#: default) after it parks, plus a scheduler loop. A human is never that fast; a script is, so the
+#: client waits out the gap.
+SETTLE_S = 10.0
 TERMINAL_RUN_STATES = ("success", "failed")
 
 
@@ -224,6 +234,21 @@ class SignoffClient:
                          what=f"triggering {dag_id}")
 
 
+def settle_delay(detail: dict[str, Any], settle_s: float = SETTLE_S, now: datetime | None = None) -> float:
+    """Seconds to wait before answering ``detail`` so that it is ``settle_s`` old (see :data:`SETTLE_S`)."""
+    created = detail.get("created_at")
+    if not created or settle_s <= 0:
+        return 0.0
+    try:
+        created_at = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)
+    age = ((now or datetime.now(UTC)) - created_at).total_seconds()
+    return min(settle_s, max(0.0, settle_s - age))  # bounded: a skewed clock never waits longer
+
+
 @dataclass
 class SignoffResult:
     dag_id: str
@@ -237,7 +262,8 @@ class SignoffResult:
 
 
 def sign_off(*, api: str, user: str, password: str, run_id: str, decision: str, reason: str | None = None,
-             dag_id: str = DEFAULT_DAG, task_id: str | None = None, timeout: float = 30.0) -> SignoffResult:
+             dag_id: str = DEFAULT_DAG, task_id: str | None = None, timeout: float = 30.0,
+             settle_s: float = SETTLE_S) -> SignoffResult:
     """Log in as ``user`` and answer the run's awaiting QA approval with ``decision``.
 
     ``reason`` goes into the form's ``reason`` field (required to reject; optional comment to
@@ -253,6 +279,9 @@ def sign_off(*, api: str, user: str, password: str, run_id: str, decision: str, 
     client = SignoffClient(api=api, timeout=timeout)
     client.login(user, password)
     detail = client.awaiting_approval(dag_id, run_id, task_id)
+    wait = settle_delay(detail, settle_s)
+    if wait > 0:
+        time.sleep(wait)
     ti = detail["task_instance"]
     answer = client.respond(dag_id, run_id, ti["task_id"], decision, {"reason": reason} if reason else {},
                             map_index=ti.get("map_index", -1))

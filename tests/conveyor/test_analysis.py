@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,6 +286,7 @@ def test_error_regression_fails_early_with_evidence():
     m = v.metrics[0]
     assert m.metric == "errors"
     assert m.decision == "fail"
+    assert m.samples["decided_after_s"] == t  # the time the judge, asked after every scrape, said so
     assert m.e_value >= 1 / (0.01 * 0.5 * 0.5)
     lo, hi = m.interval
     assert lo > 1.1
@@ -469,3 +471,41 @@ def test_hosts_scraped_at_slightly_different_times_are_aligned():
     v = judge(canary, baseline, settings(), elapsed_s=600)
     assert v.decision == "pass"
     assert v.details["intervals"] == 60
+
+
+def test_asking_after_every_scrape_or_once_gives_the_same_answer():
+    import copy
+
+    canary = {"c1": series(60, 100, 2, restart_at=25)}
+    canary["c1"][33].requests["503"] = math.nan
+    baseline = {"b1": series(60, 100, 1), "b2": series(60, 100, 1), "b3": series(60, 100, 5)}
+    s = settings()
+    for k in range(1, 62):  # fills the judge's per-host memo one scrape at a time
+        judge({h: v[:k] for h, v in canary.items()}, {h: v[:k] for h, v in baseline.items()}, s,
+              elapsed_s=(k - 1) * 10)
+    incremental = judge(canary, baseline, s, elapsed_s=600).to_dict()
+    fresh = judge(copy.deepcopy(canary), copy.deepcopy(baseline), s, elapsed_s=600).to_dict()
+    assert incremental == fresh
+
+
+def test_service_schema_accepts_the_judge_settings(tmp_path):
+    import yaml
+
+    from conveyor.config import load_service
+    from conveyor.exceptions import ServiceConfigError
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/services/demo_shop.yaml").read_text())
+    doc["analysis"].update({"alpha": 0.02, "error_tolerance": 0.2, "error_statuses": ["5xx", "429"],
+                            "latency_quantile": 0.9, "metrics": ["errors"], "early_pass": True})
+    doc["watch"].update({"min_requests": 50, "latency_tolerance": 0.2})
+    path = tmp_path / "demo_shop.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    service = load_service(path)
+    section = {**service["analysis"], **service["watch"]}
+    section.pop("interval_s")
+    s = AnalysisSettings.from_dict(section)
+    assert (s.alpha, s.min_requests, s.latency_tolerance, s.metrics) == (0.02, 50, 0.2, ["errors"])
+    doc["watch"]["latency_quantile"] = 1.5
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ServiceConfigError, match="latency_quantile"):
+        load_service(path)

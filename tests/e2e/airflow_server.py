@@ -7,7 +7,8 @@ database, this project's ``dags/`` and ``plugins/``, SimpleAuthManager with the 
 ``[core] simple_auth_manager_passwords_file``), on a free port, and the e2e environment of
 ``release_env``: the fleet's SSH connection, ``CONVEYOR_HOME`` and a copy of the fast service files
 (``CONVEYOR_SERVICES_DIR``; every component reads it, the dag-processor at parse time and the task
-processes at run time). Scheduler intervals are shortened so runs move quickly.
+processes at run time). Scheduler intervals are shortened so runs move quickly. The API server
+and dag-processor boot while the fleet starts; the scheduler and triggerer once its connection exists.
 
 At the end it stops every process it started (each component in its own process group, plus
 anything that inherited the server's marker variable) and fails if one is left.
@@ -38,7 +39,9 @@ from conveyor.signoff_client import SignoffClient
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "release_demo_shop"
 USERS = {"admin": "admin", "dev": "user", "qa1": "user", "qa2": "user", "qa3": "user", "ops": "user"}
-COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+EARLY_COMPONENTS = ("api-server", "dag-processor")  # need neither the fleet nor its connection
+LATE_COMPONENTS = ("scheduler", "triggerer")  # run the tasks and triggers: need the fleet's connection
+COMPONENTS = ("scheduler", "triggerer", "dag-processor", "api-server")  # stopped in reverse order
 MARKER = "CONVEYOR_TEST_AIRFLOW"
 
 #: Shorter loops than Airflow's defaults, so a run does not wait on the scheduler.
@@ -51,6 +54,10 @@ FAST_CONFIG = {
     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
     "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "600",
     "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+    # The task supervisor notices its process exited within this many seconds (it waits in select()
+    # for up to this long); a short wait keeps the window of Airflow's answer-right-after-parking
+    # race (see conveyor.signoff_client.SETTLE_S) to about a second.
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
     "AIRFLOW__API__WORKERS": "1",
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -119,16 +126,20 @@ class AirflowServer:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
 
-    def start(self, timeout: float = 240) -> None:
-        self.airflow("db", "migrate")
+    def launch(self, names: tuple[str, ...], extra_env: dict[str, str] | None = None) -> None:
+        """Start components (each in its own process group, output in ``component-logs/<name>.log``)."""
         logs = self.home / "component-logs"
         logs.mkdir(exist_ok=True)
-        for name in COMPONENTS:
+        env = {**self.env, **(extra_env or {})}
+        for name in names:
             with open(logs / f"{name}.log", "ab") as out:
                 self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "airflow", name], env=self.env, cwd=self.home, stdout=out,
+                    [sys.executable, "-m", "airflow", name], env=env, cwd=self.home, stdout=out,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 )
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        """Until the API answers, the scheduler and dag-processor are healthy and the DAG is parsed and unpaused."""
         deadline = time.monotonic() + timeout
         self._wait(deadline, "the API server to answer", self._api_up)
         admin = self.client("admin")
@@ -260,13 +271,14 @@ def server_env(home: Path, port: int, services_dir: Path, passwords_file: Path) 
         **FAST_CONFIG,
     })
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
-    for key in ("AIRFLOW_CONN_CONVEYOR_FLEET", "CONVEYOR_HOME"):
-        assert env.get(key), f"{key} must be set (use the release_env fixture)"
+    env.pop("AIRFLOW_CONN_CONVEYOR_FLEET", None)  # given to the scheduler and triggerer once the fleet is up
+    assert env.get("CONVEYOR_HOME"), "CONVEYOR_HOME must be set (tests/conftest.py does it)"
     return env
 
 
-def start_airflow_server(base: Path, services_src: Path) -> AirflowServer:
-    """Start a server under ``base`` (its AIRFLOW_HOME) with a copy of the service files in ``services_src``."""
+def prepare_airflow_server(base: Path, services_src: Path) -> AirflowServer:
+    """A server under ``base`` (its AIRFLOW_HOME) with a copy of the service files in ``services_src``,
+    its database migrated, not started."""
     home = base / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     services_dir = base / "services"
@@ -277,19 +289,29 @@ def start_airflow_server(base: Path, services_src: Path) -> AirflowServer:
     [port] = free_ports(1)
     server = AirflowServer(home=home, port=port, env=server_env(home, port, services_dir, passwords_file),
                            services_dir=services_dir, passwords=passwords)
-    try:
-        server.start()
-    except BaseException:
-        server.stop()
-        raise
+    server.airflow("db", "migrate")
     return server
 
 
 @pytest.fixture(scope="module")
-def airflow_server(release_env, e2e_services, tmp_path_factory) -> Iterator[AirflowServer]:
-    """A running Airflow for this module, on the e2e fleet and service files; stopped at the end."""
-    server = start_airflow_server(tmp_path_factory.mktemp("airflow-server"), e2e_services)
+def airflow_server(e2e_services, session_dir, request) -> Iterator[AirflowServer]:
+    """A running Airflow for this module, on the e2e fleet and service files; stopped at the end.
+
+    The API server and dag-processor boot while the local fleet starts (``release_env``); the
+    scheduler (whose task processes deploy over SSH) and the triggerer start once the fleet's
+    connection exists. Its home is under the test session's directory (not pytest's ``tmp_path``,
+    whose old numbered directories other pytest runs on the machine delete), so logs stay readable
+    after a failure.
+    """
+    import tempfile
+
+    server = prepare_airflow_server(Path(tempfile.mkdtemp(prefix="airflow-server-", dir=session_dir)), e2e_services)
     try:
+        server.launch(EARLY_COMPONENTS)
+        request.getfixturevalue("release_env")  # the fleet, AIRFLOW_CONN_CONVEYOR_FLEET
+        server.env["AIRFLOW_CONN_CONVEYOR_FLEET"] = os.environ["AIRFLOW_CONN_CONVEYOR_FLEET"]
+        server.launch(LATE_COMPONENTS)
+        server.wait_ready()
         yield server
     finally:
         left = server.stop()

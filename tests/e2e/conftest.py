@@ -17,7 +17,7 @@ from tests.fleet_fixtures import local_fleet  # noqa: F401 - the session fleet f
 ROOT = Path(__file__).resolve().parents[2]
 
 FAST = {
-    "analysis": {"window_s": 20, "interval_s": 2, "min_requests": 100},
+    "analysis": {"window_s": 20, "interval_s": 2, "min_requests": 100, "decision_timeout": "60s"},
     "watch": {"window_s": 10, "interval_s": 2},
 }
 

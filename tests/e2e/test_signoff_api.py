@@ -17,11 +17,14 @@ import pytest
 from airflow_server import DAG_ID, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
 from harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
 
+from conveyor.signoff_client import settle_delay
+
 pytestmark = [pytest.mark.e2e]
 
 PROD = [f"prod-{i}" for i in range(1, 7)]
 CONVEYOR = Path(sys.executable).with_name("conveyor")
 APPROVAL_1, APPROVAL_2 = "qa_signoff.approval_1", "qa_signoff.approval_2"
+SETTLE = 4.0  # seconds; the module's Airflow reaps parked tasks and loops within about a second
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -66,13 +69,19 @@ def wait_for_run(server: AirflowServer, run_id: str, timeout: float = 600) -> st
 
 
 def wait_for_approval(server: AirflowServer, run_id: str, task_id: str, timeout: float = 420) -> dict:
-    """The Required Action of ``task_id`` once the task is parked waiting for an answer."""
+    """The Required Action of ``task_id`` once the task is parked waiting for an answer.
+
+    Returns once the request is a few seconds old, like ``conveyor approve`` does
+    (``conveyor.signoff_client.SETTLE_S``): an answer within a scheduler loop of the task parking
+    hits an Airflow 3.3.2 race that fails the resumed task.
+    """
     admin = server.client("admin")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for detail in admin.hitl_details(DAG_ID, run_id, pending=True):
             ti = detail["task_instance"]
             if ti["task_id"] == task_id and ti["state"] == "awaiting_input":
+                time.sleep(settle_delay(detail, SETTLE))
                 return detail
         if admin.dag_run(DAG_ID, run_id)["state"] in ("success", "failed"):
             raise AssertionError(f"run {run_id} ended before {task_id} asked for sign-off; " + diagnose(server, run_id))

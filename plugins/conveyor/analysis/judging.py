@@ -68,6 +68,7 @@ class _Data:
     empty_baseline: list[str] = field(default_factory=list)
     restarts: int = 0
     interval_ends: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    start: float = 0.0  # time of the first round (the analysis's time zero)
 
 
 def _fmt_rate(p: float | None) -> str:
@@ -121,18 +122,19 @@ def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
         b_cum = np.stack([select_bounds(h, bounds, align(h, ends)) for h in live.values()])
         return _Data("live", np.diff(c_cum, axis=0), np.diff(b_cum, axis=1), b_cum, bounds,
                      [h.name for h in with_data], list(live), empty_c, empty_b + list(static),
-                     restarts + sum(h.restarts for h in live.values()), ends[1:])
+                     restarts + sum(h.restarts for h in live.values()), ends[1:], float(ends[0]))
     if static:
         bounds = common_bounds(with_data + list(static.values()))
         ends = rounds(with_data, spacing)
         c_cum = sum(select_bounds(h, bounds, align(h, ends)) for h in with_data)
         totals = np.stack([select_bounds(h, bounds, h.values)[-1] for h in static.values()])
         return _Data("static", np.diff(c_cum, axis=0), totals, np.zeros((0, 0, 0)), bounds,
-                     [h.name for h in with_data], list(static), empty_c, empty_b, restarts, ends[1:])
+                     [h.name for h in with_data], list(static), empty_c, empty_b, restarts, ends[1:],
+                     float(ends[0]))
     ends = rounds(with_data, spacing)
     c_cum = sum(align(h, ends)[:, :4] for h in with_data)
     return _Data("none", np.diff(c_cum, axis=0), np.zeros((0, 0, 4)), np.zeros((0, 0, 4)), (),
-                 [h.name for h in with_data], [], empty_c, empty_b, restarts, ends[1:])
+                 [h.name for h in with_data], [], empty_c, empty_b, restarts, ends[1:], float(ends[0]))
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -144,25 +146,10 @@ def _first_true(mask: np.ndarray) -> int | None:
 
 
 def _survival(bounds: np.ndarray, cum: np.ndarray, total: float, v: float) -> float:
-    """Share of requests slower than ``v``, interpolated in the histogram (log-log inside a bucket)."""
+    """Share of requests slower than ``v``, interpolated in the baseline's histogram (see below)."""
     if total <= 0:
         return math.nan
-    surv = 1.0 - cum / total
-    j = int(np.searchsorted(bounds, v, side="left"))  # bounds[j-1] < v <= bounds[j]
-    if j >= len(bounds):
-        return float(surv[-1])
-    hi_b, hi_s = float(bounds[j]), float(surv[j])
-    if j == 0:
-        lo_b, lo_s = 0.0, 1.0
-    else:
-        lo_b, lo_s = float(bounds[j - 1]), float(surv[j - 1])
-    if v >= hi_b:
-        return hi_s
-    if lo_b > 0 and lo_s > 0 and hi_s > 0:
-        frac = (math.log(v) - math.log(lo_b)) / (math.log(hi_b) - math.log(lo_b))
-        return math.exp(math.log(lo_s) + frac * (math.log(hi_s) - math.log(lo_s)))
-    frac = (v - lo_b) / (hi_b - lo_b)
-    return lo_s + frac * (hi_s - lo_s)
+    return float(_survival_many(bounds, (cum / total)[None, :], np.array([v]))[0])
 
 
 def _quantile(bounds: np.ndarray, cum: np.ndarray, total: float, q: float) -> float | None:
@@ -217,7 +204,7 @@ def _thresholds(bounds: np.ndarray, before: np.ndarray, q: float, slack) -> tupl
         return taus, ratio0
     jr = j[rows]
     s_tau = 1.0 - frac[rows, jr]
-    s_slack = _survival_many(bounds, frac[rows], np.array([slack(float(b)) for b in bounds[jr]]))
+    s_slack = _survival_many(bounds, frac[rows], slack(bounds[jr]))
     good = (s_tau > 0) & np.isfinite(s_slack)
     taus[rows[good]] = jr[good]
     ratio0[rows[good]] = np.maximum(1.0, s_slack[good] / s_tau[good])
@@ -235,12 +222,18 @@ def _survival_many(bounds: np.ndarray, frac: np.ndarray, v: np.ndarray) -> np.nd
     hi_b, hi_s = bounds[jc], surv[r, jc]
     lo_b = np.where(jc > 0, bounds[np.maximum(jc - 1, 0)], 0.0)
     lo_s = np.where(jc > 0, surv[r, np.maximum(jc - 1, 0)], 1.0)
+    # Inside a bucket, the normal quantile of the survival is taken as linear in log(latency): exact
+    # when latencies are lognormal, the usual first approximation; plain linear interpolation where
+    # that is undefined (the first bucket, an empty or a full side).
     with np.errstate(divide="ignore", invalid="ignore"):
-        loglin = (lo_b > 0) & (lo_s > 0) & (hi_s > 0)
+        probit = (lo_b > 0) & (lo_s > 0) & (lo_s < 1) & (hi_s > 0) & (hi_s < 1)
         frac_log = (np.log(v) - np.log(lo_b)) / (np.log(hi_b) - np.log(lo_b))
-        out_log = np.exp(np.log(lo_s) + frac_log * (np.log(hi_s) - np.log(lo_s)))
         out_lin = lo_s + (v - lo_b) / (hi_b - lo_b) * (hi_s - lo_s)
-    out = np.where(loglin, out_log, out_lin)
+    out = out_lin
+    if probit.any():
+        z_lo, z_hi = np.split(stats.ndtri(np.concatenate([lo_s[probit], hi_s[probit]])), 2)
+        out = out_lin.copy()
+        out[probit] = stats.ndtr(z_lo + frac_log[probit] * (z_hi - z_lo))
     out = np.where(v >= hi_b, hi_s, out)
     return np.where(beyond, surv[r, n - 1], out)
 
@@ -367,7 +360,7 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
         interval = stats.ratio_interval(total_xc, total_xb, total_nc, total_nb, settings.alpha)
     rates = f"error rate {_fmt_rate(p_c)} vs {_fmt_rate(p_b)} ({_fmt_ratio(effect)}"
     if first is not None:
-        when = float(data.interval_ends[first] - data.interval_ends[0]) if n_int else 0.0
+        when = float(data.interval_ends[first] - data.start)
         fail_reason = f"{rates}, e={_fmt_e(e_best)} > {_fmt_e(budget.threshold)})"
     elif failed_final:
         when = None
@@ -406,8 +399,8 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
     n_int = cc.size
     dropped: list[str] = []
 
-    def slack(tau: float) -> float:
-        return min(tau / scale, tau - floor_s)
+    def slack(tau):  # the latency a baseline request would need to count as slow at ``tau``
+        return np.minimum(tau / scale, tau - floor_s)
 
     if data.mode == "live":
         base_cum = data.base_cum  # H x (I+1) x C
@@ -459,7 +452,7 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         p_ref = None
         if j is not None:
             tau_now = float(bounds[j])
-            v = slack(tau_now)
+            v = float(slack(tau_now))
             # upper confidence bounds of the baseline's survival at the bucket edges around v
             jj = int(np.searchsorted(bounds, v, side="left"))
             ucb_cum = base_final[4:].copy()
@@ -535,7 +528,7 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
                "baseline_hosts_dropped": dropped, "no_data": data.empty_canary + data.empty_baseline,
                "quantile": q}
     if first is not None and n_int:
-        samples["decided_after_s"] = float(data.interval_ends[first] - data.interval_ends[0])
+        samples["decided_after_s"] = float(data.interval_ends[first] - data.start)
     return _finish("latency", settings=settings, over=over, failed=first is not None or failed_final,
                    early_pass=early, enough=enough, fail_reason=fail_reason, summary=summary, short_reason=short,
                    canary=None if q_c is None else 1000 * q_c, baseline=None if q_b is None else 1000 * q_b,
