@@ -39,4 +39,4 @@ def airflow_db():
     from airflow.utils import db
 
     db.resetdb()
-    yield
+    return

@@ -129,16 +129,23 @@ def resolve_ref(git_dir: Path, ref: str) -> tuple[str, str]:
     return commit, validation.version(version)
 
 
-def commit_range(git_dir: Path, since: str | None, until: str) -> list[dict[str, str]]:
-    """Commits in ``since..until`` (all ancestors of ``until`` when ``since`` is None), newest first."""
-    spec = f"{since}..{until}" if since else until
-    fmt = "%H%x1f%an%x1f%ae%x1f%aI%x1f%s"
-    out = _git("log", "--no-merges", "--max-count=500", f"--format={fmt}", spec, cwd=git_dir)
+#: ``git log --format`` for :func:`parse_log`: sha, author, email, ISO date, subject.
+LOG_FORMAT = "%H%x1f%an%x1f%ae%x1f%aI%x1f%s"
+
+
+def parse_log(out: str) -> list[dict[str, str]]:
+    """``git log --format=LOG_FORMAT`` output as ``{"sha", "author", "email", "date", "subject"}`` dicts."""
     commits = []
     for line in filter(None, out.splitlines()):
         sha, author, email, date, subject = line.split("\x1f", 4)
         commits.append({"sha": sha, "author": author, "email": email, "date": date, "subject": subject})
     return commits
+
+
+def commit_range(git_dir: Path, since: str | None, until: str) -> list[dict[str, str]]:
+    """Commits in ``since..until`` (all ancestors of ``until`` when ``since`` is None), newest first."""
+    spec = f"{since}..{until}" if since else until
+    return parse_log(_git("log", "--no-merges", "--max-count=500", f"--format={LOG_FORMAT}", spec, cwd=git_dir))
 
 
 # ---------------------------------------------------------------------------------- tarballs

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.artifacts import LOG_FORMAT, parse_log
 from conveyor.exceptions import BuildError, ConveyorError, ServiceConfigError
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ GREEN, RED, PENDING = "green", "red", "pending"
 DECIDED = frozenset({GREEN, RED})
 RELEASE, LINE_STOPPED, NO_CHANGE = "release", "line_stopped", "no_change"
 
-_LOG_FORMAT = "%H%x1f%an%x1f%ae%x1f%aI%x1f%s"
 _HISTORY_WINDOW = 500  # how far down the branch a walk looks for the last judged commit
 _TAIL_LINES = 30
 
@@ -59,14 +59,6 @@ def _git(git_dir: Path, *args: str) -> str:
     return run_git(*args, cwd=git_dir)
 
 
-def _parse_log(out: str) -> list[dict[str, str]]:
-    commits = []
-    for line in filter(None, out.splitlines()):
-        sha, author, email, date, subject = line.split("\x1f", 4)
-        commits.append({"sha": sha, "author": author, "email": email, "date": date, "subject": subject})
-    return commits
-
-
 def branch_head(git_dir: Path, branch: str) -> str:
     try:
         return _git(git_dir, "rev-parse", "--verify", "--quiet", "--end-of-options", f"refs/heads/{branch}^{{commit}}")
@@ -79,7 +71,7 @@ def branch_commits(git_dir: Path, branch: str, since: str | None = None,
     """First-parent commits of ``branch`` newer than ``since`` (all when None), newest first."""
     head = branch_head(git_dir, branch)
     spec = f"{since}..{head}" if since else head
-    return _parse_log(_git(git_dir, "log", "--first-parent", f"--max-count={limit}", f"--format={_LOG_FORMAT}",
+    return parse_log(_git(git_dir, "log", "--first-parent", f"--max-count={limit}", f"--format={LOG_FORMAT}",
                            spec, "--"))
 
 
@@ -88,7 +80,7 @@ def commit_info(git_dir: Path, ref: str) -> dict[str, str]:
     from conveyor.artifacts import resolve_ref
 
     sha, _version = resolve_ref(git_dir, ref)  # validates the ref; BuildError when it does not exist
-    return _parse_log(_git(git_dir, "log", "-1", f"--format={_LOG_FORMAT}", sha, "--"))[0]
+    return parse_log(_git(git_dir, "log", "-1", f"--format={LOG_FORMAT}", sha, "--"))[0]
 
 
 def _exists(git_dir: Path, sha: str | None) -> bool:

@@ -92,7 +92,6 @@ def release_dag(service_id: str):
         PopulateReplicaOperator,
         RollbackOperator,
     )
-    from conveyor.operators.signoff import QASignoffOperator
     from conveyor.operators.release import (
         BuildOperator,
         FinalizeReleaseOperator,
@@ -100,9 +99,9 @@ def release_dag(service_id: str):
         ReleaseOutcomeOperator,
         ValidateReleaseOperator,
     )
+    from conveyor.operators.signoff import QASignoffOperator
     from conveyor.operators.testing import TestSuitesOperator
     from conveyor.operators.ticket import TicketOperator
-
     from conveyor.timetables import timetable_for
 
     service = load_service(service_id)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tests.fleet_fixtures import local_fleet  # noqa: F401 - the session fleet fixture
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -38,9 +38,6 @@ class HitlResponder(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        from sqlalchemy import select
-        from sqlalchemy.orm import joinedload
-
         from airflow.models.hitl import HITLDetail
         from airflow.models.taskinstance import TaskInstance as TI
         from airflow.models.trigger import handle_event_submit
@@ -49,6 +46,8 @@ class HitlResponder(threading.Thread):
         from airflow.utils import timezone
         from airflow.utils.session import create_session
         from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
+        from sqlalchemy.orm import joinedload
 
         while self.decisions and not self._stop_event.is_set() and time.monotonic() < self.deadline:
             with create_session() as session:

@@ -14,7 +14,6 @@ import sys
 import pytest
 from harness import (
     ROOT,
-    Decision,
     fleet_state,
     put_fleet_on,
     release_record,
