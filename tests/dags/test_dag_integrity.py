@@ -58,6 +58,8 @@ def test_release_dag_shape_and_policies(forbid_connections):
     # QA sign-off: two approvals in sequence, from the QA group, emergency changes need one
     first, second = dag.get_task("qa_signoff.approval_1"), dag.get_task("qa_signoff.approval_2")
     assert second.upstream_task_ids == {"qa_signoff.approval_1"}
+    assert dag.get_task("plan").upstream_task_ids == {"qa_signoff.approval_1", "qa_signoff.approval_2"}
+    assert dag.get_task("plan").trigger_rule == "none_failed_min_one_success"
     assert first.group == ["qa1", "qa2", "qa3"] and first.required == 2 and first.emergency_required == 1
     assert first.fail_on_reject and str(first.timeout) == "1 day, 0:00:00"
     assert "reason" in first.params

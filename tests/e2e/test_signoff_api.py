@@ -269,3 +269,21 @@ def test_new_test_failure_stops_at_tests_without_asking_qa(airflow_server, fleet
     ticket = ticket_for(run_id)
     assert ticket["failed_stage"] == "tests"
     assert "unit::tests.unit.test_cart.test_bulk_discount_is_ten_percent" in ticket["failing_tests"]
+
+
+def test_a_second_trigger_waits_for_the_first_release_to_end(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    """One release per service at a time: the second run queues, it does not interleave (issue 5)."""
+    server = airflow_server
+    admin = server.client("admin")
+    first = trigger(server, "v1.5.0")
+    second = trigger(server, "v1.5.0", user="qa3")
+    deadline = time.monotonic() + 120
+    while admin.dag_run(DAG_ID, first)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert admin.dag_run(DAG_ID, first)["state"] == "running"
+    assert admin.dag_run(DAG_ID, second)["state"] == "queued"
+    assert wait_for_run(server, first) == "failed"
+    assert wait_for_run(server, second) == "failed"
+    first_run, second_run = admin.dag_run(DAG_ID, first), admin.dag_run(DAG_ID, second)
+    assert second_run["start_date"] >= first_run["end_date"], (first_run, second_run)
+    assert task_states(server, second)["tests"] == "failed"
