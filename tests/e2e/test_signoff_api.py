@@ -17,7 +17,7 @@ import pytest
 from airflow_server import DAG_ID, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
 from harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
 
-from conveyor.signoff_client import settle_delay
+from conveyor.signoff_client import SignoffError, settle_delay
 
 pytestmark = [pytest.mark.e2e]
 
@@ -39,7 +39,15 @@ def fleet_on_v1_0_0(airflow_server):  # noqa: F811
 
 
 def trigger(server: AirflowServer, git_ref: str, user: str = "dev") -> str:
-    run = server.client(user).trigger(DAG_ID, {"git_ref": git_ref})
+    # SQLite under a busy scheduler can answer "database is locked" (HTTP 500, nothing created): retry.
+    for attempt in range(3):
+        try:
+            run = server.client(user).trigger(DAG_ID, {"git_ref": git_ref})
+            break
+        except SignoffError as e:
+            if e.status != 500 or attempt == 2:
+                raise
+            time.sleep(2)
     assert run["triggering_user_name"] == user
     return run["dag_run_id"]
 
