@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# Answer a Required Action only once it has waited this long: an answer racing the task's own park
+# transition is lost in Airflow 3.3.2 (the task stays awaiting input), see docs/signoff.md.
+SETTLE_S = 3.0
 
 
 @dataclass
@@ -49,29 +52,37 @@ class HitlResponder(threading.Thread):
         from sqlalchemy import select
         from sqlalchemy.orm import joinedload
 
-        while self.decisions and not self._stop_event.is_set() and time.monotonic() < self.deadline:
+        first_seen: dict[str, float] = {}
+        while not self._stop_event.is_set() and time.monotonic() < self.deadline:
             with create_session() as session:
                 ti = session.scalars(
                     select(TI).where(TI.dag_id == self.dag_id, TI.state == TaskInstanceState.AWAITING_INPUT)
                     .options(joinedload(TI.hitl_detail))
                 ).first()
-                if ti is None or ti.hitl_detail is None or ti.hitl_detail.response_received:
-                    pass
-                else:
-                    decision = self.decisions.pop(0)
-                    detail: HITLDetail = session.scalars(
-                        select(HITLDetail).where(HITLDetail.ti_id == ti.id)
-                    ).one()
-                    detail.responded_by = HITLUser(id=decision.user, name=decision.user)
-                    detail.responded_at = timezone.utcnow()
-                    detail.chosen_options = [decision.option]
-                    detail.params_input = decision.params
-                    session.add(detail)
-                    handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
-                                        session=session)
-                    self.answered.append((ti.task_id, decision.user, decision.option))
-                    session.commit()
-                    continue
+                if ti is not None and ti.hitl_detail is not None:
+                    seen = first_seen.setdefault(str(ti.id), time.monotonic())
+                    age = time.monotonic() - seen
+                    detail: HITLDetail = session.scalars(select(HITLDetail).where(HITLDetail.ti_id == ti.id)).one()
+                    if detail.response_received and age > SETTLE_S * 2:
+                        # Answered, but the task is still parked: the answer raced the task's own park
+                        # transition (Airflow 3.3.2). Resume it again, as the API would have.
+                        handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
+                                            session=session)
+                        first_seen[str(ti.id)] = time.monotonic()
+                        session.commit()
+                        continue
+                    if not detail.response_received and self.decisions and age >= SETTLE_S:
+                        decision = self.decisions.pop(0)
+                        detail.responded_by = HITLUser(id=decision.user, name=decision.user)
+                        detail.responded_at = timezone.utcnow()
+                        detail.chosen_options = [decision.option]
+                        detail.params_input = decision.params
+                        session.add(detail)
+                        handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
+                                            session=session)
+                        self.answered.append((ti.task_id, decision.user, decision.option))
+                        session.commit()
+                        continue
             time.sleep(0.5)
 
 
