@@ -45,7 +45,7 @@ bench: venv
 	$(BIN)/python bench/canary.py
 
 lint: venv
-	$(BIN)/ruff check plugins dags tests bench
+	$(BIN)/ruff check plugins dags tests bench include
 
 clean: stop
 	rm -rf .airflow .conveyor

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shop import catalog  # noqa: E402
+from shop import catalog
 
 
 def main() -> None:

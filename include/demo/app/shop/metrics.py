@@ -40,7 +40,7 @@ class Metrics:
                 "# HELP shop_http_request_duration_seconds Time to serve an HTTP request.",
                 "# TYPE shop_http_request_duration_seconds histogram",
             ]
-            for bound, n in zip(BUCKETS, self._buckets):
+            for bound, n in zip(BUCKETS, self._buckets, strict=True):
                 le = "+Inf" if bound == float("inf") else repr(bound)
                 lines.append(f'shop_http_request_duration_seconds_bucket{{le="{le}"}} {n}')
             lines.append(f"shop_http_request_duration_seconds_sum {self._sum:.6f}")

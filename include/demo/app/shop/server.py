@@ -55,7 +55,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "shop"
     shop: Shop  # set on the subclass made by serve()
 
-    def log_message(self, format, *args):  # noqa: A002 - keep the access log quiet
+    def log_message(self, format, *args):  # keep the access log quiet
         pass
 
     def _send(self, status: int, body, content_type: str = "application/json") -> None:
@@ -83,7 +83,7 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(random.lognormvariate(0, SERVICE_TIME_SIGMA) * SERVICE_TIME_MEDIAN_S + release.EXTRA_LATENCY_S)
             route, status, body = self._route(method, url.path, parse_qs(url.query))
             self._send(status, body)
-        except Exception as e:  # noqa: BLE001 - a server error is an HTTP 500, counted like any other
+        except Exception as e:  # a server error is an HTTP 500, counted like any other
             status = 500
             self._send(500, {"error": f"{type(e).__name__}: {e}"})
         finally:
@@ -119,10 +119,10 @@ class Handler(BaseHTTPRequestHandler):
                 return "/cart", 400, {"error": f"bad cart: {e}"}
         return "other", 404, {"error": "not found"}
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._timed("GET")
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self._timed("POST")
 
 

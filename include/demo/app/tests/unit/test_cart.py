@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from shop import cart
 
 
@@ -16,5 +18,5 @@ def test_mixed_lines():
 def test_negative_quantity_is_refused():
     import pytest
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="quantity must be >= 0"):
         cart.line_total(100, -1)
