@@ -230,8 +230,20 @@ class ArtifactStore:
         (target.parent / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return str(target)
 
-    def fetch(self, info: ArtifactInfo, dest_dir: Path) -> Path:
-        """A verified local copy of the tarball (for file:// stores, the stored file itself)."""
+    def info(self, manifest: dict[str, Any], ref: str | None = None) -> ArtifactInfo:
+        """The stored artifact a manifest describes (``ref``: the ref it was asked for, if not the manifest's)."""
+        return ArtifactInfo(
+            service=manifest["service"], version=manifest["version"], commit=manifest["commit"],
+            ref=ref or manifest.get("ref") or manifest["version"], key=manifest["key"],
+            url=str(self.path(manifest["key"])), sha256=manifest["sha256"], size=manifest["size"], manifest=manifest,
+        )
+
+    def fetch(self, info: ArtifactInfo, dest_dir: Path | None = None) -> Path:
+        """A verified local copy of the tarball (for file:// stores, the stored file itself).
+
+        Other stores copy it into ``dest_dir`` (default: the service's downloads in the workspace).
+        """
+        dest_dir = dest_dir or workspace_dir() / info.service / "downloads"
         src = self.path(info.key)
         if not src.exists():
             raise ArtifactError(f"artifact {info.key} is missing from {self.url}")
@@ -297,11 +309,8 @@ def build_artifact(
                 f"version {version} is already stored for commit {existing.get('commit')}, but {ref!r} "
                 f"now points to {commit}: tags must not move"
             )
-        info = ArtifactInfo(
-            service=service.id, version=version, commit=commit, ref=ref, key=key,
-            url=str(store.path(key)), sha256=existing["sha256"], size=existing["size"], manifest=existing,
-        )
-        local = store.fetch(info, workspace_dir() / service.id / "downloads")  # verifies the checksum
+        info = store.info(existing, ref=ref)
+        local = store.fetch(info)  # verifies the checksum
         say("artifact %s already built from %s (sha256 %s); reusing it", key, commit[:12], info.sha256[:12])
         return ArtifactInfo(**{**info.__dict__, "tarball": local})
 
@@ -346,7 +355,7 @@ def build_artifact(
             len(commits), since_commit[:12] if since_commit else "the beginning")
         info = ArtifactInfo(service=service.id, version=version, commit=commit, ref=ref, key=key, url=url,
                             sha256=sha, size=manifest["size"], manifest=manifest)
-        local = store.fetch(info, workspace_dir() / service.id / "downloads")
+        local = store.fetch(info)
         return ArtifactInfo(**{**info.__dict__, "tarball": local})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -172,7 +172,7 @@ def release_dag(service_id: str):
                 approvals.append(approval)
         plan = PlanWavesOperator(task_id="plan", n_waves=len(service["waves"]),
                                  trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **common)
-        chain(validate, build, replica_deploy, populate, tests, qa_signoff, plan)
+        chain(validate, build, replica_deploy, populate, tests, qa_signoff)
         # plan follows every approval: an emergency skips the approvals it does not need, and plan
         # (none_failed_min_one_success) still runs on the ones given.
         approvals >> plan

@@ -59,6 +59,15 @@ class CanaryAnalysisOperator(ConveyorOperator):
         interval = float(section.pop("interval_s", 10))
         return section, interval
 
+    def _scope(self) -> tuple[str, list[str], list[str]]:
+        """This analysis' label, its canary hosts (every wave so far) and the live baseline (the rest)."""
+        waves = self.plan["waves"]
+        if self.wave is None:
+            label, canary = "watch", [n for w in waves for n in w]
+        else:
+            label, canary = f"wave-{self.wave + 1}", [n for w in waves[: self.wave + 1] for n in w]
+        return label, canary, [h["name"] for h in self.plan["hosts"] if h["name"] not in canary]
+
     def execute(self, context: Context) -> Any:
         from conveyor.analysis import AnalysisSettings
         from conveyor.triggers.analysis import CanaryAnalysisTrigger
@@ -68,17 +77,13 @@ class CanaryAnalysisOperator(ConveyorOperator):
         waves = plan["waves"]
         release_id = self.release_id(context)
         stage = self.stage or self.task_id
-        if self.wave is None:
-            canary_names, label = [n for w in waves for n in w], "watch"
-        else:
-            canary_names, label = [n for w in waves[: self.wave + 1] for n in w], f"wave-{self.wave + 1}"
+        label, canary_names, live = self._scope()
         section, interval = self._settings()
         settings = AnalysisSettings.from_dict(section)
         if self.wave is not None and not waves[self.wave]:
             return {"label": label, "decision": "skipped", "reason": "empty wave"}
         if settings.window_s <= 0:
             return {"label": label, "decision": "skipped", "reason": "analysis disabled (window 0)"}
-        live = [n for n in hosts if n not in canary_names]
         fixed = {} if live else {n: synthetic_baseline(plan["pre_scrapes"][n]) for n in canary_names
                                  if plan["pre_scrapes"].get(n)}
         self.log.info("%s: canary %s vs baseline %s (window %gs, scrape every %gs)", label, canary_names,
@@ -91,20 +96,13 @@ class CanaryAnalysisOperator(ConveyorOperator):
             settings=settings.to_dict(), interval_s=interval, started_at=time.time(),
         )
         self.defer(trigger=trigger, method_name="execute_complete",
-                   kwargs={"label": label, "canary": canary_names, "baseline": live or "pre-deploy snapshot"},
                    timeout=timedelta(seconds=settings.window_s + 5 * interval + 120))
 
-    def execute_complete(self, context: Context, event: dict[str, Any], label: str = "", canary=None,
-                         baseline=None) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         release_id = self.release_id(context)
         stage = self.stage or self.task_id
-        # Recomputed rather than trusted from the deferral kwargs (not every runner passes them back).
-        waves = self.plan["waves"]
-        if self.wave is None:
-            label, canary = "watch", [n for w in waves for n in w]
-        else:
-            label, canary = f"wave-{self.wave + 1}", [n for w in waves[: self.wave + 1] for n in w]
-        baseline = [h["name"] for h in self.plan["hosts"] if h["name"] not in canary] or "pre-deploy snapshot"
+        label, canary, live = self._scope()
+        baseline = live or "pre-deploy snapshot"
         if event.get("status") != "done":
             raise ConveyorError(f"{label}: analysis could not run: {event.get('message')}")
         verdict = event["verdict"]
@@ -172,8 +170,9 @@ class InconclusiveDecisionOperator(HITLOperator):
                 raise AnalysisInconclusive("analysis inconclusive and nobody decided in time: rolling back")
             raise ConveyorError(f"decision failed: {event.get('error')}")
         result = super().execute_complete(context=context, event=event)
-        who = (event.get("responded_by_user") or {}).get("id") if isinstance(event.get("responded_by_user"), dict) \
-            else event.get("responded_by_user")
+        from conveyor.operators.signoff import responder_id
+
+        who = responder_id(event.get("responded_by_user"))
         if result["chosen_options"] == [self.ROLL_BACK]:
             raise AnalysisInconclusive(f"analysis inconclusive; {who or 'a human'} chose to roll back")
         self.log.info("Analysis inconclusive; %s chose to continue", who)

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from conveyor.inventory import Host
 
 
-class _FleetOperator(ConveyorOperator):
+class FleetOperator(ConveyorOperator):
+    """Base of the operators that act on a service's hosts: the fleet hook and the health check."""
+
     @cached_property
     def fleet(self) -> FleetHook:
         from conveyor.hooks.fleet import FleetHook
@@ -41,7 +43,7 @@ class _FleetOperator(ConveyorOperator):
         return results
 
 
-class DeployOperator(_FleetOperator):
+class DeployOperator(FleetOperator):
     """Deploy the artifact to a set of hosts in parallel (bounded), then health-check them.
 
     Either ``environment="replica"`` (all replica hosts) or ``plan`` + ``wave`` (one production
@@ -74,7 +76,6 @@ class DeployOperator(_FleetOperator):
     def run(self, context: Context) -> dict[str, Any]:
         from conveyor.artifacts import ArtifactInfo, ArtifactStore
         from conveyor.deploy import deploy_host, for_each_host
-        from conveyor.paths import workspace_dir
 
         info = ArtifactInfo.from_dict(self.artifact)
         hosts = self._hosts()
@@ -82,7 +83,7 @@ class DeployOperator(_FleetOperator):
             self.log.info("Wave %s has no hosts (the fleet is smaller than the wave plan)", self.wave)
             return {"hosts": [], "changed": []}
         store = ArtifactStore.for_service(self.service)
-        tarball = store.fetch(info, workspace_dir() / self.service.id / "downloads")  # verifies sha256
+        tarball = store.fetch(info)  # verifies sha256
         release_id = self.release_id(context)
         wave_label = "replica" if self.environment == "replica" else f"wave-{self.wave + 1}"
         self.log.info("Deploying %s to %s: %s", info.version, wave_label, ", ".join(h.name for h in hosts))
@@ -109,7 +110,7 @@ class DeployOperator(_FleetOperator):
         return {"hosts": sorted(results), "changed": changed, "health": health, "wave": wave_label}
 
 
-class PopulateReplicaOperator(_FleetOperator):
+class PopulateReplicaOperator(FleetOperator):
     """Reset the replica's data with the service's populate script, on every replica host.
 
     :param artifact: the build's result (templated); the script runs from that release's directory.
@@ -148,7 +149,7 @@ class PopulateReplicaOperator(_FleetOperator):
         return {"hosts": sorted(results), "output": results}
 
 
-class PlanWavesOperator(_FleetOperator):
+class PlanWavesOperator(FleetOperator):
     """Find the production hosts, record the version each runs, split them into waves, and take a
     pre-deploy metrics snapshot (the baseline for the last wave and the post-deploy watch).
 
@@ -197,7 +198,7 @@ class PlanWavesOperator(_FleetOperator):
         return super().execute(context)["plan"]
 
 
-class RollbackOperator(_FleetOperator):
+class RollbackOperator(FleetOperator):
     """Return every production host that left its original version to that version, health-check
     it, and record the outcome. Does nothing (and says so) when no host changed.
 

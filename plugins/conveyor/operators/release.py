@@ -177,9 +177,9 @@ class ReleaseOutcomeOperator(ConveyorOperator):
     ui_color = "#fbe3e3"
 
     def execute(self, context: Context) -> None:
-        release = self.ledger.get_release(self.release_id(context)) or {}
-        failed = sorted((s for s in release.get("stages", []) if s.get("status") == "failed"),
-                        key=lambda s: str(s.get("finished_at") or ""))
+        from conveyor.operators.ticket import failed_stages
+
+        failed = failed_stages(self.ledger.get_release(self.release_id(context)) or {})
         ti = context["ti"]
         rollback = ti.xcom_pull(task_ids="rollback") or {}
         ticket = ti.xcom_pull(task_ids="ticket") or {}

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 NO_REASON = "(no reason given)"
 
 
-def _user_id(user: Any) -> str | None:
+def responder_id(user: Any) -> str | None:
+    """The user id in a HITL response's ``responded_by_user`` (a dict, a ``HITLUser`` or a plain id)."""
     if not user:
         return None
     if isinstance(user, dict):
@@ -117,7 +118,7 @@ class QASignoffOperator(ApprovalOperator):
         self.validate_chosen_options(event.get("chosen_options") or [])
         self.validate_params_input(event.get("params_input") or {})
         chosen = (event.get("chosen_options") or [None])[0]
-        who = _user_id(event.get("responded_by_user")) or "unknown"
+        who = responder_id(event.get("responded_by_user")) or "unknown"
         reason = ((event.get("params_input") or {}).get("reason") or "").strip() or None
         ledger = ledger_for_conn(self.ledger_conn_id)
         release_id = self._release_id(context)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from conveyor.exceptions import TestSuiteError
-from conveyor.operators.base import ConveyorOperator
+from conveyor.exceptions import HealthCheckError, TestSuiteError
+from conveyor.operators.deploy import FleetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -43,7 +43,7 @@ def base_url(health_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class TestSuitesOperator(ConveyorOperator):
+class TestSuitesOperator(FleetOperator):
     """Check out the candidate's source and run each configured suite against the replica hosts.
 
     Each suite command gets ``{junit}`` (where to write JUnit XML) and the environment variables
@@ -68,8 +68,8 @@ class TestSuitesOperator(ConveyorOperator):
         super().__init__(**kwargs)
         self.artifact = artifact
 
-    def _run_suites(self, src: Path, suites: list[dict], urls: str, version: str) -> tuple[dict, dict]:
-        """Run ``suites`` in ``src``; returns (summary by suite, failing test names by suite)."""
+    def _run_suites(self, src: Path, suites: list[dict], urls: str, version: str) -> tuple[dict, dict, dict]:
+        """Run ``suites`` in ``src``; returns (summary, failing tests with messages, every case), by suite."""
         from conveyor.artifacts import tool_env
 
         summary: dict[str, Any] = {}
@@ -104,16 +104,13 @@ class TestSuitesOperator(ConveyorOperator):
                     "failed": len(failed), "skipped": sum(c["outcome"] == "skipped" for c in cases),
                     "exit_code": code,
                 }
-        self._cases = results
-        return summary, failing
+        return summary, failing, results
 
     def _triage(self, suites: list[dict], failing: dict[str, dict], urls: str) -> dict[str, set[str]]:
         """Failing tests that also fail on production's version, by suite (see the class docs)."""
         from conveyor.artifacts import ArtifactInfo, ArtifactStore, checkout
-        from conveyor.deploy import deploy_host, for_each_host, wait_healthy
-        from conveyor.hooks.fleet import FleetHook
+        from conveyor.deploy import deploy_host, for_each_host
         from conveyor.inventory import resolve_hosts
-        from conveyor.paths import workspace_dir
 
         prod_version = self.artifact.get("production_version")
         prod_commit = self.artifact.get("production_commit")
@@ -128,24 +125,20 @@ class TestSuitesOperator(ConveyorOperator):
         if manifest is None:
             self.log.warning("No stored artifact of production's %s: cannot triage", prod_version)
             return {}
-        prod = ArtifactInfo(service=self.service.id, version=prod_version, commit=manifest["commit"],
-                            ref=manifest.get("ref", prod_version), key=manifest["key"],
-                            url=str(store.path(manifest["key"])), sha256=manifest["sha256"], size=manifest["size"],
-                            manifest=manifest)
+        prod = store.info(manifest)
         candidate = ArtifactInfo.from_dict(self.artifact)
-        downloads = workspace_dir() / self.service.id / "downloads"
         hosts = resolve_hosts(self.service, "replica")
-        hook = FleetHook(self.service["deploy"]["ssh_conn_id"])
-        health = self.service["deploy"]["health"]
-        parallel = self.service["deploy"]["max_parallel"]
 
         def put(info: ArtifactInfo) -> None:
-            tarball = store.fetch(info, downloads)
-            _, errors = for_each_host(hosts, lambda h: (deploy_host(hook, h, info, tarball), wait_healthy(
-                h, info.version, timeout_s=health["timeout_s"], interval_s=health["interval_s"])),
-                max_parallel=parallel)
+            tarball = store.fetch(info)
+            _, errors = for_each_host(hosts, lambda h: deploy_host(self.fleet, h, info, tarball),
+                                      max_parallel=self.service["deploy"]["max_parallel"])
             if errors:
                 raise TestSuiteError(f"triage: cannot put the replica on {info.version}: {errors}", [])
+            try:
+                self._health(hosts, info.version)
+            except HealthCheckError as e:
+                raise TestSuiteError(f"triage: the replica is not healthy on {info.version}: {e}", []) from e
 
         self.log.info("Triage: re-running %s against production's %s", sorted(s for s, f in failing.items() if f),
                       prod_version)
@@ -163,7 +156,7 @@ class TestSuitesOperator(ConveyorOperator):
                         shutil.copytree(cand_src / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
                     elif (cand_src / rel).exists():
                         shutil.copy2(cand_src / rel, src / rel)
-                _, prod_failing = self._run_suites(src, rerun, urls, prod_version)
+                _, prod_failing, _ = self._run_suites(src, rerun, urls, prod_version)
         finally:
             put(candidate)
         return {name: set(prod_failing.get(name, {})) & set(failing[name]) for name in failing}
@@ -179,8 +172,7 @@ class TestSuitesOperator(ConveyorOperator):
         src = checkout(self.service, self.artifact["commit"])
         urls = ",".join(base_url(h.health_url) for h in resolve_hosts(self.service, "replica"))
         release_id = self.release_id(context)
-        summary, failing = self._run_suites(src, suites, urls, self.artifact["version"])
-        cases = self._cases
+        summary, failing, cases = self._run_suites(src, suites, urls, self.artifact["version"])
         pre_existing = self._triage(suites, failing, urls) if any(failing.values()) else {}
         for suite, suite_cases in cases.items():
             for case in suite_cases:

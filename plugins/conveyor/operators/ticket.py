@@ -18,11 +18,16 @@ def run_url(dag_id: str, run_id: str) -> str:
     return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
+def failed_stages(release: dict[str, Any]) -> list[dict[str, Any]]:
+    """The release's failed stages from the ledger record, first failure first."""
+    failed = [s for s in release.get("stages", []) if s.get("status") == "failed"]
+    return sorted(failed, key=lambda s: str(s.get("finished_at") or ""))
+
+
 def gather_evidence(release: dict[str, Any], rollback: dict[str, Any] | None) -> dict[str, Any]:
     """Turn a ledger release record (with its stages, hosts, tests...) into ticket evidence."""
     stages = release.get("stages", [])
-    failed = [s for s in stages if s.get("status") == "failed"]
-    failed.sort(key=lambda s: str(s.get("finished_at") or ""))
+    failed = failed_stages(release)
     first = failed[0] if failed else None
     analysis = None
     for s in failed + stages:
