@@ -91,7 +91,7 @@ _JUDGE_SETTINGS: dict[str, Any] = {
     "min_requests": {"type": "integer", "minimum": 0},
     "min_fail_requests": {"type": "integer", "minimum": 0},
     "alpha": _FRACTION,
-    "final_alpha_share": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+    "alpha_spending": {"type": "number", "minimum": 0.25, "maximum": 8},
     "errors_alpha_share": _FRACTION,
     "metrics": {"type": "array", "items": {"enum": ["errors", "latency"]}, "minItems": 1, "uniqueItems": True},
     "error_statuses": {"type": "array", "items": {"type": "string", "pattern": r"^([1-5][0-9][0-9]|[1-5]xx)$"},

@@ -207,11 +207,62 @@ def test_ratio_e_process_grows_under_a_real_regression():
     assert stats.ratio_e_process(x2, y, n_c, n_b, 2.0, upper=False)[-1] > math.log(100)
 
 
-def test_rate_e_process_zero_floor_and_positive_floor():
-    assert list(stats.rate_e_process(np.array([0.0, 1.0]), np.array([10.0, 10.0]), 0.0)) == [0.0, math.inf]
-    low = stats.rate_e_process(np.array([1.0]), np.array([6000.0]), 0.001)  # 1 error in 6000 at floor 0.1%
-    high = stats.rate_e_process(np.array([300.0]), np.array([6000.0]), 0.001)  # 5%
-    assert low[-1] < 0 < math.log(1e6) < high[-1]
+def test_sequential_test_boundaries_match_enumeration():
+    # two looks, Binomial(3, 0.5) each, spend 0.15 then 0.2: enumerate every path by hand
+    t = stats.sequential_test(np.array([3.0, 0.0]), np.array([3, 3]), np.array([0.5, 0.5]), np.array([0.15, 0.2]))
+    # look 1: P(S1 = 3) = 1/8 = 0.125 <= 0.15 < P(S1 >= 2) = 0.5, so the boundary is 3 and S1 = 3 rejects
+    assert t.boundary[0] == 3 and t.first == 0
+    # look 2 on the surviving paths (S1 <= 2): P(S1 <= 2, S2 = 6) = 0, P(S1 <= 2, S2 >= 5) = 3/8 * 1/8 = 0.046875
+    # (S1 = 2 then 3), and P(S1 <= 2, S2 >= 4) adds 3/8 * 3/8 + 3/8 * 1/8: over the 0.075 left, so 5
+    assert t.boundary[1] == 5
+    assert t.spent == pytest.approx(0.125 + 3 / 64)
+    assert t.events.tolist() == [3.0, 3.0]
+    # too little to spend yet: only a total H0 makes impossible would reject
+    t0 = stats.sequential_test(np.array([3.0]), np.array([3]), np.array([0.5]), np.array([0.1]))
+    assert t0.first is None and t0.boundary[0] == 4 and t0.spent == 0.0
+
+
+def test_sequential_test_keeps_false_alarms_under_alpha_when_looking_every_interval():
+    rng = np.random.default_rng(1)
+    alpha, runs, rejections = 0.05, 2000, 0
+    spend = alpha * np.arange(1, 61) / 60
+    for _ in range(runs):
+        n_c = rng.poisson(100, 60).astype(float)
+        n_b = rng.poisson(300, 60).astype(float)
+        x = rng.binomial(n_c.astype(int), 0.02).astype(float)  # same rate: exactly on the null
+        y = rng.binomial(n_b.astype(int), 0.02).astype(float)
+        theta = n_c / (n_c + n_b)
+        rejections += stats.sequential_test(x, x + y, theta, spend).first is not None
+    # exact boundaries: at most alpha (2.3 sds of Monte Carlo slack), and the budget is used, not wasted
+    assert 0.6 * alpha < rejections / runs <= alpha + 2.3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_sequential_test_rejects_a_real_regression_early_and_zero_null_rate_at_once():
+    rng = np.random.default_rng(2)
+    n_c = np.full(60, 100)
+    x = rng.binomial(100, 0.04, 60).astype(float)  # 4x the baseline's rate
+    y = rng.binomial(300, 0.01, 60).astype(float)
+    spend = 0.005 * np.arange(1, 61) / 60
+    t = stats.sequential_test(x, x + y, np.full(60, 0.25), spend)
+    assert t.first is not None and t.first < 12
+    assert t.events[t.first] >= t.boundary[t.first]
+    assert t.spent <= 0.005
+    # H0 "rate <= 0": the first event is a regression; none is not
+    z = stats.sequential_test(np.array([0.0, 1.0]), n_c[:2], np.zeros(2), np.array([0.001, 0.002]))
+    assert z.first == 1
+    assert stats.sequential_test(np.zeros(3), n_c[:3], np.zeros(3), np.full(3, 0.01)).first is None
+    # H0 "rate <= 0.1%": 1 error in 6000 is not a regression, 5% is
+    low = stats.sequential_test(np.array([1.0]), np.array([6000]), np.array([0.001]), np.array([0.005]))
+    high = stats.sequential_test(np.array([300.0]), np.array([6000]), np.array([0.001]), np.array([0.005]))
+    assert low.first is None and high.first == 0
+
+
+def test_binom_window_holds_all_the_mass_of_large_binomials():
+    for m, th in [(10, 0.3), (1_000_000, 0.001), (50_000, 0.5)]:
+        k0, p = stats.binom_window(m, th)
+        assert p.sum() == pytest.approx(1.0, abs=1e-12)
+        assert k0 <= m * th <= k0 + p.size
+        assert p.size < 30 * math.sqrt(m * th * (1 - th)) + 30
 
 
 def test_outlier_hosts_drop_only_a_clearly_odd_host():
@@ -287,11 +338,12 @@ def test_error_regression_fails_early_with_evidence():
     assert m.metric == "errors"
     assert m.decision == "fail"
     assert m.samples["decided_after_s"] == t  # the time the judge, asked after every scrape, said so
-    assert m.e_value >= 1 / (0.01 * 0.5 * 0.5)
+    assert m.events >= m.boundary
+    assert m.samples["alpha_spent"] <= 0.01 * 0.5
     lo, hi = m.interval
     assert lo > 1.1
     assert lo < m.effect < hi
-    assert v.reason.startswith("error rate 5.00% vs 1.00% (x5.00, e=")
+    assert v.reason.startswith("error rate 5.00% vs 1.00% (x5.00; canary errors 15, at or over the limit 15)")
     json.dumps(v.to_dict(), allow_nan=False)
 
 
@@ -460,7 +512,7 @@ def test_verdict_to_dict_is_json_for_xcom_and_tickets():
     text = json.dumps(d, allow_nan=False)
     assert json.loads(text)["decision"] == "fail"
     m = d["metrics"][0]
-    for key in ("metric", "decision", "effect", "interval", "statistic", "samples", "e_value", "p_value", "reason"):
+    for key in ("metric", "decision", "effect", "interval", "statistic", "samples", "events", "boundary", "p_value", "reason"):
         assert key in m
     assert isinstance(MetricVerdict(metric="errors", decision="continue", reason="").to_dict()["statistic"], str)
 

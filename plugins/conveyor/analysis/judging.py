@@ -5,22 +5,23 @@ the same verdict). See ``docs/analysis.md`` for the method and :mod:`conveyor.an
 the tests. Per metric:
 
 ``errors``
-    Live baseline: the conditional binomial e-process on canary-vs-baseline error counts per
-    interval, H0 "canary rate <= (1 + error_tolerance) x baseline rate", intersected with a
-    one-sample e-process H0 "canary rate <= error_floor" (both must reject, so 1 error against 0 is
+    Live baseline: an exact group-sequential test of canary-vs-baseline error counts per interval
+    (conditional binomial), H0 "canary rate <= (1 + error_tolerance) x baseline rate", intersected
+    with the same test of H0 "canary rate <= error_floor" (both must reject, so 1 error against 0 is
     not a regression and 5% against 0% is). Static baseline (a pre-deploy snapshot, no live host
-    left on the old version): a one-sample e-process against ``max((1 + tol) x UCB(baseline), floor)``.
+    left on the old version): a one-sample test against ``max((1 + tol) x UCB(baseline), floor)``.
 ``latency``
     Requests slower than a threshold ``tau`` (the histogram bound nearest the baseline's
     ``latency_quantile``, chosen from data seen BEFORE each interval) are events; H0 "the canary's
     share of slow requests is at most the share the baseline would have if all its requests took
-    ``1 + latency_tolerance`` times as long (or ``latency_floor_ms`` more)". The same conditional
-    binomial e-process, with a per-interval null ratio read off the baseline's histogram.
+    ``1 + latency_tolerance`` times as long (or ``latency_floor_ms`` more)". The same test, with a
+    per-interval null ratio read off the baseline's histogram.
 
-``alpha`` is split evenly over the metrics, then between the sequential test (may stop at any
-scrape) and one fixed-sample test when the window ends (``final_alpha_share``). A ``fail`` needs
-``min_fail_requests`` canary requests; a ``pass`` needs ``min_requests`` on each side and comes at
-the window's end (or earlier with ``early_pass``). No data is never a pass.
+``alpha`` is split between the metrics (``errors_alpha_share``); each metric's test spends its part
+over the window by an alpha-spending function of calendar time (``alpha_spending``), so looking
+after every scrape keeps the false-rollback rate at ``alpha``. A ``fail`` needs ``min_fail_requests``
+canary requests; a ``pass`` needs ``min_requests`` on each side and comes at the window's end (or
+earlier with ``early_pass``, decided by an e-process). No data is never a pass.
 """
 
 from __future__ import annotations
@@ -83,12 +84,6 @@ def _fmt_ratio(r: float | None) -> str:
     if math.isinf(r):
         return "x inf"
     return f"x{r:.2f}" if r < 10 else f"x{r:.1f}"
-
-
-def _fmt_e(e: float) -> str:
-    if math.isinf(e):
-        return "inf"
-    return f"{e:.3g}" if e < 1e4 else f"{e:.1e}"
 
 
 def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
@@ -239,7 +234,11 @@ def _survival_many(bounds: np.ndarray, frac: np.ndarray, v: np.ndarray) -> np.nd
 
 
 class _Budget:
-    """How one metric's share of ``alpha`` is spent: baseline bound (static), sequential, window end."""
+    """How one metric's share of ``alpha`` is spent: the baseline's bound (static), then the window.
+
+    The sequential test may have spent ``test * (t / window) ** alpha_spending`` by time ``t``, and
+    all of ``test`` once the window is over (the last look takes what is left).
+    """
 
     def __init__(self, settings: AnalysisSettings, static: bool, metric: str) -> None:
         if len(settings.metrics) == 1:
@@ -249,11 +248,32 @@ class _Budget:
         else:
             per_metric = settings.alpha * (1.0 - settings.errors_alpha_share)
         self.ucb = per_metric / 2 if static else 0.0  # spent on the baseline's upper confidence bound
-        rest = per_metric - self.ucb
-        self.final = rest * settings.final_alpha_share
-        self.seq = rest - self.final
-        self.threshold = 1.0 / self.seq
+        self.test = per_metric - self.ucb
+        self.settings = settings
+        self.threshold = 1.0 / self.test  # the early pass's e-value threshold
         self.log_threshold = math.log(self.threshold)
+
+    def spend(self, data: _Data, over: bool) -> np.ndarray:
+        t = np.clip((data.interval_ends - data.start) / self.settings.window_s, 0.0, 1.0)
+        out = self.test * t ** self.settings.alpha_spending
+        if over and out.size:
+            out[-1] = self.test
+        return out
+
+
+def _first_rejection(tests: list[stats.SequentialTest], requests: np.ndarray, settings: AnalysisSettings) -> int | None:
+    """The first look where every test has rejected and the canary has served ``min_fail_requests``."""
+    if any(t.first is None for t in tests):
+        return None
+    k = max(t.first for t in tests)
+    return _first_true((np.arange(requests.size) >= k) & (np.cumsum(requests) >= settings.min_fail_requests))
+
+
+def _limit(test: stats.SequentialTest, k: int | None) -> str:
+    s, b = test.at(k)
+    if s >= b:
+        return f"{s:.0f}, at or over the limit {b:.0f}"
+    return f"{s:.0f}, limit {b:.0f}" if math.isfinite(b) else f"{s:.0f}, no limit yet"
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -306,11 +326,12 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
         xb = (xb_h * keep[:, :-1]).sum(axis=0)
         nb_f = (nb_h * keep[:, -1:]).sum(axis=0)
         xb_f = (xb_h * keep[:, -1:]).sum(axis=0)
-        log_ea = stats.ratio_e_process(xc, xb, nc, nb, r0)
-        log_eb = stats.rate_e_process(xc, nc, settings.error_floor)
-        run_a = np.maximum.accumulate(log_ea)
-        run_b = np.maximum.accumulate(log_eb)
-        log_e = np.minimum(run_a, run_b)
+        spend = budget.spend(data, over)
+        a = np.where((nc > 0) & (nb > 0), r0 * nc / np.where(nb > 0, nb, 1.0), np.nan)
+        tests = [stats.sequential_test(xc, xc + xb, a / (1 + a), spend)]
+        if tests[0].first is not None:
+            # intersection-union: a regression must also be above the absolute floor, each at full level
+            tests.append(stats.sequential_test(xc, nc, np.full(n_int, settings.error_floor), spend))
         total_nb, total_xb = float(nb_f.sum()), float(xb_f.sum())
         null_desc = f"> x{r0:g} baseline and > {_fmt_rate(settings.error_floor)}"
     else:
@@ -327,20 +348,15 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
         total_xb = float(data.baseline[keep_h, _ERR].sum())
         ucb = stats.binom_upper(total_xb, total_nb, budget.ucb) if total_nb > 0 else 1.0
         p_ref = max(r0 * ucb, settings.error_floor)
-        log_e = np.maximum.accumulate(stats.rate_e_process(xc, nc, p_ref))
+        tests = [stats.sequential_test(xc, nc, np.full(n_int, p_ref), budget.spend(data, over))]
         null_desc = f"> {_fmt_rate(p_ref)} (x{r0:g} the baseline's upper bound, floor {_fmt_rate(settings.error_floor)})"
     total_nc, total_xc = float(nc.sum()), float(xc.sum())
-    cum_nc = np.cumsum(nc)
-    crossed = (log_e >= budget.log_threshold) & (cum_nc >= settings.min_fail_requests)
-    first = _first_true(crossed)
-    e_now = float(math.exp(min(log_e[-1], 700.0))) if n_int else 1.0
-    e_best = float(math.exp(min(float(log_e.max()), 700.0))) if n_int else 1.0
+    first = _first_rejection(tests, nc, settings)
     p_c = total_xc / total_nc if total_nc > 0 else None
     p_b = total_xb / total_nb if total_nb > 0 else None
     effect = (p_c / p_b if p_b else (math.inf if p_c else None)) if p_c is not None and p_b is not None else None
     p_value = None
-    failed_final = False
-    if over and first is None and total_nc >= settings.min_fail_requests and budget.final > 0:
+    if (over or first is not None) and total_nc > 0:  # nominal: as if the whole window were one look
         if data.mode == "live":
             a = np.where((nc > 0) & (nb_f > 0), r0 * nc / np.where(nb_f > 0, nb_f, 1.0), 0.0)
             p_a = stats.poisson_binomial_sf(total_xc, xc + xb_f, a / (1 + a))
@@ -349,7 +365,6 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
             p_value = max(p_a, p_b_floor)
         else:
             p_value = stats.binom_sf(total_xc, total_nc, p_ref)
-        failed_final = p_value <= budget.final
     early = False
     if settings.early_pass and not over and data.mode == "live" and n_int:
         log_ni = stats.ratio_e_process(xc, xb, nc, nb, settings.early_pass_margin, upper=False)
@@ -361,26 +376,25 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
     rates = f"error rate {_fmt_rate(p_c)} vs {_fmt_rate(p_b)} ({_fmt_ratio(effect)}"
     if first is not None:
         when = float(data.interval_ends[first] - data.start)
-        fail_reason = f"{rates}, e={_fmt_e(e_best)} > {_fmt_e(budget.threshold)})"
-    elif failed_final:
-        when = None
-        fail_reason = f"{rates}, p={p_value:.2g} <= {budget.final:.2g} at window end)"
+        fail_reason = f"{rates}; canary errors {_limit(tests[0], first)})"
     else:
         when = None
         fail_reason = ""
-    summary = f"{rates}, e={_fmt_e(e_now)}, needs {_fmt_e(budget.threshold)})"
+    summary = f"{rates}; canary errors {_limit(tests[0], None)})"
     short = f"canary {total_nc:.0f} requests, baseline {total_nb:.0f} (need {settings.min_requests} each)"
     samples = {"mode": data.mode, "canary_requests": total_nc, "canary_errors": total_xc,
                "baseline_requests": total_nb, "baseline_errors": total_xb, "intervals": n_int,
                "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
                "baseline_hosts_dropped": dropped, "no_data": data.empty_canary + data.empty_baseline,
-               "restarts": data.restarts, "regression_if": null_desc}
+               "restarts": data.restarts, "regression_if": null_desc,
+               "alpha_spent": max(t.spent for t in tests) if tests else 0.0}
     if when is not None:
         samples["decided_after_s"] = when
-    return _finish("errors", settings=settings, over=over, failed=first is not None or failed_final,
+    events, limit = tests[0].at(first) if tests else (0.0, math.inf)
+    return _finish("errors", settings=settings, over=over, failed=first is not None,
                    early_pass=early, enough=enough and total_nc > 0, fail_reason=fail_reason, summary=summary,
                    short_reason=short, canary=p_c, baseline=p_b, effect=effect, interval=interval, threshold=r0,
-                   e_value=e_best, p_value=p_value, samples=samples)
+                   events=events, boundary=limit, p_value=p_value, samples=samples)
 
 
 def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
@@ -427,7 +441,8 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         y = np.where(used, pooled_inc[:, _CNT] - pooled_inc[rows, 4 + idx], 0.0)
         nc = np.where(used, cc, 0.0)
         x, y = np.maximum(x, 0.0), np.maximum(y, 0.0)
-        log_e = np.maximum.accumulate(stats.ratio_e_process(x, y, nc, nb, np.where(used, ratio0, 1.0)))
+        a = np.where(used & (nc > 0) & (nb > 0), ratio0 * nc / np.where(nb > 0, nb, 1.0), np.nan)
+        tests = [stats.sequential_test(x, x + y, a / (1 + a), budget.spend(data, over))]
         nb_f = np.where(used, final_inc[:, _CNT], 0.0)
         y_f = np.maximum(np.where(used, final_inc[:, _CNT] - final_inc[rows, 4 + idx], 0.0), 0.0)
         base_final = np.einsum("h,hc->c", keep[:, -1].astype(float), base_cum[:, -1, :])
@@ -447,7 +462,8 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         j = _choose_tau(bounds, base_final[4:], total, q)
         used = np.zeros(n_int, dtype=bool)
         x = y = nc = nb = y_f = nb_f = np.zeros(n_int)
-        log_e = np.zeros(n_int)
+        tests = [stats.sequential_test(np.zeros(n_int), np.zeros(n_int), np.full(n_int, np.nan),
+                                       np.zeros(n_int))]
         tau_now = r_now = None
         p_ref = None
         if j is not None:
@@ -464,17 +480,14 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
             used = np.ones(n_int, dtype=bool)
             nc = cc
             x = np.maximum(cc - cb_buckets[:, j], 0.0)
-            log_e = np.maximum.accumulate(stats.rate_e_process(x, nc, min(p_ref, 1.0 - 1e-12)))
+            tests = [stats.sequential_test(x, nc, np.full(n_int, min(p_ref, 1.0)), budget.spend(data, over))]
             s_tau = 1.0 - base_final[4 + j] / total
             r_now = p_ref / s_tau if s_tau > 0 else None
     total_nc = float(cc.sum())
     total_nb = float(base_final[_CNT])
     used_nc, used_x = float(nc[used].sum()), float(x[used].sum())
     used_nb, used_y = float(nb_f[used].sum()), float(y_f[used].sum())
-    crossed = (log_e >= budget.log_threshold) & (np.cumsum(cc) >= settings.min_fail_requests)
-    first = _first_true(crossed)
-    e_best = float(math.exp(min(float(log_e.max()), 700.0))) if n_int else 1.0
-    e_now = float(math.exp(min(float(log_e[-1]), 700.0))) if n_int else 1.0
+    first = _first_rejection(tests, cc, settings)
     # display values: the canary's and baseline's latency quantile q (ms)
     c_cum = data.canary.sum(axis=0)
     q_c = _quantile(bounds, c_cum[4:], float(c_cum[_CNT]), q)
@@ -486,14 +499,12 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         share_b = (1.0 - base_final[4 + j] / float(base_final[_CNT])) if tau_now is not None else None
     effect = share_c / share_b if share_c is not None and share_b else None
     p_value = None
-    failed_final = False
-    if over and first is None and total_nc >= settings.min_fail_requests and budget.final > 0 and used.any():
+    if (over or first is not None) and used.any():  # nominal: as if the whole window were one look
         if data.mode == "live":
             a = np.where(used & (nc > 0) & (nb_f > 0), ratio0 * nc / np.where(nb_f > 0, nb_f, 1.0), 0.0)
             p_value = stats.poisson_binomial_sf(used_x, x + y_f, np.where(np.isfinite(a), a / (1 + a), 0.0))
         else:
             p_value = stats.binom_sf(used_x, used_nc, p_ref)
-        failed_final = p_value <= budget.final
     early = False
     if settings.early_pass and not over and data.mode == "live" and used.any():
         log_ni = stats.ratio_e_process(x, y, nc, nb, settings.early_pass_margin * np.where(used, ratio0, 1.0),
@@ -512,13 +523,8 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         head += f" ({_fmt_rate(share_c)} vs {_fmt_rate(share_b)} slower than {ms(tau_now)}, {_fmt_ratio(effect)}"
     else:
         head += " (threshold not set yet"
-    if first is not None:
-        fail_reason = f"{head}, e={_fmt_e(e_best)} > {_fmt_e(budget.threshold)})"
-    elif failed_final:
-        fail_reason = f"{head}, p={p_value:.2g} <= {budget.final:.2g} at window end)"
-    else:
-        fail_reason = ""
-    summary = f"{head}, e={_fmt_e(e_now)}, needs {_fmt_e(budget.threshold)})"
+    fail_reason = f"{head}; slow canary requests {_limit(tests[0], first)})" if first is not None else ""
+    summary = f"{head}; slow canary requests {_limit(tests[0], None)})"
     enough = total_nc >= settings.min_requests and total_nb >= settings.min_requests and used.any()
     short = f"canary {total_nc:.0f} timed requests, baseline {total_nb:.0f} (need {settings.min_requests} each)"
     samples = {"mode": data.mode, "canary_requests": total_nc, "baseline_requests": total_nb,
@@ -526,13 +532,15 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
                "threshold_s": tau_now, "null_ratio": r_now, "intervals": int(used.sum()),
                "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
                "baseline_hosts_dropped": dropped, "no_data": data.empty_canary + data.empty_baseline,
-               "quantile": q}
+               "quantile": q, "alpha_spent": tests[0].spent}
     if first is not None and n_int:
         samples["decided_after_s"] = float(data.interval_ends[first] - data.start)
-    return _finish("latency", settings=settings, over=over, failed=first is not None or failed_final,
+    events, limit = tests[0].at(first)
+    return _finish("latency", settings=settings, over=over, failed=first is not None,
                    early_pass=early, enough=enough, fail_reason=fail_reason, summary=summary, short_reason=short,
                    canary=None if q_c is None else 1000 * q_c, baseline=None if q_b is None else 1000 * q_b,
-                   effect=effect, interval=interval, threshold=r_now, e_value=e_best, p_value=p_value,
+                   effect=effect, interval=interval, threshold=r_now, events=events, boundary=limit,
+                   p_value=p_value,
                    samples=samples)
 
 

@@ -42,9 +42,9 @@ class AnalysisSettings:
     :param min_fail_requests: canary requests needed before a ``fail`` (a few errors while a process
         warms up are not a verdict).
     :param alpha: the false-rollback rate the judge allows per analysis, however often it looks.
-    :param final_alpha_share: the part of each metric's ``alpha`` kept for one fixed-sample test
-        when the window ends; the rest is spent by the always-valid sequential test that may stop
-        early.
+    :param alpha_spending: how the sequential test spends its ``alpha`` over the window: by time
+        ``t`` it may have spent ``alpha * (t / window_s) ** alpha_spending``. 1 spends evenly (decides
+        soonest on clear regressions); larger values keep more for the end (more power on subtle ones).
     :param errors_alpha_share: the part of ``alpha`` given to the error-rate test when both metrics
         run (latency gets the rest): latency data are plentiful, error counts are not.
     :param metrics: which comparisons to run: ``"errors"``, ``"latency"``.
@@ -72,7 +72,7 @@ class AnalysisSettings:
     min_requests: int = 200
     min_fail_requests: int = 50
     alpha: float = 0.01
-    final_alpha_share: float = 0.5
+    alpha_spending: float = 1.0
     errors_alpha_share: float = 0.5
     metrics: list[str] = field(default_factory=lambda: ["errors", "latency"])
     error_statuses: list[str] = field(default_factory=lambda: ["5xx"])
@@ -91,8 +91,8 @@ class AnalysisSettings:
         self.min_fail_requests = int(self.min_fail_requests)
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if not 0 <= self.final_alpha_share < 1:
-            raise ValueError(f"final_alpha_share must be in [0, 1), got {self.final_alpha_share}")
+        if not 0.25 <= self.alpha_spending <= 8:
+            raise ValueError(f"alpha_spending must be in [0.25, 8], got {self.alpha_spending}")
         if not 0 < self.errors_alpha_share < 1:
             raise ValueError(f"errors_alpha_share must be in (0, 1), got {self.errors_alpha_share}")
         if not 0 < self.latency_quantile < 1:
@@ -154,8 +154,12 @@ class MetricVerdict:
     :param effect: the tested ratio, canary over baseline (error rates; slow-request shares).
     :param interval: a ``1 - alpha`` confidence interval of ``effect`` over the whole window so far.
     :param threshold: the ratio above which the canary counts as a regression (``1 + tolerance``).
-    :param e_value: the sequential test's e-value against "no regression" (largest so far).
-    :param p_value: the window-end test's p-value, once the window has ended.
+    :param events: the canary's events so far (errors; requests slower than the threshold), at the
+        decision when there is one.
+    :param boundary: the number of canary events at which the sequential test rejects "no
+        regression" at that look (``events >= boundary`` is a regression).
+    :param p_value: the nominal p-value of everything seen, as if it were one fixed-size test (for
+        reading; the decision is the sequential boundary's), once the window ended or on a failure.
     :param samples: counts behind the numbers (requests, errors or slow requests, hosts, intervals).
     """
 
@@ -167,15 +171,17 @@ class MetricVerdict:
     effect: float | None = None
     interval: tuple[float, float] | None = None
     threshold: float | None = None
-    e_value: float | None = None
+    events: float | None = None
+    boundary: float | None = None
     p_value: float | None = None
     samples: dict[str, Any] = field(default_factory=dict)
 
     @property
     def statistic(self) -> str:
         parts = []
-        if self.e_value is not None:
-            parts.append(f"e={self.e_value:.3g}")
+        if self.events is not None:
+            limit = "none yet" if self.boundary is None or not math.isfinite(self.boundary) else f"{self.boundary:.0f}"
+            parts.append(f"events={self.events:.0f} (fails at {limit})")
         if self.p_value is not None:
             parts.append(f"p={self.p_value:.3g}")
         return ", ".join(parts) or "n/a"

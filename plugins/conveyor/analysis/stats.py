@@ -1,4 +1,4 @@
-"""The statistics behind the judge: always-valid e-processes and exact tail probabilities.
+"""The statistics behind the judge: an exact group-sequential test, e-processes and exact tails.
 
 Everything is numpy + math (no scipy). Notation: per interval ``k`` the canary has exposure ``n_c``
 (requests) and ``x`` events (errors, or requests slower than a threshold); the baseline has
@@ -8,16 +8,20 @@ exposure ``n_b`` and ``y`` events. If events are Poisson (or binomial) with per-
     x ~ Binomial(m, theta),   theta = rho*n_c / (rho*n_c + n_b),   rho = p_c / p_b,
 
 whatever the common level of ``p_b`` in that interval (so daily drift, shared by both sides, cancels).
-The likelihood ratio of ``rho1`` against ``rho0`` is ``g**x * ((rho0*n_c + n_b)/(rho1*n_c + n_b))**m``
-with ``g = rho1/rho0``; its product over intervals, mixed over a grid of ``rho1 > rho0``, is a
-non-negative supermartingale under every ``rho <= rho0`` (monotone likelihood ratio), so by Ville's
-inequality it exceeds ``1/alpha`` at ANY time with probability at most ``alpha``: the judge may
-look after every scrape.
+
+:func:`sequential_test` decides regressions: a group-sequential test with one look per interval and
+an alpha-spending function of calendar time, its boundaries computed exactly from the binomials
+above, so the false-rollback rate holds however often the judge looks within the window.
+
+:func:`ratio_e_process` (the likelihood ratio of ``rho1`` against ``rho0`` mixed over ``rho1``, a
+non-negative supermartingale under the null, so by Ville's inequality it exceeds ``1/alpha`` at ANY
+time with probability at most ``alpha``) decides the optional early pass.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,24 +76,6 @@ def ratio_e_process(x: np.ndarray, y: np.ndarray, n_c: np.ndarray, n_b: np.ndarr
     llr[:, ~ok] = 0.0
     path = np.cumsum(llr, axis=1)
     return _logsumexp(path + logw[:, None], axis=0)
-
-
-def rate_e_process(x: np.ndarray, n: np.ndarray, p0: float) -> np.ndarray:
-    """Log e-process path for H0: per-request event probability ``<= p0`` (one sample, binomial)."""
-    x = np.asarray(x, dtype=float)
-    n = np.asarray(n, dtype=float)
-    if x.size == 0:
-        return np.zeros(0)
-    if p0 <= 0:
-        # any event refutes "rate <= 0" outright
-        return np.where(np.cumsum(x) > 0, math.inf, 0.0)
-    p1 = np.minimum(p0 * _G_UP, 0.5 * (1 + p0))
-    keep = p1 > p0
-    if not keep.any():
-        return np.zeros(x.size)
-    p1, logw = p1[keep], _LOG_W_UP[keep] - _logsumexp(_LOG_W_UP[keep])
-    llr = np.outer(np.log(p1 / p0), x) + np.outer(np.log1p(-p1) - math.log1p(-p0), np.maximum(n - x, 0.0))
-    return _logsumexp(np.cumsum(llr, axis=1) + logw[:, None], axis=0)
 
 
 # ---------------------------------------------------------------- normal distribution
@@ -320,3 +306,140 @@ def outlier_hosts(rates: np.ndarray, n: np.ndarray, rel_floor: float, cv: float 
         far[order[:limit], c] = True
     drop |= far
     return drop
+
+
+
+# ---------------------------------------------------------------- group-sequential test
+
+_PRUNE = 1e-18  # null probabilities below this are dropped from the convolution (far below any spend step)
+
+
+_LOG_FACT = np.zeros(1)
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    """log(k!) for k = 0..n (at least), cached and grown as needed."""
+    global _LOG_FACT
+    if _LOG_FACT.size <= n:
+        size = max(n + 1, 2 * _LOG_FACT.size, 4096)
+        _LOG_FACT = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, size, dtype=float)))])
+    return _LOG_FACT
+
+
+def binom_windows(m: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of Binomial(m_k, theta_k)'s pmfs that carry any mass, all rows at once.
+
+    Returns ``(k0, P)``: ``P[k, i] = P(X_k = k0[k] + i)`` (zero-padded rows). Only
+    ``mean +- (14 sd + 12)`` is computed, so a million requests cost no more than a thousand.
+    Rows with ``m <= 0`` or ``theta`` outside (0, 1) are point masses (at 0, or at ``m`` for 1).
+    """
+    m = np.asarray(m, dtype=np.int64)
+    theta = np.asarray(theta, dtype=float)
+    inner = (m > 0) & (theta > 0) & (theta < 1)
+    th = np.where(inner, theta, 0.5)
+    mm = np.where(inner, m, 0)
+    sd = np.sqrt(mm * th * (1 - th))
+    lo = np.where(inner, np.maximum(0, np.floor(mm * th - 10 * sd - 8)), 0).astype(np.int64)
+    hi = np.where(inner, np.minimum(mm, np.ceil(mm * th + 10 * sd + 8)), 0).astype(np.int64)
+    width = int((hi - lo).max(initial=0)) + 1
+    kk = lo[:, None] + np.arange(width)[None, :]
+    valid = kk <= hi[:, None]
+    kc = np.minimum(kk, mm[:, None])
+    lf = _log_factorials(int(mm.max(initial=0)))
+    logs = (lf[mm][:, None] - lf[kc] - lf[mm[:, None] - kc]
+            + kc * np.log(th)[:, None] + (mm[:, None] - kc) * np.log1p(-th)[:, None])
+    p = np.where(valid, np.exp(logs), 0.0)
+    p /= p.sum(axis=1, keepdims=True)  # the window holds all but ~1e-40 of the mass; this removes round-off
+    point = ~inner
+    p[point] = 0.0
+    p[point, 0] = 1.0
+    lo = np.where(point, np.where((theta >= 1) & (m > 0), m, 0), lo)
+    return lo, p
+
+
+def binom_window(m: int, theta: float) -> tuple[int, np.ndarray]:
+    """:func:`binom_windows` for one binomial, trimmed: ``(k0, p)`` with ``p[i] = P(X = k0 + i)``."""
+    k0, p = binom_windows(np.array([m]), np.array([theta]))
+    row = p[0]
+    return int(k0[0]), row[: int(np.flatnonzero(row)[-1]) + 1]
+
+
+def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if min(a.size, b.size) < 64 or a.size * b.size < 200_000:
+        return np.convolve(a, b)
+    n = a.size + b.size - 1
+    size = 1 << (n - 1).bit_length()
+    out = np.fft.irfft(np.fft.rfft(a, size) * np.fft.rfft(b, size), size)[:n]
+    return np.maximum(out, 0.0)  # FFT round-off leaves ~1e-17 noise, far below any spend step
+
+
+@dataclass
+class SequentialTest:
+    """The outcome of :func:`sequential_test` after the looks so far.
+
+    :param first: index of the first look whose total reached its boundary (the rejection), or None.
+    :param events: the canary's running total ``S_k`` at every look.
+    :param boundary: the smallest total that rejects at every look (``inf``: none can).
+    :param spent: the type-I error spent so far (at most the last ``spend``).
+    """
+
+    first: int | None
+    events: np.ndarray
+    boundary: np.ndarray
+    spent: float
+
+    def at(self, k: int | None) -> tuple[float, float]:
+        """(canary total, boundary) at look ``k`` (default: the last)."""
+        if self.events.size == 0:
+            return 0.0, math.inf
+        k = self.events.size - 1 if k is None else k
+        return float(self.events[k]), float(self.boundary[k])
+
+
+def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.ndarray) -> SequentialTest:
+    """Exact group-sequential test of H0 "x_k ~ Binomial(m_k, theta_k) or stochastically smaller", one look per interval.
+
+    ``spend[k]`` is the type-I error the test may have spent by look ``k`` (an alpha-spending
+    function of calendar time, fixed before the data: nondecreasing, at most alpha). At look ``k`` the
+    boundary is the smallest running total ``S_k = x_1 + ... + x_k`` whose null probability of being
+    reached now, on paths that crossed no earlier boundary, fits in what is left to spend; the test
+    rejects at the first look where ``S_k`` reaches it. So ``P(reject at any look) <= spend[-1]``
+    however many looks there are: looking after every scrape costs nothing extra. The null law is
+    exact (a running convolution of binomials, pruned below 1e-18), conditional on the totals ``m_k``,
+    which under H0 carry no information about the canary's share. A look with ``m_k = 0`` or a
+    non-finite ``theta_k`` adds no data but may still reject on what came before if more can be spent.
+    """
+    x = np.rint(np.asarray(x, dtype=float))
+    m = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
+    theta = np.asarray(theta, dtype=float)
+    spend = np.asarray(spend, dtype=float)
+    n = x.size
+    events = np.cumsum(x)
+    boundary = np.full(n, math.inf)
+    data = (m > 0) & np.isfinite(theta)
+    k0s, steps = binom_windows(np.where(data, m, 0), np.where(data, theta, 0.0))
+    widths = steps.shape[1] - np.argmax(steps[:, ::-1] > 0, axis=1)
+    pmf, lo = np.ones(1), 0  # pmf[i] = P(S = lo + i and no boundary crossed yet), under H0
+    spent = 0.0
+    first = None
+    for k in range(n):
+        if pmf.size == 0:  # every null path has crossed (only with alpha near 1): nothing left to spend
+            break
+        if data[k]:
+            pmf = _convolve(pmf, steps[k, : widths[k]])
+            start = int(np.argmax(pmf > _PRUNE))
+            end = pmf.size - int(np.argmax(pmf[::-1] > _PRUNE))
+            lo += int(k0s[k]) + start
+            pmf = pmf[start:end] if end > start else np.zeros(0)
+        room = float(spend[k]) - spent
+        if room <= 0 or pmf.size == 0:
+            continue
+        tail = np.cumsum(pmf[::-1])[::-1]  # tail[i] = P(S >= lo + i, no crossing yet): nonincreasing
+        b = int(np.searchsorted(-tail, -room, side="left"))  # first i with tail[i] <= room
+        # b == pmf.size: even the largest total H0 allows is too likely; only an impossible one rejects
+        spent += float(tail[b]) if b < pmf.size else 0.0
+        boundary[k] = lo + b
+        pmf = pmf[:b]
+        if first is None and events[k] >= boundary[k]:
+            first = k
+    return SequentialTest(first, events, boundary, spent)
