@@ -124,7 +124,8 @@ def test_settings_from_dict_ignores_unknown_keys_and_round_trips():
 
 
 @pytest.mark.parametrize("bad", [{"alpha": 0}, {"alpha": 1.5}, {"metrics": ["cpu"]}, {"latency_quantile": 1},
-                                 {"error_tolerance": -0.1}, {"early_pass_margin": 1.0}, {"metrics": []}])
+                                 {"error_tolerance": -0.1}, {"early_pass_margin": 1.0}, {"metrics": []},
+                                 {"alpha_spending": 0}, {"alpha_spending": 20}])
 def test_settings_reject_nonsense(bad):
     with pytest.raises(ValueError, match="must"):
         AnalysisSettings.from_dict(bad)
@@ -347,6 +348,18 @@ def test_error_regression_fails_early_with_evidence():
     json.dumps(v.to_dict(), allow_nan=False)
 
 
+def test_alpha_spending_trades_speed_for_what_is_kept_for_the_end():
+    canary = {"c1": series(60, 100, 2)}  # 2% vs 1%: clear, but not gross
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    even, t_even = run_until_decided(canary, baseline, settings())
+    late, t_late = run_until_decided(canary, baseline, settings(alpha_spending=3))
+    assert even.decision == late.decision == "fail"
+    assert t_even < t_late < 600
+    # what was spent by the decision follows the curve: alpha/2 for errors x (t/600)^spending, at most
+    assert even.metrics[0].samples["alpha_spent"] <= 0.005 * (t_even / 600)
+    assert late.metrics[0].samples["alpha_spent"] <= 0.005 * (t_late / 600) ** 3
+
+
 def test_zero_error_baseline_one_canary_error_is_not_a_regression():
     canary = {"c1": series(60, 100, 0)}
     canary["c1"][-1].requests["503"] = 1.0  # a single error in 6000 requests, none on the baseline
@@ -548,7 +561,8 @@ def test_service_schema_accepts_the_judge_settings(tmp_path):
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/services/demo_shop.yaml").read_text())
     doc["analysis"].update({"alpha": 0.02, "error_tolerance": 0.2, "error_statuses": ["5xx", "429"],
-                            "latency_quantile": 0.9, "metrics": ["errors"], "early_pass": True})
+                            "latency_quantile": 0.9, "metrics": ["errors"], "early_pass": True,
+                            "alpha_spending": 2})
     doc["watch"].update({"min_requests": 50, "latency_tolerance": 0.2})
     path = tmp_path / "demo_shop.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -557,6 +571,7 @@ def test_service_schema_accepts_the_judge_settings(tmp_path):
     section.pop("interval_s")
     s = AnalysisSettings.from_dict(section)
     assert (s.alpha, s.min_requests, s.latency_tolerance, s.metrics) == (0.02, 50, 0.2, ["errors"])
+    assert s.alpha_spending == 2
     doc["watch"]["latency_quantile"] = 1.5
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ServiceConfigError, match="latency_quantile"):
