@@ -327,8 +327,7 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
         nb_f = (nb_h * keep[:, -1:]).sum(axis=0)
         xb_f = (xb_h * keep[:, -1:]).sum(axis=0)
         spend = budget.spend(data, over)
-        a = np.where((nc > 0) & (nb > 0), r0 * nc / np.where(nb > 0, nb, 1.0), np.nan)
-        tests = [stats.sequential_test(xc, xc + xb, a / (1 + a), spend)]
+        tests = [stats.sequential_test(xc, xc + xb, stats.null_share(r0, nc, nb), spend)]
         if tests[0].first is not None:
             # intersection-union: a regression must also be above the absolute floor, each at full level
             tests.append(stats.sequential_test(xc, nc, np.full(n_int, settings.error_floor), spend))
@@ -358,8 +357,7 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
     p_value = None
     if (over or first is not None) and total_nc > 0:  # nominal: as if the whole window were one look
         if data.mode == "live":
-            a = np.where((nc > 0) & (nb_f > 0), r0 * nc / np.where(nb_f > 0, nb_f, 1.0), 0.0)
-            p_a = stats.poisson_binomial_sf(total_xc, xc + xb_f, a / (1 + a))
+            p_a = stats.poisson_binomial_sf(total_xc, xc + xb_f, stats.null_share(r0, nc, nb_f, missing=0.0))
             p_b_floor = stats.binom_sf(total_xc, total_nc, settings.error_floor) if settings.error_floor > 0 else (
                 0.0 if total_xc > 0 else 1.0)
             p_value = max(p_a, p_b_floor)
@@ -441,8 +439,8 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         y = np.where(used, pooled_inc[:, _CNT] - pooled_inc[rows, 4 + idx], 0.0)
         nc = np.where(used, cc, 0.0)
         x, y = np.maximum(x, 0.0), np.maximum(y, 0.0)
-        a = np.where(used & (nc > 0) & (nb > 0), ratio0 * nc / np.where(nb > 0, nb, 1.0), np.nan)
-        tests = [stats.sequential_test(x, x + y, a / (1 + a), budget.spend(data, over))]
+        # nc and nb are 0 where no threshold was set yet (``used`` false): those intervals carry no data
+        tests = [stats.sequential_test(x, x + y, stats.null_share(ratio0, nc, nb), budget.spend(data, over))]
         nb_f = np.where(used, final_inc[:, _CNT], 0.0)
         y_f = np.maximum(np.where(used, final_inc[:, _CNT] - final_inc[rows, 4 + idx], 0.0), 0.0)
         base_final = np.einsum("h,hc->c", keep[:, -1].astype(float), base_cum[:, -1, :])
@@ -462,8 +460,7 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
         j = _choose_tau(bounds, base_final[4:], total, q)
         used = np.zeros(n_int, dtype=bool)
         x = y = nc = nb = y_f = nb_f = np.zeros(n_int)
-        tests = [stats.sequential_test(np.zeros(n_int), np.zeros(n_int), np.full(n_int, np.nan),
-                                       np.zeros(n_int))]
+        tests = [stats.SequentialTest(None, np.zeros(n_int), np.full(n_int, math.inf), 0.0)]  # no threshold: no test
         tau_now = r_now = None
         p_ref = None
         if j is not None:
@@ -501,8 +498,7 @@ def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdi
     p_value = None
     if (over or first is not None) and used.any():  # nominal: as if the whole window were one look
         if data.mode == "live":
-            a = np.where(used & (nc > 0) & (nb_f > 0), ratio0 * nc / np.where(nb_f > 0, nb_f, 1.0), 0.0)
-            p_value = stats.poisson_binomial_sf(used_x, x + y_f, np.where(np.isfinite(a), a / (1 + a), 0.0))
+            p_value = stats.poisson_binomial_sf(used_x, x + y_f, stats.null_share(ratio0, nc, nb_f, missing=0.0))
         else:
             p_value = stats.binom_sf(used_x, used_nc, p_ref)
     early = False

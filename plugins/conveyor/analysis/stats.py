@@ -308,13 +308,20 @@ def outlier_hosts(rates: np.ndarray, n: np.ndarray, rel_floor: float, cv: float 
     return drop
 
 
-
 # ---------------------------------------------------------------- group-sequential test
 
 _PRUNE = 1e-18  # null probabilities below this are dropped from the convolution (far below any spend step)
-
-
 _LOG_FACT = np.zeros(1)
+
+
+def null_share(rho0: np.ndarray | float, n_c: np.ndarray, n_b: np.ndarray, missing: float = math.nan) -> np.ndarray:
+    """``theta = rho0*n_c / (rho0*n_c + n_b)``: the canary's share of an interval's events if its rate is
+    ``rho0`` times the baseline's; ``missing`` where either side served nothing."""
+    n_c = np.asarray(n_c, dtype=float)
+    n_b = np.asarray(n_b, dtype=float)
+    ok = (n_c > 0) & (n_b > 0)
+    a = rho0 * n_c / np.where(ok, n_b, 1.0)
+    return np.where(ok, a / (1 + a), missing)
 
 
 def _log_factorials(n: int) -> np.ndarray:
@@ -330,7 +337,7 @@ def binom_windows(m: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndar
     """The parts of Binomial(m_k, theta_k)'s pmfs that carry any mass, all rows at once.
 
     Returns ``(k0, P)``: ``P[k, i] = P(X_k = k0[k] + i)`` (zero-padded rows). Only
-    ``mean +- (14 sd + 12)`` is computed, so a million requests cost no more than a thousand.
+    ``mean +- (10 sd + 8)`` is computed, so a million requests cost no more than a thousand.
     Rows with ``m <= 0`` or ``theta`` outside (0, 1) are point masses (at 0, or at ``m`` for 1).
     """
     m = np.asarray(m, dtype=np.int64)
@@ -355,13 +362,6 @@ def binom_windows(m: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndar
     p[point, 0] = 1.0
     lo = np.where(point, np.where((theta >= 1) & (m > 0), m, 0), lo)
     return lo, p
-
-
-def binom_window(m: int, theta: float) -> tuple[int, np.ndarray]:
-    """:func:`binom_windows` for one binomial, trimmed: ``(k0, p)`` with ``p[i] = P(X = k0 + i)``."""
-    k0, p = binom_windows(np.array([m]), np.array([theta]))
-    row = p[0]
-    return int(k0[0]), row[: int(np.flatnonzero(row)[-1]) + 1]
 
 
 def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -417,7 +417,7 @@ def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.n
     events = np.cumsum(x)
     boundary = np.full(n, math.inf)
     data = (m > 0) & np.isfinite(theta)
-    k0s, steps = binom_windows(np.where(data, m, 0), np.where(data, theta, 0.0))
+    k0s, steps = binom_windows(m, theta)  # rows without data are point masses, skipped below
     widths = steps.shape[1] - np.argmax(steps[:, ::-1] > 0, axis=1)
     pmf, lo = np.ones(1), 0  # pmf[i] = P(S = lo + i and no boundary crossed yet), under H0
     spent = 0.0
