@@ -6,6 +6,8 @@ cd "$CONVEYOR_ROOT"
 mkdir -p "$AIRFLOW_HOME" "$CONVEYOR_HOME"
 
 echo "==> Starting the local fleet (2 replica + 6 production hosts on 127.0.0.x)"
+# Also creates the demo repository the demo_shop DAGs build from ($CONVEYOR_HOME/repos/demo_shop.git):
+# the lab's job (conveyor_lab), not Conveyor's.
 conveyor fleet up
 AIRFLOW_CONN_CONVEYOR_FLEET="$(conveyor fleet connection)"
 export AIRFLOW_CONN_CONVEYOR_FLEET

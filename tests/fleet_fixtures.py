@@ -3,7 +3,7 @@
 Import it where it is needed (``from tests.fleet_fixtures import local_fleet``). It brings up a full
 fleet (2 replicas + 6 production hosts, each a real SSH server, seeded with the demo shop v1.0.0,
 traffic on) under the test session's ``CONVEYOR_HOME``, on ports chosen at run time so it never
-meets a fleet started by ``make run``, and yields the :class:`conveyor.fleet.Fleet`. At the end of
+meets a fleet started by ``make run``, and yields the :class:`conveyor_lab.fleet.Fleet`. At the end of
 the session it stops the fleet and fails if any of its processes is left.
 
 Importing the fixture into several modules is safe: every copy shares one fleet, started by the
@@ -35,7 +35,7 @@ def free_ports(count: int) -> list[int]:
 
 def free_fleet_spec(**overrides):
     """A :class:`FleetSpec` on free ports (the addresses are the usual 127.0.0.x ones)."""
-    from conveyor.fleet import FleetSpec
+    from conveyor_lab.fleet import FleetSpec
 
     ssh_port, app_port = free_ports(2)
     return FleetSpec(**{"ssh_port": ssh_port, "app_port": app_port, **overrides})
@@ -43,7 +43,7 @@ def free_fleet_spec(**overrides):
 
 def fleet_processes(fleet) -> list[int]:
     """Every process of ``fleet`` still alive: daemon, apps, and anything carrying its marker."""
-    from conveyor.fleet import procs
+    from conveyor_lab.fleet import procs
 
     known = [pid for pid in fleet.pids().values() if procs.alive(pid)]
     return sorted(set(known) | set(fleet.leftover_processes()))
@@ -51,7 +51,7 @@ def fleet_processes(fleet) -> list[int]:
 
 def stop_and_check(fleet, pids: list[int]) -> None:
     """``fleet.down()``, then assert that none of ``pids`` (nor any marked process) is alive."""
-    from conveyor.fleet import procs
+    from conveyor_lab.fleet import procs
 
     fleet.down()
     left = sorted({p for p in pids if procs.alive(p)} | set(fleet.leftover_processes()))
@@ -61,8 +61,8 @@ def stop_and_check(fleet, pids: list[int]) -> None:
 @pytest.fixture(scope="session")
 def local_fleet():
     """A running local fleet (shared by the whole session); yields the ``Fleet``."""
-    from conveyor.fleet import Fleet
     from conveyor.paths import fleet_dir
+    from conveyor_lab.fleet import Fleet
 
     if _shared["fleet"] is None:
         home = fleet_dir()

@@ -18,8 +18,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -27,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import validation
+from conveyor.commands import format_command, git, run_command, tool_env
 from conveyor.config import ServiceConfig
 from conveyor.exceptions import ArtifactError, BuildError
-from conveyor.paths import artifacts_dir, workspace_dir
+from conveyor.paths import artifacts_dir, local_repo_dir, workspace_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,26 +65,17 @@ class ArtifactInfo:
 # --------------------------------------------------------------------------------------- git
 
 
-def _git(*args: str, cwd: Path | None = None, timeout: float = 120) -> str:
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-    )
-    if proc.returncode != 0:
-        raise BuildError(f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout.strip()
-
-
 def repo_url(service: ServiceConfig) -> str:
-    """The service repository's location; ``local:demo_shop`` is the generated demo repository."""
-    url = service["repo"]["url"]
-    if url == "local:demo_shop":
-        from conveyor.demo import create_demo_repo
-
-        return str(create_demo_repo())
-    if url.startswith("local:"):
-        raise BuildError(f"unknown local repository {url!r}")
-    return url
+    """The service repository's location. ``local:<name>`` is a repository of the local lab
+    (``$CONVEYOR_HOME/repos/<name>.git``; ``make run`` creates the demo's): it must exist."""
+    url = service.repo.url
+    if not url.startswith("local:"):
+        return url
+    path = local_repo_dir(url.removeprefix("local:"))
+    if not (path / "HEAD").exists():
+        raise BuildError(f"the local repository {url!r} does not exist at {path}: `make run` (or "
+                         "`conveyor fleet up`) creates the demo's")
+    return str(path)
 
 
 def mirror(service: ServiceConfig) -> Path:
@@ -95,15 +85,15 @@ def mirror(service: ServiceConfig) -> Path:
     if not (path / "HEAD").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="mirror-", dir=path.parent))
-        _git("clone", "--quiet", "--mirror", url, str(tmp / "m.git"))
+        git("clone", "--quiet", "--mirror", url, str(tmp / "m.git"))
         try:
             (tmp / "m.git").rename(path)
         except OSError:  # another build won the race; use theirs
             pass
         shutil.rmtree(tmp, ignore_errors=True)
     else:
-        _git("remote", "set-url", "origin", url, cwd=path)
-        _git("fetch", "--quiet", "--prune", "--force", "--tags", "origin", "+refs/*:refs/*", cwd=path)
+        git("remote", "set-url", "origin", url, cwd=path)
+        git("fetch", "--quiet", "--prune", "--force", "--tags", "origin", "+refs/*:refs/*", cwd=path)
     return path
 
 
@@ -115,16 +105,16 @@ def resolve_ref(git_dir: Path, ref: str) -> tuple[str, str]:
     """
     validation.git_ref(ref)
     try:
-        commit = _git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", cwd=git_dir)
+        commit = git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", cwd=git_dir)
     except BuildError:
         raise BuildError(f"ref {ref!r} does not exist in the service repository") from None
-    tags = _git("tag", "--points-at", commit, cwd=git_dir).split()
+    tags = git("tag", "--points-at", commit, cwd=git_dir).split()
     if ref in tags:
         version = ref
     elif tags:  # a branch or SHA at a tagged commit is that tag's version (and artifact)
         version = sorted(tags)[-1]
     else:
-        described = _git("describe", "--tags", "--long", "--always", "--abbrev=12", commit, cwd=git_dir)
+        described = git("describe", "--tags", "--long", "--always", "--abbrev=12", commit, cwd=git_dir)
         version = described.replace("/", "-")
     return commit, validation.version(version)
 
@@ -145,7 +135,7 @@ def parse_log(out: str) -> list[dict[str, str]]:
 def commit_range(git_dir: Path, since: str | None, until: str) -> list[dict[str, str]]:
     """Commits in ``since..until`` (all ancestors of ``until`` when ``since`` is None), newest first."""
     spec = f"{since}..{until}" if since else until
-    return parse_log(_git("log", "--no-merges", "--max-count=500", f"--format={LOG_FORMAT}", spec, cwd=git_dir))
+    return parse_log(git("log", "--no-merges", "--max-count=500", f"--format={LOG_FORMAT}", spec, cwd=git_dir))
 
 
 # ---------------------------------------------------------------------------------- tarballs
@@ -198,8 +188,7 @@ class ArtifactStore:
 
     @classmethod
     def for_service(cls, service: ServiceConfig) -> ArtifactStore:
-        store = service["artifact_store"]
-        return cls(store.get("url"), store.get("conn_id"))
+        return cls(service.artifact_store.url, service.artifact_store.conn_id)
 
     def root(self):
         from airflow.sdk import ObjectStoragePath
@@ -265,18 +254,6 @@ class ArtifactStore:
 # ------------------------------------------------------------------------------------ build
 
 
-def tool_env() -> dict[str, str]:
-    """The environment for build and test commands: ``python`` is the interpreter running Conveyor."""
-    bindir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-
-
-def _format_command(command: str | list[str], **values: str) -> list[str] | str:
-    if isinstance(command, str):
-        return command.format(**values)
-    return [part.format(**values) for part in command]
-
-
 def build_artifact(
     service: ServiceConfig,
     ref: str,
@@ -298,7 +275,7 @@ def build_artifact(
     key = ArtifactStore.key(service.id, version)
     if since_commit:
         try:
-            _git("cat-file", "-e", f"{since_commit}^{{commit}}", cwd=git_dir)
+            git("cat-file", "-e", f"{since_commit}^{{commit}}", cwd=git_dir)
         except BuildError:
             since_commit = None
 
@@ -319,27 +296,17 @@ def build_artifact(
     work = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=build_root))
     try:
         src, out = work / "src", work / "out"
-        _git("clone", "--quiet", "--no-checkout", str(git_dir), str(src))
-        _git("-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit, cwd=src)
+        git("clone", "--quiet", "--no-checkout", str(git_dir), str(src))
+        git("-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit, cwd=src)
         out.mkdir()
-        command = _format_command(service["build"]["command"], out=str(out))
+        command = format_command(service.build.command, out=str(out))
         say("building %s %s (%s): %s", service.id, version, commit[:12], command)
-        env = {**tool_env(), "CONVEYOR_VERSION": version, "CONVEYOR_COMMIT": commit, "PYTHONHASHSEED": "0",
-               "SOURCE_DATE_EPOCH": "0"}
-        try:
-            proc = subprocess.run(
-                command, cwd=src, env=env, shell=isinstance(command, str), capture_output=True, text=True,
-                timeout=service["build"]["timeout_s"],
-            )
-            output, code = (proc.stdout + proc.stderr), proc.returncode
-        except subprocess.TimeoutExpired as e:
-            output = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""))
-            output += f"\nbuild timed out after {service['build']['timeout_s']} s"
-            code = -1
-        (work / "build.log").write_text(output)
-        if code != 0:
-            tail = "\n".join(output.splitlines()[-_LOG_TAIL_LINES:])
-            raise BuildError(f"build of {service.id} {version} ({commit[:12]}) failed with exit code {code}:\n{tail}")
+        result = run_command(command, cwd=src, timeout=service.build.timeout_s, env=tool_env(
+            CONVEYOR_VERSION=version, CONVEYOR_COMMIT=commit, PYTHONHASHSEED="0", SOURCE_DATE_EPOCH="0"))
+        (work / "build.log").write_text(result.output)
+        if not result.ok:
+            raise BuildError(f"build of {service.id} {version} ({commit[:12]}) failed with exit code "
+                             f"{result.exit_code}:\n{result.tail(_LOG_TAIL_LINES)}")
         if not any(out.iterdir()):
             raise BuildError(f"build of {service.id} {version} produced no output in {{out}}")
         tarball = work / Path(key).name
@@ -378,12 +345,12 @@ def checkout(service: ServiceConfig, commit: str) -> Path:
     if not validation.COMMIT_RE.fullmatch(commit):
         raise BuildError(f"invalid commit {commit!r}")
     path = workspace_dir() / service.id / "src" / commit
-    if (path / ".git").exists() and _git("rev-parse", "HEAD", cwd=path) == commit:
+    if (path / ".git").exists() and git("rev-parse", "HEAD", cwd=path) == commit:
         return path
     shutil.rmtree(path, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="co-", dir=path.parent))
-    _git("clone", "--quiet", "--no-checkout", str(mirror(service)), str(tmp))
-    _git("-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit, cwd=tmp)
+    git("clone", "--quiet", "--no-checkout", str(mirror(service)), str(tmp))
+    git("-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit, cwd=tmp)
     tmp.rename(path)
     return path

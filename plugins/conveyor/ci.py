@@ -22,14 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.artifacts import LOG_FORMAT, parse_log
-from conveyor.exceptions import BuildError, ConveyorError, ServiceConfigError
+from conveyor.commands import format_command, git, git_succeeds, run_command, tool_env
+from conveyor.exceptions import BuildError
+from conveyor.suites import run_suite
 
 if TYPE_CHECKING:
     from conveyor.config import ServiceConfig
@@ -43,25 +44,15 @@ DECIDED = frozenset({GREEN, RED})
 RELEASE, LINE_STOPPED, NO_CHANGE = "release", "line_stopped", "no_change"
 
 _HISTORY_WINDOW = 500  # how far down the branch a walk looks for the last judged commit
-_TAIL_LINES = 30
-
-
-class CommitsRed(ConveyorError):
-    """A CI run found red commits (the ``report`` task raises it so the run ends failed)."""
 
 
 # ------------------------------------------------------------------------------------------- git
 
 
-def _git(git_dir: Path, *args: str) -> str:
-    from conveyor.artifacts import _git as run_git  # the package's one git runner (no prompts, errors named)
-
-    return run_git(*args, cwd=git_dir)
-
-
 def branch_head(git_dir: Path, branch: str) -> str:
     try:
-        return _git(git_dir, "rev-parse", "--verify", "--quiet", "--end-of-options", f"refs/heads/{branch}^{{commit}}")
+        return git("rev-parse", "--verify", "--quiet", "--end-of-options", f"refs/heads/{branch}^{{commit}}",
+                   cwd=git_dir)
     except BuildError:
         raise BuildError(f"the release branch {branch!r} does not exist in the service repository") from None
 
@@ -71,8 +62,8 @@ def branch_commits(git_dir: Path, branch: str, since: str | None = None,
     """First-parent commits of ``branch`` newer than ``since`` (all when None), newest first."""
     head = branch_head(git_dir, branch)
     spec = f"{since}..{head}" if since else head
-    return parse_log(_git(git_dir, "log", "--first-parent", f"--max-count={limit}", f"--format={LOG_FORMAT}",
-                           spec, "--"))
+    return parse_log(git("log", "--first-parent", f"--max-count={limit}", f"--format={LOG_FORMAT}", spec, "--",
+                         cwd=git_dir))
 
 
 def commit_info(git_dir: Path, ref: str) -> dict[str, str]:
@@ -80,23 +71,15 @@ def commit_info(git_dir: Path, ref: str) -> dict[str, str]:
     from conveyor.artifacts import resolve_ref
 
     sha, _version = resolve_ref(git_dir, ref)  # validates the ref; BuildError when it does not exist
-    return parse_log(_git(git_dir, "log", "-1", f"--format={LOG_FORMAT}", sha, "--"))[0]
+    return parse_log(git("log", "-1", f"--format={LOG_FORMAT}", sha, "--", cwd=git_dir))[0]
 
 
 def _exists(git_dir: Path, sha: str | None) -> bool:
-    if not sha:
-        return False
-    try:
-        _git(git_dir, "cat-file", "-e", f"{sha}^{{commit}}")
-    except BuildError:
-        return False
-    return True
+    return bool(sha) and git_succeeds("cat-file", "-e", f"{sha}^{{commit}}", cwd=git_dir)
 
 
 def _is_ancestor(git_dir: Path, ancestor: str, descendant: str) -> bool:
-    proc = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, descendant], cwd=git_dir,
-                          capture_output=True, text=True, timeout=60)
-    return proc.returncode == 0
+    return git_succeeds("merge-base", "--is-ancestor", ancestor, descendant, cwd=git_dir)
 
 
 # ---------------------------------------------------------------------------------------- ledger
@@ -123,19 +106,6 @@ def last_released_commit(ledger: Ledger, service_id: str) -> dict[str, Any] | No
 # ----------------------------------------------------------------------------------- what is new
 
 
-def ci_settings(service: ServiceConfig) -> dict[str, Any]:
-    """The service's ``ci`` section with the suite resolved (``suite`` is a ``tests`` entry or None)."""
-    settings = dict(service.raw.get("ci") or {})
-    suites = {t["name"]: t for t in service["tests"]}
-    name = settings.get("suite")
-    if name and name not in suites:
-        raise ServiceConfigError(f"{service.path}: ci.suite: {name!r} is not one of the service's tests "
-                                 f"({', '.join(suites) or 'none defined'})")
-    settings["suite"] = suites[name] if name else (service["tests"][0] if service["tests"] else None)
-    settings.setdefault("max_commits", 10)
-    return settings
-
-
 def new_commits(service: ServiceConfig, since: str | None = None, *, ledger: Ledger,
                 limit: int | None = None) -> list[dict[str, str]]:
     """Commits of the release branch CI has not judged yet, oldest first.
@@ -148,14 +118,14 @@ def new_commits(service: ServiceConfig, since: str | None = None, *, ledger: Led
     from conveyor.artifacts import mirror
 
     git_dir = mirror(service)
-    limit = limit or ci_settings(service)["max_commits"]
+    limit = limit or service.ci.max_commits
     if since is None:
         last = last_released_commit(ledger, service.id)
         since = last["commit_sha"] if last else None
     if since and not _exists(git_dir, since):
         log.warning("commit %s is not in the repository any more; looking at the whole branch", since[:12])
         since = None
-    commits = branch_commits(git_dir, service["repo"]["release_branch"], since)
+    commits = branch_commits(git_dir, service.repo.release_branch, since)
     statuses = ci_statuses(ledger, service.id, [c["sha"] for c in commits])
     fresh: list[dict[str, str]] = []
     for commit in commits:
@@ -172,20 +142,6 @@ def new_commits(service: ServiceConfig, since: str | None = None, *, ledger: Led
 # -------------------------------------------------------------------------------------------- CI
 
 
-def _run(command: str | list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
-    try:
-        proc = subprocess.run(command, cwd=cwd, env=env, shell=isinstance(command, str), capture_output=True,
-                              text=True, timeout=timeout)
-        return proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return -1, out + f"\ntimed out after {timeout} s"
-
-
-def _tail(output: str, lines: int = _TAIL_LINES) -> str:
-    return "\n".join(output.strip().splitlines()[-lines:])
-
-
 def run_ci(service: ServiceConfig, commit: str | dict[str, str], *, ledger: Ledger,
            log_fn: Callable[..., None] | None = None) -> dict[str, Any]:
     """Build ``commit`` and run the CI suite on it; record and return its verdict.
@@ -195,19 +151,16 @@ def run_ci(service: ServiceConfig, commit: str | dict[str, str], *, ledger: Ledg
     (``detail`` says why: the build's or the suite's output tail, or the failing tests). A checkout
     that fails is an error (:class:`BuildError`), not a verdict: the commit stays unjudged.
     """
-    from conveyor.artifacts import _format_command, checkout, mirror, resolve_ref, tool_env
-    from conveyor.operators.testing import parse_junit
+    from conveyor.artifacts import checkout, mirror, resolve_ref
     from conveyor.paths import workspace_dir
 
     say = log_fn or log.info
-    settings = ci_settings(service)
     git_dir = mirror(service)
     info = commit_info(git_dir, commit if isinstance(commit, str) else commit["sha"])
     sha = info["sha"]
     _sha, version = resolve_ref(git_dir, sha)
     src = checkout(service, sha)
-    env = {**tool_env(), "CONVEYOR_VERSION": version, "CONVEYOR_COMMIT": sha, "PYTHONHASHSEED": "0",
-           "CONVEYOR_REPLICA_URLS": ""}
+    env = tool_env(CONVEYOR_VERSION=version, CONVEYOR_COMMIT=sha, PYTHONHASHSEED="0")
     result: dict[str, Any] = {**info, "version": version, "suite": None, "passed": 0, "failed": 0,
                               "failures": [], "detail": ""}
     root = workspace_dir() / service.id / "ci"
@@ -216,36 +169,31 @@ def run_ci(service: ServiceConfig, commit: str | dict[str, str], *, ledger: Ledg
     try:
         out = work / "out"
         out.mkdir()
-        build = _format_command(service["build"]["command"], out=str(out))
+        build = format_command(service.build.command, out=str(out))
         say("CI of %s %s (%s, %s): build %s", service.id, sha[:12], info["author"], info["subject"], build)
-        code, output = _run(build, src, env, service["build"]["timeout_s"])
-        if code != 0:
-            result.update(status=RED, detail=f"build failed with exit code {code}:\n{_tail(output)}")
-        elif settings["suite"] is None:
+        ran = run_command(build, cwd=src, env=env, timeout=service.build.timeout_s)
+        if not ran.ok:
+            result.update(status=RED, detail=f"build failed with exit code {ran.exit_code}:\n{ran.tail()}")
+        elif service.ci_suite is None:
             result.update(status=GREEN, detail="build passed (no test suite configured)")
         else:
-            suite = settings["suite"]
-            junit = work / f"{suite['name']}.xml"
-            values = {"junit": str(junit), "replica_urls": ""}
-            command = _format_command(suite["command"], **values)
-            suite_env = {**env, **{k: v.format(**values) for k, v in suite.get("env", {}).items()}}
-            say("CI of %s %s: suite %s: %s", service.id, sha[:12], suite["name"], command)
-            code, output = _run(command, src, suite_env, suite.get("timeout_s", 900))
-            cases = parse_junit(junit) if junit.exists() else []
-            failures = [{"test": c["test"], "message": c["message"]} for c in cases if c["outcome"] == "failed"]
-            result.update(suite=suite["name"], passed=sum(c["outcome"] == "passed" for c in cases),
-                          failed=len(failures), failures=failures[:50])
-            if code == 0 and not failures:
-                result.update(status=GREEN, detail=f"{suite['name']}: {result['passed']} passed")
+            suite = service.ci_suite
+            say("CI of %s %s: suite %s: %s", service.id, sha[:12], suite.name, suite.command)
+            run = run_suite(suite, src, workdir=work, env=env)
+            ran = run.result
+            failures = [{"test": t, "message": m} for t, m in run.failed_cases.items()]
+            result.update(suite=suite.name, passed=run.count("passed"), failed=len(failures), failures=failures[:50])
+            if ran.ok and not failures:
+                result.update(status=GREEN, detail=f"{suite.name}: {result['passed']} passed")
             elif failures:
                 names = "; ".join(f"{f['test']}: {(f['message'] or '').splitlines()[0][:200] if f['message'] else ''}"
                                   for f in failures[:10])
-                result.update(status=RED, detail=f"{suite['name']}: {len(failures)} failed, {result['passed']} "
+                result.update(status=RED, detail=f"{suite.name}: {len(failures)} failed, {result['passed']} "
                                                  f"passed: {names}")
             else:
-                result.update(status=RED, detail=f"{suite['name']} exited {code} without failing test cases:\n"
-                                                 f"{_tail(output)}")
-        for line in _tail(output, 15).splitlines():
+                result.update(status=RED, detail=f"{suite.name} exited {ran.exit_code} without failing test "
+                                                 f"cases:\n{ran.tail()}")
+        for line in ran.tail(15).splitlines():
             say("  %s", line)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -257,7 +205,7 @@ def run_ci(service: ServiceConfig, commit: str | dict[str, str], *, ledger: Ledg
 def red_message(service: ServiceConfig, result: dict[str, Any]) -> str:
     """The notification for a red commit: names the commit, its author and why."""
     why = (result.get("detail") or "").splitlines()[0] if result.get("detail") else "CI failed"
-    return (f"CI is RED on {service.id} {service['repo']['release_branch']}: commit {result['sha'][:12]} by "
+    return (f"CI is RED on {service.id} {service.repo.release_branch}: commit {result['sha'][:12]} by "
             f"{result['author']} ({result['subject']}): {why}")
 
 
@@ -266,7 +214,7 @@ def notify_red(service: ServiceConfig, result: dict[str, Any], context: Any = No
     from conveyor.notifiers import ReleaseNotifier
 
     ReleaseNotifier(event="ci_red", text=red_message(service, result),
-                    slack_webhook_conn_id=service["notifications"]["slack_webhook_conn_id"]).notify(context or {})
+                    slack_webhook_conn_id=service.notifications.slack_webhook_conn_id).notify(context or {})
 
 
 def check_commit(service: ServiceConfig, commit: str | dict[str, str], *, ledger: Ledger, context: Any = None,
@@ -296,7 +244,7 @@ def release_candidate(service: ServiceConfig, ledger: Ledger) -> tuple[str, dict
     from conveyor.artifacts import mirror
 
     git_dir = mirror(service)
-    branch = service["repo"]["release_branch"]
+    branch = service.repo.release_branch
     head = branch_head(git_dir, branch)
     last = last_released_commit(ledger, service.id)
     since = last["commit_sha"] if last and _exists(git_dir, last["commit_sha"]) else None
@@ -325,7 +273,7 @@ def scheduled_release_gate(service: ServiceConfig, ledger: Ledger) -> tuple[str,
 
 
 __all__ = [
-    "DECIDED", "GREEN", "LINE_STOPPED", "NO_CHANGE", "PENDING", "RED", "RELEASE", "CommitsRed", "check_commit",
-    "ci_settings", "ci_statuses", "new_commits", "notify_red", "red_message", "release_candidate", "run_ci",
+    "DECIDED", "GREEN", "LINE_STOPPED", "NO_CHANGE", "PENDING", "RED", "RELEASE", "check_commit",
+    "ci_statuses", "new_commits", "notify_red", "red_message", "release_candidate", "run_ci",
     "scheduled_release_gate",
 ]

@@ -18,8 +18,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conveyor.ci import ci_settings
-from conveyor.config import load_service, parse_duration
+from conveyor.config import load_service
+from conveyor.durations import format_duration
 from conveyor.validation import COMMIT_RE
 
 log = logging.getLogger(__name__)
@@ -47,22 +47,20 @@ def ci_dag(service_id: str):
     from airflow.sdk import DAG, Param, task
 
     service = load_service(service_id)
-    settings = ci_settings(service)  # raises ServiceConfigError naming the file for an unknown ci.suite
-    interval = settings.get("poll_interval")
-    schedule = parse_duration(interval) if interval else None
-    branch = service["repo"]["release_branch"]
+    interval = service.ci.poll_interval
+    branch = service.repo.release_branch
     dag_id = f"ci_{service.id}"
     doc = DOC.format(
-        id=service.id, dag_id=dag_id, branch=branch, path=service.path.name, max_commits=settings["max_commits"],
-        suite=settings["suite"]["name"] if settings["suite"] else "(none: build only)",
-        polling=f"every {interval}" if interval else "off (`ci.poll_interval: null`): webhook runs only",
-        channel="notification log" + (", Slack" if service["notifications"]["slack_webhook_conn_id"] else ""),
+        id=service.id, dag_id=dag_id, branch=branch, path=service.path.name, max_commits=service.ci.max_commits,
+        suite=service.ci_suite.name if service.ci_suite else "(none: build only)",
+        polling=f"every {format_duration(interval)}" if interval else "off (`ci.poll_interval: null`): webhook runs only",
+        channel="notification log" + (", Slack" if service.notifications.slack_webhook_conn_id else ""),
     )
 
     with DAG(
         dag_id=dag_id,
         description=f"CI of {service.id}: build and test every new commit of {branch}, record green/red",
-        schedule=schedule,
+        schedule=interval,
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,  # one poller at a time: two runs would check the same commits
@@ -74,7 +72,7 @@ def ci_dag(service_id: str):
         },
         tags=["conveyor", "ci", service.id],
         doc_md=doc,
-        default_args={"owner": service["owner"], "retries": 0},
+        default_args={"owner": service.owner, "retries": 0},
     ) as dag:
 
         @task(task_id="find_commits")
@@ -84,11 +82,11 @@ def ci_dag(service_id: str):
 
             from conveyor.artifacts import mirror
             from conveyor.ci import commit_info, new_commits
-            from conveyor.operators.base import ledger_for_conn
+            from conveyor.operators.base import ledger_for
 
             params = get_current_context()["params"]
             svc = load_service(service_id)
-            ledger = ledger_for_conn()
+            ledger = ledger_for()
             commits = new_commits(svc, ledger=ledger)
             wanted = params.get("commit")
             if wanted:
@@ -104,17 +102,18 @@ def ci_dag(service_id: str):
             from airflow.sdk import get_current_context
 
             from conveyor.ci import check_commit
-            from conveyor.operators.base import ledger_for_conn
+            from conveyor.operators.base import ledger_for
 
             context = get_current_context()
             context["ci_commit_label"] = f"{commit['sha'][:12]} {commit['subject'][:60]}"
-            return check_commit(load_service(service_id), commit, ledger=ledger_for_conn(), context=context,
+            return check_commit(load_service(service_id), commit, ledger=ledger_for(), context=context,
                                 log_fn=log.info)
 
         @task(task_id="report")
         def report(results: list[dict[str, Any]]) -> dict[str, Any]:
             """Sum the run up; fail it when a commit is red (so the grid shows CI red)."""
-            from conveyor.ci import RED, CommitsRed
+            from conveyor.ci import RED
+            from conveyor.exceptions import CommitsRed
 
             results = list(results)
             red = [r for r in results if r["status"] == RED]

@@ -55,7 +55,7 @@ def _print_json(data: Any) -> None:
 
 
 def _fleet():
-    from conveyor.fleet import Fleet
+    from conveyor_lab.fleet import Fleet
 
     return Fleet()
 
@@ -267,13 +267,13 @@ def add_signoff_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo_commit(args: argparse.Namespace) -> int:
-    from conveyor.demo_commits import push_demo_commit
+    from conveyor_lab.demo_commits import push_demo_commit
 
     try:
         sha = push_demo_commit(red=args.red, message=args.message, author=args.author)
     except ValueError as e:  # a malformed --author
         raise UsageError(str(e)) from None
-    except RuntimeError as e:  # git failed
+    except (ConveyorError, RuntimeError) as e:  # git failed (BuildError), or shop/cart.py is not as expected
         raise CommandFailed(str(e)) from None
     print(f"{sha}  pushed to main of the demo repository "
           f"({'red: a unit test fails' if args.red else 'green'}); ci_demo_shop checks it on its next run")

@@ -1,406 +1,402 @@
-"""Service definitions: ``include/services/<id>.yaml``, validated against a JSON schema.
+"""The service model: ``include/services/<id>.yaml`` as typed, immutable values.
 
-Pure module (no Airflow import). ``load_service`` either returns a fully-defaulted
-:class:`ServiceConfig` or raises :class:`~conveyor.exceptions.ServiceConfigError` naming the file and
-the field, e.g. ``include/services/shop.yaml: waves[2]: '150%' does not match ...``.
+Each section is a pydantic model whose definition is at once its shape, its defaults and its
+validation: there is no separate schema or table of defaults to keep in step. ``load_service``
+either returns a :class:`ServiceConfig` or raises :class:`~conveyor.exceptions.ServiceConfigError`
+naming the file and the field, e.g. ``include/services/shop.yaml: waves[1]: '150%' does not match
+...``. Pure module (pydantic, no Airflow import); the release-window parsing it uses lives in
+:mod:`conveyor.windows` and the judge's settings in :class:`conveyor.analysis.AnalysisSettings`.
 """
 
 from __future__ import annotations
 
-import copy
 import re
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo
 
-import jsonschema
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from conveyor.analysis.model import AnalysisSettings
+from conveyor.durations import parse_duration
 from conveyor.exceptions import ServiceConfigError
 from conveyor.paths import services_dir as default_services_dir
-from conveyor.validation import SERVICE_ID_RE
+from conveyor.validation import (
+    BRANCH_RE,
+    HOST_ADDRESS_RE,
+    HOST_NAME_RE,
+    REMOTE_PATH_RE,
+    SERVICE_ID_RE,
+    SUITE_NAME_RE,
+    TEST_PATH_RE,
+)
+from conveyor.windows import (
+    DEFAULT_MAX_LATENESS,
+    Freeze,
+    parse_days,
+    parse_freezes,
+    parse_lateness,
+    parse_times,
+    parse_zone,
+)
 
-_DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
-_WAVE_PATTERN = r"^(100|[1-9][0-9]?)%$"
+__all__ = ["ServiceConfig", "load_service", "parse_duration", "parse_service", "service_files"]
 
-_COMMAND = {
-    "oneOf": [
-        {"type": "string", "minLength": 1},
-        {"type": "array", "items": {"type": "string"}, "minItems": 1},
-    ]
-}
-_INVENTORY = {
-    "oneOf": [
-        {"const": "local", "description": "the local fleet's inventory (conveyor fleet up)"},
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["hosts"],
-            "properties": {
-                "hosts": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name", "address"],
-                        "properties": {
-                            "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$"},
-                            "address": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$"},
-                            "ssh_port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                            "app_root": {"type": "string", "pattern": r"^[A-Za-z0-9_./~-]{1,255}$"},
-                            "restart": {"type": "string", "minLength": 1},
-                            "health_url": {"type": "string", "pattern": "^https?://"},
-                            "metrics_url": {"type": "string", "pattern": "^https?://"},
-                        },
-                    },
-                }
-            },
-        },
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["aws"],
-            "properties": {
-                "aws": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["tags"],
-                    "properties": {
-                        "aws_conn_id": {"type": "string"},
-                        "region": {"type": "string"},
-                        "tags": {"type": "object", "additionalProperties": {"type": "string"}, "minProperties": 1},
-                        "address": {"enum": ["private_ip", "public_ip", "private_dns", "public_dns"]},
-                        "ssh_port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                        "app_root": {"type": "string"},
-                        "restart": {"type": "string"},
-                        "health_url": {"type": "string"},
-                        "metrics_url": {"type": "string"},
-                    },
-                }
-            },
-        },
-    ]
-}
-
-# The canary judge's settings (conveyor.analysis.AnalysisSettings; documented in docs/analysis.md),
-# accepted in `analysis:` and, as overrides for the post-deploy watch, in `watch:`.
-_FRACTION = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
-_JUDGE_SETTINGS: dict[str, Any] = {
-    "min_requests": {"type": "integer", "minimum": 0},
-    "min_fail_requests": {"type": "integer", "minimum": 0},
-    "alpha": _FRACTION,
-    "alpha_spending": {"type": "number", "minimum": 0.25, "maximum": 8},
-    "errors_alpha_share": _FRACTION,
-    "metrics": {"type": "array", "items": {"enum": ["errors", "latency"]}, "minItems": 1, "uniqueItems": True},
-    "error_statuses": {"type": "array", "items": {"type": "string", "pattern": r"^([1-5][0-9][0-9]|[1-5]xx)$"},
-                       "minItems": 1},
-    "error_tolerance": {"type": "number", "minimum": 0},
-    "error_floor": {"type": "number", "minimum": 0, "maximum": 1},
-    "latency_tolerance": {"type": "number", "minimum": 0},
-    "latency_floor_ms": {"type": "number", "minimum": 0},
-    "latency_quantile": _FRACTION,
-    "outlier_hosts": {"type": "boolean"},
-    "early_pass": {"type": "boolean"},
-    "early_pass_margin": {"type": "number", "exclusiveMinimum": 1},
-}
-
-SERVICE_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["id", "repo", "build", "environments"],
-    "properties": {
-        "id": {"type": "string", "pattern": SERVICE_ID_RE.pattern},
-        "description": {"type": "string"},
-        "owner": {"type": "string"},
-        "repo": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["url"],
-            "properties": {
-                "url": {"type": "string", "minLength": 1},
-                "release_branch": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"},
-            },
-        },
-        "build": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["command"],
-            "properties": {
-                "command": _COMMAND,
-                "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-            },
-        },
-        "artifact_store": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "url": {"type": "string", "pattern": "^(file|s3)://"},
-                "conn_id": {"type": ["string", "null"]},
-            },
-        },
-        "populate": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["command"],
-            "properties": {"command": {"type": "string", "minLength": 1}},
-        },
-        "tests": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name", "command"],
-                "properties": {
-                    "name": {"type": "string", "pattern": r"^[a-z][a-z0-9_-]{0,31}$"},
-                    "command": _COMMAND,
-                    "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
-                },
-            },
-        },
-        "triage": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "enabled": {"type": "boolean"},
-                "test_paths": {"type": "array", "items": {"type": "string", "pattern": r"^(?!/)(?!.*\.\.)[\w./-]+$"}},
-            },
-        },
-        "environments": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["replica", "production"],
-            "properties": {
-                "replica": {"type": "object", "required": ["inventory"], "properties": {"inventory": _INVENTORY}},
-                "production": {
-                    "type": "object",
-                    "required": ["inventory"],
-                    "properties": {"inventory": _INVENTORY},
-                },
-            },
-        },
-        "deploy": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "ssh_conn_id": {"type": "string"},
-                "max_parallel": {"type": "integer", "minimum": 1, "maximum": 256},
-                "health": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-                        "interval_s": {"type": "number", "exclusiveMinimum": 0},
-                    },
-                },
-                "keep_releases": {"type": "integer", "minimum": 2},
-            },
-        },
-        "waves": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 10,
-            "items": {
-                "oneOf": [
-                    {"type": "integer", "minimum": 1},
-                    {"type": "string", "pattern": _WAVE_PATTERN},
-                ]
-            },
-        },
-        "analysis": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "window_s": {"type": "number", "exclusiveMinimum": 0},
-                "interval_s": {"type": "number", "exclusiveMinimum": 0},
-                # who answers "continue or roll back?" when a verdict is inconclusive (empty: anyone), how long
-                "deciders": {"type": "array", "items": {"type": "string", "minLength": 1}},
-                "decision_timeout": {"type": "string", "pattern": _DURATION_RE.pattern},
-                **_JUDGE_SETTINGS,
-            },
-        },
-        "watch": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "window_s": {"type": "number", "minimum": 0},
-                "interval_s": {"type": "number", "exclusiveMinimum": 0},
-                **_JUDGE_SETTINGS,
-            },
-        },
-        "qa": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "group": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
-                "required_approvals": {"type": "integer", "minimum": 1, "maximum": 10},
-                "emergency_required_approvals": {"type": "integer", "minimum": 1, "maximum": 10},
-                "timeout": {"type": "string", "pattern": _DURATION_RE.pattern},
-            },
-        },
-        "notifications": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"slack_webhook_conn_id": {"type": ["string", "null"]}},
-        },
-        "tickets": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"backend": {"enum": ["local"]}},
-        },
-        "ci": {
-            # Continuous integration of the release branch (conveyor.ci, docs/ci.md).
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                # The suite CI runs (a name from ``tests``; null: the first one). It runs without hosts.
-                "suite": {"type": ["string", "null"], "pattern": r"^[a-z][a-z0-9_-]{0,31}$"},
-                # How often ci_<service> polls the repository; null: webhook-triggered runs only.
-                "poll_interval": {"type": ["string", "null"], "pattern": _DURATION_RE.pattern},
-                # At most this many new commits are checked per run (the newest ones).
-                "max_commits": {"type": "integer", "minimum": 1, "maximum": 100},
-            },
-        },
-        "schedule": {
-            # Release windows (conveyor.timetables, docs/schedule.md). Absent or null: manual runs only.
-            "type": ["object", "null"],
-            "additionalProperties": False,
-            "required": ["times"],
-            "properties": {
-                "times": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {"type": "string", "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$"},
-                },
-                "days": {
-                    "oneOf": [
-                        {"type": "string", "minLength": 1},
-                        {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
-                    ]
-                },
-                "timezone": {"type": "string", "minLength": 1},
-                "max_lateness": {"type": "string", "pattern": _DURATION_RE.pattern},
-                "freezes": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["start", "end", "reason"],
-                        # YAML reads an unquoted 2026-12-22 as a date, so start/end are not typed
-                        # "string": "pattern" constrains strings, the timetable checks the rest.
-                        "properties": {
-                            bound: {
-                                "not": {"type": ["array", "object", "boolean", "null", "number"]},
-                                "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}.*)?$",
-                            }
-                            for bound in ("start", "end")
-                        } | {"reason": {"type": "string", "minLength": 1}},
-                    },
-                },
-            },
-        },
-    },
-}
-
-DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "repo": {"release_branch": "main"},
-    "build": {"timeout_s": 600},
-    "owner": "release-eng",
-    "artifact_store": {"url": None, "conn_id": None},
-    "populate": None,
-    "tests": [],
-    "triage": {"enabled": True, "test_paths": ["tests"]},
-    "deploy": {"ssh_conn_id": "conveyor_fleet", "max_parallel": 4, "keep_releases": 5,
-               "health": {"timeout_s": 60, "interval_s": 1}},
-    "waves": [1, "25%", "50%", "100%"],
-    "analysis": {"window_s": 600, "interval_s": 10, "deciders": [], "decision_timeout": "30m"},
-    "watch": {"window_s": 300, "interval_s": 10},
-    "qa": {"group": [], "required_approvals": 2, "timeout": "24h", "emergency_required_approvals": 1},
-    "notifications": {"slack_webhook_conn_id": None},
-    "tickets": {"backend": "local"},
-    "schedule": None,  # no release windows: manual runs only
-    "ci": {"suite": None, "poll_interval": "5m", "max_commits": 10},
-}
+T = TypeVar("T")
+WAVE_RE = re.compile(r"^(100|[1-9][0-9]?)%$")
 
 
-def parse_duration(text: str) -> timedelta:
-    """``"90s" | "15m" | "24h" | "3d"`` to a timedelta."""
-    m = _DURATION_RE.fullmatch(text.strip())
-    if not m:
-        raise ValueError(f"invalid duration {text!r}: use <n>s, <n>m, <n>h or <n>d")
-    n, unit = int(m.group(1)), m.group(2)
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+# ----------------------------------------------------------------------------- field types
 
 
-def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(defaults)
-    for key, value in given.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
-def _field(error: jsonschema.ValidationError) -> str:
-    path = ""
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(top level)"
+def _duration(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
-    """A validated service definition with defaults applied. ``raw`` keeps the merged document."""
+def _command(value: Any) -> Any:
+    """A command line (run by a shell) or an argument list (run as is)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a command line (a string) or a non-empty list of arguments, got {value!r}")
 
-    id: str
-    path: Path
-    raw: dict[str, Any]
 
-    def __getitem__(self, key: str) -> Any:
-        return self.raw[key]
+def _wave(value: Any) -> Any:
+    """A cumulative host count (``1``) or a share of production (``"25%"``)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str) and WAVE_RE.fullmatch(value):
+        return value
+    raise ValueError(f"{value!r} does not match {WAVE_RE.pattern}: a host count (1, 2, ...) or a share such "
+                     "as '25%'")
+
+
+def _pattern(regex: re.Pattern[str]) -> Any:
+    return Annotated[str, StringConstraints(pattern=regex.pattern)]
+
+
+Items = Annotated[tuple[T, ...], BeforeValidator(_as_tuple)]
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Command = Annotated[str | tuple[str, ...], BeforeValidator(_command)]
+Wave = Annotated[int | str, BeforeValidator(_wave)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+Text = Annotated[str, StringConstraints(min_length=1)]
+Url = Annotated[str, StringConstraints(pattern=r"^https?://")]
+HostName = _pattern(HOST_NAME_RE)
+HostAddress = _pattern(HOST_ADDRESS_RE)
+RemotePath = _pattern(REMOTE_PATH_RE)
+SuiteName = _pattern(SUITE_NAME_RE)
+
+
+class Section(BaseModel):
+    """A part of a service file: immutable, unknown fields refused, values never coerced."""
+
+    # Python's re: the shared patterns of conveyor.validation use look-arounds.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, regex_engine="python-re")
+
+
+# -------------------------------------------------------------------------------- sections
+
+
+class Repo(Section):
+    url: Text  # a git URL or path; ``local:demo_shop`` is the lab's generated demo repository
+    release_branch: _pattern(BRANCH_RE) = "main"
+
+
+class Build(Section):
+    command: Command  # run in a checkout of the ref; ``{out}`` is where the artifact's contents go
+    timeout_s: Seconds = 600
+
+
+class ArtifactStore(Section):
+    url: _pattern(re.compile(r"^(file|s3)://")) | None = None  # None: ``$CONVEYOR_HOME/artifacts``
+    conn_id: str | None = None
+
+
+class Populate(Section):
+    command: Text  # over SSH on every replica host; ``{release_dir}`` is the candidate's directory
+
+
+class Suite(Section):
+    name: SuiteName
+    command: Command  # ``{junit}``: where to write JUnit XML; ``{replica_urls}``: the replica's URLs
+    timeout_s: Seconds = 900
+    env: dict[str, str] = {}
+
+
+class Triage(Section):
+    enabled: bool = True
+    test_paths: Items[_pattern(TEST_PATH_RE)] = ("tests",)
+
+
+class StaticHost(Section):
+    name: HostName
+    address: HostAddress
+    ssh_port: Port | None = None
+    app_root: RemotePath | None = None
+    restart: Text | None = None
+    health_url: Url | None = None
+    metrics_url: Url | None = None
+
+
+class AwsInventory(Section):
+    """Running EC2 instances carrying every tag; URL fields may use ``{address}``."""
+
+    aws_conn_id: str = "aws_default"
+    region: str | None = None
+    tags: Annotated[dict[str, str], Field(min_length=1)]
+    address: Literal["private_ip", "public_ip", "private_dns", "public_dns"] = "private_ip"
+    ssh_port: Port | None = None
+    app_root: RemotePath | None = None
+    restart: Text | None = None
+    health_url: Text | None = None
+    metrics_url: Text | None = None
+
+
+class Inventory(Section):
+    """Where an environment's hosts come from: ``local`` (the lab fleet), ``hosts: [...]`` or ``aws: {...}``."""
+
+    local: bool = False
+    hosts: Annotated[Items[StaticHost], Field(min_length=1)] | None = None
+    aws: AwsInventory | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spelled(cls, value: Any) -> Any:
+        if value == "local":
+            return {"local": True}
+        if not isinstance(value, dict):
+            raise ValueError(f"expected 'local', {{hosts: [...]}} or {{aws: {{...}}}}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Inventory:
+        if sum((self.local, self.hosts is not None, self.aws is not None)) != 1:
+            raise ValueError("give exactly one of 'local', hosts or aws")
+        return self
+
+
+class Environment(Section):
+    inventory: Inventory
+
+
+class Environments(Section):
+    replica: Environment
+    production: Environment
+
+
+class Health(Section):
+    timeout_s: Seconds = 60
+    interval_s: Seconds = 1
+
+
+class Deploy(Section):
+    ssh_conn_id: str = "conveyor_fleet"
+    max_parallel: Annotated[int, Field(ge=1, le=256)] = 4  # hosts deployed at once within a wave
+    health: Health = Health()
+    keep_releases: Annotated[int, Field(ge=2)] = 5  # release directories kept per host (plus current, previous)
+
+
+class Analysis(AnalysisSettings):
+    """The canary judge of every wave: its settings, how often it scrapes, and who decides when it cannot."""
+
+    window_s: float = Field(600.0, gt=0)
+    interval_s: Seconds = 10
+    deciders: Items[Text] = ()  # who answers "continue or roll back?" on an inconclusive verdict (empty: anyone)
+    decision_timeout: Duration = timedelta(minutes=30)
+
+    def judge(self) -> AnalysisSettings:
+        return AnalysisSettings.from_dict(self.to_dict())
+
+
+class Watch(AnalysisSettings):
+    """The post-deploy watch: the judge of ``analysis`` with the fields given here overriding it."""
+
+    window_s: float = Field(300.0, ge=0)  # 0: no watch
+    interval_s: Seconds = 10
+
+    def judge(self, analysis: Analysis) -> AnalysisSettings:
+        given = self.model_dump(include=(self.model_fields_set | {"window_s"}) & set(AnalysisSettings.__pydantic_fields__))
+        return AnalysisSettings.from_dict({**analysis.to_dict(), **given})
+
+
+class QA(Section):
+    group: Items[Text] = ()  # who may sign off; the run's author never counts
+    required_approvals: Annotated[int, Field(ge=1, le=10)] = 2
+    emergency_required_approvals: Annotated[int, Field(ge=1, le=10)] = 1
+    timeout: Duration = timedelta(hours=24)
+
+    @model_validator(mode="after")
+    def _enough_people(self) -> QA:
+        members = len(set(self.group))
+        if self.group and self.required_approvals > members:
+            raise ValueError(f"required_approvals: {self.required_approvals} approvals required but the QA group "
+                             f"has only {members} member(s)")
+        return self
+
+    @property
+    def emergency_approvals(self) -> int:
+        return min(self.required_approvals, self.emergency_required_approvals)
+
+
+class Notifications(Section):
+    slack_webhook_conn_id: str | None = None
+
+
+class Tickets(Section):
+    backend: Literal["local"] = "local"
+
+
+class CI(Section):
+    suite: SuiteName | None = None  # a name from ``tests`` (None: the first one); it runs without hosts
+    poll_interval: Duration | None = timedelta(minutes=5)  # None: webhook-triggered runs only
+    max_commits: Annotated[int, Field(ge=1, le=100)] = 10  # the newest ones, per run
+
+
+class Schedule(Section):
+    """Release windows (:class:`~conveyor.timetables.ReleaseWindowTimetable`, docs/schedule.md)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    times: Annotated[tuple[time, ...], BeforeValidator(parse_times)]
+    days: Annotated[tuple[int, ...], BeforeValidator(parse_days)] = (0, 1, 2, 3, 4)
+    timezone: Annotated[ZoneInfo, BeforeValidator(parse_zone)] = ZoneInfo("UTC")
+    freezes: tuple[Freeze, ...] = ()
+    max_lateness: Annotated[timedelta, BeforeValidator(parse_lateness)] = DEFAULT_MAX_LATENESS
+
+    @field_validator("freezes", mode="before")
+    @classmethod
+    def _freezes(cls, value: Any, info: ValidationInfo) -> tuple[Freeze, ...]:
+        # Freeze dates are local days in the schedule's zone (an invalid zone is reported on its own).
+        return parse_freezes(value, info.data.get("timezone") or ZoneInfo("UTC"))
+
+
+# ---------------------------------------------------------------------------------- service
+
+
+class ServiceConfig(Section):
+    """A validated service definition; every section present, with its defaults."""
+
+    id: _pattern(SERVICE_ID_RE)
+    description: str = ""
+    owner: str = "release-eng"
+    repo: Repo
+    build: Build
+    artifact_store: ArtifactStore = ArtifactStore()
+    populate: Populate | None = None
+    tests: Items[Suite] = ()
+    triage: Triage = Triage()
+    environments: Environments
+    deploy: Deploy = Deploy()
+    waves: Annotated[Items[Wave], Field(min_length=1, max_length=10)] = (1, "25%", "50%", "100%")
+    analysis: Analysis = Analysis()
+    watch: Watch = Watch()
+    qa: QA = QA()
+    notifications: Notifications = Notifications()
+    tickets: Tickets = Tickets()
+    ci: CI = CI()
+    schedule: Schedule | None = None  # None: manual runs only
+
+    _path: Path = PrivateAttr(default=Path("(no file)"))
+
+    def model_post_init(self, context: Any) -> None:
+        if isinstance(context, dict) and context.get("path"):
+            self._path = Path(context["path"])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceConfig:
+        names = [t.name for t in self.tests]
+        if len(names) != len(set(names)):
+            raise ValueError(f"tests: suite names must be unique, got {names}")
+        if self.ci.suite and self.ci.suite not in names:
+            raise ValueError(f"ci.suite: {self.ci.suite!r} is not one of the service's tests "
+                             f"({', '.join(names) or 'none defined'})")
+        return self
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     @property
     def dag_id(self) -> str:
         return f"release_{self.id}"
 
-    @property
-    def qa_timeout(self) -> timedelta:
-        return parse_duration(self.raw["qa"]["timeout"])
+    def environment(self, name: str) -> Environment:
+        """``replica`` or ``production``."""
+        if name not in Environments.model_fields:
+            raise ServiceConfigError(f"{self.path}: environments.{name}: not defined")
+        return getattr(self.environments, name)
 
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.raw)
+    @property
+    def ci_suite(self) -> Suite | None:
+        """The suite CI runs: ``ci.suite``, else the first of ``tests`` (None: build only)."""
+        by_name = {t.name: t for t in self.tests}
+        return by_name[self.ci.suite] if self.ci.suite else next(iter(self.tests), None)
+
+    def judge(self, *, watch: bool = False) -> AnalysisSettings:
+        """The canary judge's settings for a wave, or for the post-deploy watch."""
+        return self.watch.judge(self.analysis) if watch else self.analysis.judge()
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+_LEADING_FIELD = re.compile(r"^([A-Za-z_]\w*)(?=[\[.:])")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One validation error as ``field: message``, the field written as in the file (``waves[1]``)."""
+    loc, message = tuple(error["loc"]), str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return f"{_where(loc[:-1]) or '(top level)'}: unknown field {loc[-1]!r}"
+    message = message.removeprefix("Value error, ")
+    named = _LEADING_FIELD.match(message)
+    if named:  # a validator's message that starts with a field continues the path: "times[0]: ..."
+        parent = loc[:-1] if loc and named.group(1) == loc[-1] else loc
+        where = _where(parent)
+        return f"{where}.{message}" if where else message
+    if error["type"] not in ("missing", "value_error") and not isinstance(error.get("input"), dict | list):
+        message += f", got {error.get('input')!r}"
+    return f"{_where(loc) or '(top level)'}: {message}"
 
 
 def parse_service(document: Any, path: Path) -> ServiceConfig:
     """Validate an already-loaded YAML document; errors name ``path`` and the offending field."""
-    validator = jsonschema.Draft202012Validator(SERVICE_SCHEMA)
-    errors = sorted(validator.iter_errors(document), key=lambda e: (list(e.absolute_path), e.message))
-    if errors:
-        # The deepest, most specific error first: oneOf failures report their best sub-error.
-        best = jsonschema.exceptions.best_match(errors)
-        raise ServiceConfigError(f"{path}: {_field(best)}: {best.message}")
-    if document["id"] != path.stem:
-        raise ServiceConfigError(f"{path}: id: {document['id']!r} must equal the file name {path.stem!r}")
-    raw = _merge(DEFAULTS, document)
+    if not isinstance(document, dict):
+        raise ServiceConfigError(f"{path}: (top level): expected a mapping of fields")
     try:
-        parse_duration(raw["qa"]["timeout"])
-    except ValueError as e:  # pragma: no cover - the schema pattern already guarantees this
-        raise ServiceConfigError(f"{path}: qa.timeout: {e}") from None
-    group = raw["qa"]["group"]
-    if group and raw["qa"]["required_approvals"] > len(set(group)):
-        raise ServiceConfigError(
-            f"{path}: qa.required_approvals: {raw['qa']['required_approvals']} approvals required "
-            f"but the QA group has only {len(set(group))} member(s)"
-        )
-    names = [t["name"] for t in raw["tests"]]
-    if len(names) != len(set(names)):
-        raise ServiceConfigError(f"{path}: tests: suite names must be unique, got {names}")
-    return ServiceConfig(id=document["id"], path=path, raw=raw)
+        service = ServiceConfig.model_validate(document, context={"path": path})
+    except ValidationError as e:
+        raise ServiceConfigError("\n".join(f"{path}: {_describe(err)}" for err in e.errors())) from None
+    if service.id != path.stem:
+        raise ServiceConfigError(f"{path}: id: {service.id!r} must equal the file name {path.stem!r}")
+    return service
 
 
 def load_service(service_id_or_path: str | Path, services_dir: Path | None = None) -> ServiceConfig:
@@ -417,8 +413,6 @@ def load_service(service_id_or_path: str | Path, services_dir: Path | None = Non
         document = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ServiceConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(document, dict):
-        raise ServiceConfigError(f"{path}: (top level): expected a mapping of fields")
     return parse_service(document, path)
 
 

@@ -1,4 +1,8 @@
-"""Conveyor's exceptions: one class per way a release can stop, so callers and tickets can tell them apart."""
+"""Conveyor's exceptions: one class per way a release can stop, so callers and tickets can tell them apart.
+
+Every error Conveyor raises on purpose is a :class:`ConveyorError`; Airflow's own exceptions (skip,
+fail, defer) are imported from ``airflow.sdk.exceptions`` where they are raised.
+"""
 
 from __future__ import annotations
 
@@ -55,3 +59,16 @@ class RollbackError(ConveyorError):
 
 class ReleaseFailed(ConveyorError):
     """Raised by the final watcher so a run that rolled back still ends failed."""
+
+
+class CommitsRed(ConveyorError):
+    """A CI run found red commits (the ``report`` task raises it so the run ends failed)."""
+
+
+class SignoffError(ConveyorError):
+    """A sign-off call failed; ``str(e)`` is the message for the user, ``status`` the HTTP code (if any)."""
+
+    def __init__(self, message: str, status: int | None = None, detail: object = None):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor import validation
-from conveyor.config import ServiceConfig
-from conveyor.exceptions import InvalidInputError, ServiceConfigError
+from conveyor.exceptions import InvalidInputError
 from conveyor.paths import fleet_dir
+
+if TYPE_CHECKING:
+    from conveyor.config import AwsInventory, ServiceConfig
 
 DEFAULT_APP_PORT = 8000
 
@@ -38,7 +40,7 @@ class Host:
 
     def validated(self) -> Host:
         validation.host_name(self.name)
-        validation.host_name(self.address)
+        validation.host_address(self.address)
         validation.remote_path(self.app_root)
         return self
 
@@ -63,12 +65,11 @@ def _fill(host: dict[str, Any], environment: str) -> Host:
     return Host.from_dict(fields).validated()
 
 
-def _aws_hosts(spec: dict[str, Any], environment: str) -> list[Host]:
+def _aws_hosts(spec: AwsInventory, environment: str) -> list[Host]:
     from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 
-    hook = EC2Hook(aws_conn_id=spec.get("aws_conn_id", "aws_default"), region_name=spec.get("region"),
-                   api_type="client_type")
-    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in sorted(spec["tags"].items())]
+    hook = EC2Hook(aws_conn_id=spec.aws_conn_id, region_name=spec.region, api_type="client_type")
+    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in sorted(spec.tags.items())]
     filters.append({"Name": "instance-state-name", "Values": ["running"]})
     hosts = []
     paginator = hook.conn.get_paginator("describe_instances")
@@ -76,33 +77,31 @@ def _aws_hosts(spec: dict[str, Any], environment: str) -> list[Host]:
         for reservation in page["Reservations"]:
             for inst in reservation["Instances"]:
                 attr = {"private_ip": "PrivateIpAddress", "public_ip": "PublicIpAddress",
-                        "private_dns": "PrivateDnsName", "public_dns": "PublicDnsName"}[spec.get("address", "private_ip")]
+                        "private_dns": "PrivateDnsName", "public_dns": "PublicDnsName"}[spec.address]
                 address = inst.get(attr)
                 if not address:
                     continue
                 tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
                 name = tags.get("Name") or inst["InstanceId"]
-                host = {"name": name, "address": address}
+                host: dict[str, Any] = {"name": name, "address": address}
                 for key in ("ssh_port", "app_root", "restart", "health_url", "metrics_url"):
-                    if key in spec:
-                        host[key] = spec[key].format(address=address) if isinstance(spec[key], str) else spec[key]
+                    value = getattr(spec, key)
+                    if value is not None:
+                        host[key] = value.format(address=address) if isinstance(value, str) else value
                 hosts.append(_fill(host, environment))
     return sorted(hosts, key=lambda h: h.name)
 
 
 def resolve_hosts(service: ServiceConfig, environment: str) -> list[Host]:
     """The hosts of ``environment`` (``replica`` or ``production``) for ``service``, sorted by name."""
-    try:
-        spec = service["environments"][environment]["inventory"]
-    except KeyError:
-        raise ServiceConfigError(f"{service.path}: environments.{environment}: not defined") from None
-    if spec == "local":
+    spec = service.environment(environment).inventory
+    if spec.local:
         inventory = _local_inventory()
         hosts = [_fill(h, environment) for h in inventory["hosts"] if h.get("environment") == environment]
-    elif "hosts" in spec:
-        hosts = [_fill(h, environment) for h in spec["hosts"]]
+    elif spec.hosts is not None:
+        hosts = [_fill(h.model_dump(exclude_none=True), environment) for h in spec.hosts]
     else:
-        hosts = _aws_hosts(spec["aws"], environment)
+        hosts = _aws_hosts(spec.aws, environment)
     if not hosts:
         raise InvalidInputError(f"no {environment} hosts found for {service.id}")
     names = [h.name for h in hosts]

@@ -14,6 +14,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 INCLUDE_DIR = PROJECT_ROOT / "include"
 SERVICES_DIR = INCLUDE_DIR / "services"
 REMOTE_DIR = INCLUDE_DIR / "remote"
+TEMPLATES_DIR = INCLUDE_DIR / "templates"
 DEMO_DIR = INCLUDE_DIR / "demo"
 
 
@@ -43,5 +44,6 @@ def workspace_dir() -> Path:
     return conveyor_home() / "workspace"
 
 
-def demo_repo_dir() -> Path:
-    return conveyor_home() / "repos" / "demo_shop.git"
+def local_repo_dir(name: str) -> Path:
+    """Where the lab keeps the repository a service file names ``local:<name>`` (the demo's: ``demo_shop``)."""
+    return conveyor_home() / "repos" / f"{name}.git"

@@ -2,70 +2,99 @@
 
 ```
 validate -> build -> replica.deploy -> replica.populate -> tests -> qa_signoff -> plan
-  -> wave_1.deploy -> wave_1.analysis -> ... -> wave_N.analysis -> watch -> finalize
+  -> wave_1.deploy -> wave_1.analysis -> wave_1.decide -> ... -> watch -> finalize
 on any failure:  release_failed -> rollback -> ticket -> fail_run   (the run ends failed)
 ```
 
-Parsing does no work: building the DAG reads the service's YAML file and nothing else (no
-connection, Variable, SSH or database). Everything else happens in the tasks.
+Parsing does no work: building the DAG reads the service's YAML file and the templates under
+``include/templates`` and nothing else (no connection, Variable, SSH or database). Everything else
+happens in the tasks.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from conveyor.config import ServiceConfig, load_service, parse_duration
+from conveyor.config import ServiceConfig, load_service
+from conveyor.paths import TEMPLATES_DIR
 from conveyor.validation import GIT_REF_PATTERN
 
-DOC = """
-### Release `{id}`
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
 
-{description}
+    from conveyor.notifiers import ReleaseNotifier
 
-Trigger with **git_ref** (a tag such as `v1.1.0`, a branch or a commit), **change** (`minor` or
-`major`) and, for an out-of-band fix, **emergency** with a **reason**. The run builds the ref,
-deploys it to the replica ({replica}), resets the replica's data, runs the suites
-({suites}), waits for QA sign-off in **Required Actions** (group: {qa}), then deploys to production
-in waves ({waves}), each health-checked and compared with hosts still on the old version. A failure
-after any production host changed rolls every touched host back; every failure files a root-cause
-ticket (`conveyor tickets list`). Service file: `{path}`.
-"""
+# The ref the release checked (validate's XCom: on a scheduled run the CI gate's commit, not the
+# branch), for every message; before validate has checked one, the requested ref, marked as such.
+CHECKED_REF = ("{{ (ti.xcom_pull(task_ids='validate') or {}).get('git_ref') "
+               "or (params.git_ref ~ ' (not validated)') }}")
+SIGNOFF_BODY = "signoff_body.md.j2"
 
 
-SIGNOFF_BODY = """\
-**{{ ti.xcom_pull(task_ids='build')['version'] }}** of `{service}` \
-(commit `{{ ti.xcom_pull(task_ids='build')['commit'][:12] }}`), \
-{{ 'an EMERGENCY change: ' ~ params.reason if params.emergency else 'a ' ~ params.change ~ ' change' }}, \
-triggered by {{ dag_run.triggering_user_name or 'the schedule' }} (who cannot approve it).
+def release_dag(service_id: str):
+    """Build the ``release_<service_id>`` DAG (call it from a file in ``dags/``)."""
+    from airflow.sdk import DAG, TaskGroup, TriggerRule, chain
 
-**Changes since production** ({{ ti.xcom_pull(task_ids='build')['commit_count'] }} commit(s), \
-[changelog]({base_url}/conveyor/releases/{service}/{{ run_id }}/changelog)):
-{% for c in (ti.xcom_pull(task_ids='build')['manifest']['commit_range']['commits'] or [])[:20] %}
-- `{{ c['sha'][:10] }}` {{ c['subject'] }} ({{ c['author'] }})
-{%- endfor %}
+    from conveyor.operators.analysis import CanaryAnalysisOperator
+    from conveyor.operators.base import record_failure
+    from conveyor.operators.deploy import DeployOperator, PlanWavesOperator, PopulateReplicaOperator
+    from conveyor.operators.release import BuildOperator, FinalizeReleaseOperator, ValidateReleaseOperator
+    from conveyor.operators.testing import TestSuitesOperator
+    from conveyor.timetables import timetable_for
 
-**Tests on the replica:** {% for name, s in ti.xcom_pull(task_ids='tests')['suites'].items() %}\
-{{ name }}: {{ s['passed'] }} passed, {{ s['failed'] }} failed; {% endfor %}
-{% if ti.xcom_pull(task_ids='tests')['pre_existing'] %}
-**Pre-existing failures** (they fail on production's version too; not blocking):
-{% for t in ti.xcom_pull(task_ids='tests')['pre_existing'] %}
-- `{{ t }}`
-{%- endfor %}
-{% endif %}
+    service = load_service(service_id)
+    notify = _Notifications(service)
+    with DAG(
+        dag_id=service.dag_id,
+        description=f"Release {service.id}: build, replica, tests, QA sign-off, waves with canary analysis",
+        schedule=timetable_for(service),  # release windows and freezes, or None (manual runs only)
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,  # one release per service at a time: later runs queue
+        params=_params(service),
+        tags=["conveyor", "release", service.id],
+        doc_md=_render_doc(service),
+        template_searchpath=[str(TEMPLATES_DIR)],
+        default_args={"owner": service.owner, "retries": 0, "on_failure_callback": record_failure},
+    ) as dag:
+        common: dict[str, Any] = {"service_id": service.id}
+        validate = ValidateReleaseOperator(task_id="validate", on_success_callback=notify.started(), **common)
+        build = BuildOperator(task_id="build", git_ref="{{ ti.xcom_pull(task_ids='validate')['git_ref'] }}",
+                              **common)
+        with TaskGroup("replica", tooltip="Deploy the candidate to the replica and reset its data"):
+            replica = DeployOperator(task_id="deploy", environment="replica", artifact=build.output, **common)
+            populate = PopulateReplicaOperator(task_id="populate", artifact=build.output, **common)
+        tests = TestSuitesOperator(task_id="tests", artifact=build.output, **common)
+        approvals = _qa_signoff(service, notify, evidence={
+            "validate": validate.task_id, "build": build.task_id, "tests": tests.task_id, "replica": replica.task_id})
+        # plan follows every approval: an emergency skips the approvals it does not need, and plan
+        # (none_failed_min_one_success) still runs on the ones given.
+        plan = PlanWavesOperator(task_id="plan", n_waves=len(service.waves),
+                                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **common)
+        waves = _waves(service, notify, build, plan)
+        with TaskGroup("watch", tooltip="Watch every host on the new version against the pre-deploy baseline"):
+            watch = [CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=None, **common)]
+            watch.append(_decision(service, notify, watch[0]))
+        finalize = FinalizeReleaseOperator(task_id="finalize", artifact=build.output, plan=plan.output,
+                                           on_success_callback=notify.succeeded(), **common)
 
-**Replica health:** {% for h, r in ti.xcom_pull(task_ids='replica.deploy')['health'].items() %}\
-{{ h }} {{ 'ok' if r['ok'] else 'DOWN' }} on {{ r['version'] }}; {% endfor %}
-
-Approve to deploy to production in waves. Reject stops the release: give the reason.
-"""
+        chain(validate, build, replica, populate, tests, approvals[0])
+        chain(*approvals)
+        approvals >> plan
+        chain(plan, *waves, *watch, finalize)
+        _failure_path(service, notify, [validate, build, replica, populate, tests, *approvals, plan, *waves,
+                                        *watch, finalize])
+    return dag
 
 
 def _params(service: ServiceConfig) -> dict:
+    """The run's input: what a trigger form (or the REST API) must give, validated before a run exists."""
     from airflow.sdk import Param
 
     return {
         "git_ref": Param(
-            service["repo"].get("release_branch", "main"), type="string", pattern=GIT_REF_PATTERN,
+            service.repo.release_branch, type="string", pattern=GIT_REF_PATTERN,
             title="Git ref", description="Tag (v1.2.0), branch or commit SHA to release. Letters, digits and "
             "._/+- only.", minLength=1, maxLength=128,
         ),
@@ -78,144 +107,126 @@ def _params(service: ServiceConfig) -> dict:
     }
 
 
-def release_dag(service_id: str):
-    """Build the ``release_<service_id>`` DAG (call it from a file in ``dags/``)."""
+def _render_doc(service: ServiceConfig) -> str:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined, autoescape=False)
+    return env.get_template("release_dag.md.j2").render(service=service)
+
+
+def _ui_base_url() -> str:
     from airflow.configuration import conf as airflow_conf
-    from airflow.sdk import DAG, TaskGroup, TriggerRule, chain
 
-    from conveyor.notifiers import ReleaseNotifier
-    from conveyor.operators.analysis import CanaryAnalysisOperator, InconclusiveDecisionOperator
-    from conveyor.operators.base import record_failure
-    from conveyor.operators.deploy import (
-        DeployOperator,
-        PlanWavesOperator,
-        PopulateReplicaOperator,
-        RollbackOperator,
-    )
-    from conveyor.operators.release import (
-        BuildOperator,
-        FinalizeReleaseOperator,
-        ReleaseFailedOperator,
-        ReleaseOutcomeOperator,
-        ValidateReleaseOperator,
-    )
+    return (airflow_conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/")
+
+
+class _Notifications:
+    """The release's messages (notification log, and Slack when the service names a webhook)."""
+
+    def __init__(self, service: ServiceConfig) -> None:
+        self.service = service
+        self.what = f"{CHECKED_REF} of {service.id}"
+
+    def _say(self, event: str, text: str) -> ReleaseNotifier:
+        from conveyor.notifiers import ReleaseNotifier
+
+        return ReleaseNotifier(event=event, text=text,
+                               slack_webhook_conn_id=self.service.notifications.slack_webhook_conn_id)
+
+    def started(self) -> ReleaseNotifier:
+        return self._say("started", f"Release {self.what} started by "
+                         "{{ dag_run.triggering_user_name or 'the schedule' }}"
+                         "{{ ' — EMERGENCY: ' ~ params.reason if params.emergency else '' }}")
+
+    def approval(self, k: int, required: int) -> ReleaseNotifier:
+        group = ", ".join(self.service.qa.group) or "anyone"
+        return self._say("approval", f"Release {self.what} awaits QA sign-off {k}/{required} ({group}) in "
+                         "Required Actions")
+
+    def inconclusive(self) -> ReleaseNotifier:
+        return self._say("inconclusive", f"Release {self.what}: canary analysis inconclusive; continue or roll "
+                         "back? (Required Actions)")
+
+    def succeeded(self) -> ReleaseNotifier:
+        return self._say("succeeded", f"Release {self.what} reached every production host")
+
+    def rolled_back(self, rollback_task_id: str) -> ReleaseNotifier:
+        result = f"ti.xcom_pull(task_ids='{rollback_task_id}')"
+        return self._say("rollback", f"Release {self.what}: rollback {{{{ {result}['status'] }}}} "
+                         f"{{{{ {result}['rolled_back'] or '' }}}}")
+
+    def failed(self, ticket_task_id: str) -> ReleaseNotifier:
+        result = f"ti.xcom_pull(task_ids='{ticket_task_id}')"
+        return self._say("failed", f"Release {self.what} FAILED; root-cause ticket {{{{ {result}['ticket_id'] }}}}: "
+                         f"{{{{ {result}['title'] }}}}")
+
+
+def _qa_signoff(service: ServiceConfig, notify: _Notifications, evidence: dict[str, str]) -> list[BaseOperator]:
+    """``qa.required_approvals`` approval tasks in a group, each for a different QA member."""
+    from airflow.sdk import TaskGroup
+
     from conveyor.operators.signoff import QASignoffOperator
-    from conveyor.operators.testing import TestSuitesOperator
-    from conveyor.operators.ticket import TicketOperator
-    from conveyor.timetables import timetable_for
 
-    service = load_service(service_id)
-    qa = service["qa"]
-    doc = DOC.format(
-        id=service.id, description=service["description"], replica="from its inventory",
-        suites=", ".join(t["name"] for t in service["tests"]) or "none", qa=", ".join(qa["group"]) or "anyone",
-        waves=" → ".join(str(w) for w in service["waves"]), path=service.path.name,
-    )
-    with DAG(
-        dag_id=service.dag_id,
-        description=f"Release {service.id}: build, replica, tests, QA sign-off, waves with canary analysis",
-        schedule=timetable_for(service),  # release windows and freezes, or None (manual runs only)
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,  # one release per service at a time: later runs queue
-        params=_params(service),
-        tags=["conveyor", "release", service.id],
-        doc_md=doc,
-        default_args={"owner": service["owner"], "retries": 0, "on_failure_callback": record_failure},
-    ) as dag:
-        common = {"service_id": service.id}
-        slack = service["notifications"]["slack_webhook_conn_id"]
-        what = "{{ params.git_ref }} of " + service.id
-
-        def notify(event: str, text: str) -> ReleaseNotifier:
-            return ReleaseNotifier(event=event, text=text, slack_webhook_conn_id=slack)
-
-        def decision(analysis_task_id: str, task_id: str) -> InconclusiveDecisionOperator:
-            return InconclusiveDecisionOperator(
-                task_id=task_id, analysis_task_id=analysis_task_id, service_id=service.id,
-                assigned=service["analysis"].get("deciders", []),
-                timeout=parse_duration(service["analysis"].get("decision_timeout", "30m")),
-                notifiers=[notify("inconclusive", f"Release {what}: canary analysis inconclusive; continue or "
-                                  "roll back? (Required Actions)")],
+    qa, required = service.qa, service.qa.required_approvals
+    with TaskGroup("qa_signoff", tooltip=f"QA sign-off: {required} distinct approvals, never the author"):
+        return [
+            QASignoffOperator(
+                task_id=f"approval_{k}", service_id=service.id, group=list(qa.group), ordinal=k, required=required,
+                emergency_required=qa.emergency_approvals, timeout=qa.timeout, evidence_tasks=evidence,
+                releases_url=f"{_ui_base_url()}/conveyor/releases/{service.id}",
+                subject=f"QA sign-off {k}/{required}: {CHECKED_REF} of {service.id}", body=SIGNOFF_BODY,
+                notifiers=[notify.approval(k, required)],
             )
+            for k in range(1, required + 1)
+        ]
 
-        validate = ValidateReleaseOperator(
-            task_id="validate", **common,
-            on_success_callback=notify("started", f"Release {what} started by "
-                                       "{{ dag_run.triggering_user_name or 'the schedule' }}"
-                                       "{{ ' — EMERGENCY: ' ~ params.reason if params.emergency else '' }}"),
-        )
-        build = BuildOperator(task_id="build", git_ref="{{ ti.xcom_pull(task_ids='validate')['git_ref'] }}", **common)
-        with TaskGroup("replica", tooltip="Deploy the candidate to the replica and reset its data"):
-            replica_deploy = DeployOperator(task_id="deploy", environment="replica", artifact=build.output, **common)
-            populate = PopulateReplicaOperator(task_id="populate", artifact=build.output, **common)
-        tests = TestSuitesOperator(task_id="tests", artifact=build.output, **common)
-        required = qa["required_approvals"]
-        base_url = (airflow_conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/")
-        with TaskGroup("qa_signoff", tooltip=f"QA sign-off: {required} distinct approvals, never the author") \
-                as qa_signoff:
-            previous_approval = None
-            approvals = []
-            for k in range(1, required + 1):
-                approval = QASignoffOperator(
-                    task_id=f"approval_{k}", service_id=service.id, group=qa["group"], ordinal=k,
-                    required=required, emergency_required=min(required, qa["emergency_required_approvals"]),
-                    timeout=service.qa_timeout,
-                    subject=f"QA sign-off {k}/{required}: " + "{{ params.git_ref }} of " + service.id,
-                    body=SIGNOFF_BODY.replace("{service}", service.id).replace("{base_url}", base_url),
-                    notifiers=[notify("approval", f"Release {what} awaits QA sign-off {k}/{required} ("
-                                      + (", ".join(qa["group"]) or "anyone") + ") in Required Actions")],
-                )
-                if previous_approval is not None:
-                    previous_approval >> approval
-                previous_approval = approval
-                approvals.append(approval)
-        plan = PlanWavesOperator(task_id="plan", n_waves=len(service["waves"]),
-                                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **common)
-        chain(validate, build, replica_deploy, populate, tests, qa_signoff)
-        # plan follows every approval: an emergency skips the approvals it does not need, and plan
-        # (none_failed_min_one_success) still runs on the ones given.
-        approvals >> plan
-        main = [validate, build, replica_deploy, populate, tests, *approvals, plan]
-        previous = plan
-        for i, wave in enumerate(service["waves"]):
-            with TaskGroup(f"wave_{i + 1}", tooltip=f"Wave {i + 1}: up to {wave} of production"):
-                deploy = DeployOperator(task_id="deploy", environment="production", artifact=build.output,
-                                        plan=plan.output, wave=i, **common)
-                analysis = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=i, **common)
-                decide = decision(f"wave_{i + 1}.analysis", "decide")
-                deploy >> analysis >> decide
-            previous >> deploy
-            previous = decide
-            main += [deploy, analysis, decide]
-        with TaskGroup("watch", tooltip="Watch every host on the new version against the pre-deploy baseline"):
-            watch = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=None, **common)
-            watch_decide = decision("watch.analysis", "decide")
-            watch >> watch_decide
-        finalize = FinalizeReleaseOperator(
-            task_id="finalize", artifact=build.output, **common,
-            on_success_callback=notify("succeeded", f"Release {what} reached every production host"),
-        )
-        previous >> watch
-        watch_decide >> finalize
-        main += [watch, watch_decide, finalize]
 
-        failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED, **common)
-        rollback = RollbackOperator(
-            task_id="rollback", **common,
-            on_success_callback=notify("rollback", f"Release {what}: rollback "
-                                       "{{ ti.xcom_pull(task_ids='rollback')['status'] }} "
-                                       "{{ ti.xcom_pull(task_ids='rollback')['rolled_back'] or '' }}"),
-        )
-        ticket = TicketOperator(
-            task_id="ticket", trigger_rule=TriggerRule.NONE_SKIPPED, **common,
-            on_success_callback=notify("failed", f"Release {what} FAILED; root-cause ticket "
-                                       "{{ ti.xcom_pull(task_ids='ticket')['ticket_id'] }}: "
-                                       "{{ ti.xcom_pull(task_ids='ticket')['title'] }}"),
-        )
-        # A release that failed must end as a failed run, even though its failure path succeeded:
-        # this leaf fails whenever the failure path ran (Airflow's "watcher" pattern).
-        outcome = ReleaseOutcomeOperator(task_id="fail_run", trigger_rule=TriggerRule.NONE_SKIPPED,
-                                         on_failure_callback=None, **common)
-        main >> failed >> rollback >> ticket >> outcome
-    return dag
+def _waves(service: ServiceConfig, notify: _Notifications, build: BaseOperator,
+           plan: BaseOperator) -> list[BaseOperator]:
+    """One task group per wave (deploy, analysis, decide), in order; the tasks, flat."""
+    from airflow.sdk import TaskGroup
+
+    from conveyor.operators.analysis import CanaryAnalysisOperator
+    from conveyor.operators.deploy import DeployOperator
+
+    tasks: list[BaseOperator] = []
+    for i, size in enumerate(service.waves):
+        with TaskGroup(f"wave_{i + 1}", tooltip=f"Wave {i + 1}: up to {size} of production"):
+            deploy = DeployOperator(task_id="deploy", environment="production", artifact=build.output,
+                                    plan=plan.output, wave=i, service_id=service.id)
+            analysis = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=i, service_id=service.id)
+            tasks += [deploy, analysis, _decision(service, notify, analysis)]
+    return tasks
+
+
+def _decision(service: ServiceConfig, notify: _Notifications, analysis: BaseOperator) -> BaseOperator:
+    """After an analysis: a human decides "continue or roll back?" when it was inconclusive."""
+    from conveyor.operators.analysis import InconclusiveDecisionOperator
+
+    return InconclusiveDecisionOperator(
+        task_id="decide", analysis_task_id=analysis.task_id, service_id=service.id,
+        assigned=list(service.analysis.deciders), timeout=service.analysis.decision_timeout,
+        notifiers=[notify.inconclusive()],
+    )
+
+
+def _failure_path(service: ServiceConfig, notify: _Notifications, main: list[BaseOperator]) -> None:
+    """On any failure: mark the release failed, roll back, file the ticket, and end the run failed."""
+    from airflow.sdk import TriggerRule
+
+    from conveyor.operators.deploy import RollbackOperator
+    from conveyor.operators.release import ReleaseFailedOperator, ReleaseOutcomeOperator
+    from conveyor.operators.ticket import TicketOperator
+
+    common: dict[str, Any] = {"service_id": service.id}
+    failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED, **common)
+    rollback = RollbackOperator(task_id="rollback", plan_task_id="plan",
+                                on_success_callback=notify.rolled_back("rollback"), **common)
+    ticket = TicketOperator(task_id="ticket", rollback_task_id=rollback.task_id, trigger_rule=TriggerRule.NONE_SKIPPED,
+                            on_success_callback=notify.failed("ticket"), **common)
+    # A release that failed must end as a failed run, even though its failure path succeeded:
+    # this leaf fails whenever the failure path ran (Airflow's "watcher" pattern).
+    outcome = ReleaseOutcomeOperator(task_id="fail_run", rollback_task_id=rollback.task_id,
+                                     ticket_task_id=ticket.task_id, trigger_rule=TriggerRule.NONE_SKIPPED,
+                                     on_failure_callback=None, **common)
+    main >> failed >> rollback >> ticket >> outcome

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from conveyor.exceptions import SignoffError
+
 DEFAULT_API = "http://localhost:8080"
 DEFAULT_DAG = "release_demo_shop"
 APPROVE, REJECT = "Approve", "Reject"
@@ -44,15 +46,6 @@ MAX_REASON = 2000  # the sign-off form's ``reason`` Param (maxLength)
 #: client waits out the gap.
 SETTLE_S = 10.0
 TERMINAL_RUN_STATES = ("success", "failed")
-
-
-class SignoffError(Exception):
-    """A sign-off call failed; ``str(e)`` is the message for the user, ``status`` the HTTP code (if any)."""
-
-    def __init__(self, message: str, status: int | None = None, detail: Any = None):
-        super().__init__(message)
-        self.status = status
-        self.detail = detail
 
 
 class Forbidden(SignoffError):

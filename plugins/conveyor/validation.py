@@ -17,8 +17,14 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
 SERVICE_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+SUITE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+# Host names (inventory names, DNS names) and addresses (names, IPv4, or IPv6 with colons).
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+HOST_ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 REMOTE_PATH_RE = re.compile(r"^(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_./~-]{1,255}$")
+# A path inside the service's repository: relative, no "..".
+TEST_PATH_RE = re.compile(r"^(?!/)(?!.*\.\.)[\w./-]+$")
 
 # The same pattern as JSON schema (Params) can use: it must refuse at trigger time.
 GIT_REF_PATTERN = GIT_REF_RE.pattern
@@ -44,6 +50,10 @@ def sha256(value: object) -> str:
 
 def host_name(value: object) -> str:
     return _check(value, HOST_NAME_RE, "host name")
+
+
+def host_address(value: object) -> str:
+    return _check(value, HOST_ADDRESS_RE, "host address")
 
 
 def remote_path(value: object) -> str:

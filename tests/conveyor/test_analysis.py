@@ -568,9 +568,7 @@ def test_service_schema_accepts_the_judge_settings(tmp_path):
     path = tmp_path / "demo_shop.yaml"
     path.write_text(yaml.safe_dump(doc))
     service = load_service(path)
-    section = {**service["analysis"], **service["watch"]}
-    section.pop("interval_s")
-    s = AnalysisSettings.from_dict(section)
+    s = service.judge(watch=True)  # the watch: analysis' settings with watch's own on top
     assert (s.alpha, s.min_requests, s.latency_tolerance, s.metrics) == (0.02, 50, 0.2, ["errors"])
     assert s.alpha_spending == 2
     doc["watch"]["latency_quantile"] = 1.5

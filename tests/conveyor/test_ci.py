@@ -13,13 +13,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from conveyor import ci
-from conveyor.config import load_service
-from conveyor.demo_commits import parse_author, push_demo_commit
+from conveyor.config import load_service, parse_service
 from conveyor.exceptions import ServiceConfigError
 from conveyor.ledger import Ledger
 from conveyor.notifiers import read_notifications
+from conveyor_lab.demo import create_demo_repo
+from conveyor_lab.demo_commits import push_demo_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +34,7 @@ def demo_home_template(tmp_path_factory):
     home = tmp_path_factory.mktemp("ci-template") / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONVEYOR_HOME", str(home))
+        create_demo_repo()  # the lab's job (Fleet.up does it for `make run`): Conveyor only reads it
         mirror(load_service("demo_shop"))
     return home
 
@@ -181,9 +184,8 @@ def test_first_poll_checks_the_branch_oldest_first_up_to_max_commits(service, le
 
 
 def test_a_broken_build_is_red(service, ledger, monkeypatch):
-    raw = copy.deepcopy(service.raw)
-    raw["build"]["command"] = ["python", "-c", "import sys; print('compile error'); sys.exit(3)"]
-    broken = type(service)(id=service.id, path=service.path, raw=raw)
+    broken = service.model_copy(update={"build": service.build.model_copy(update={
+        "command": ("python", "-c", "import sys; print('compile error'); sys.exit(3)")})})
     result = ci.run_ci(broken, _main_head(service), ledger=ledger)
     assert result["status"] == ci.RED
     assert result["detail"].startswith("build failed with exit code 3")
@@ -191,22 +193,14 @@ def test_a_broken_build_is_red(service, ledger, monkeypatch):
 
 
 def test_ci_settings_default_to_the_first_suite_and_refuse_an_unknown_one(service):
-    settings = ci.ci_settings(service)
-    assert settings["suite"]["name"] == "unit"
-    assert settings["poll_interval"] == "5m"
-    raw = copy.deepcopy(service.raw)
-    raw["ci"]["suite"] = "integration"
-    assert ci.ci_settings(type(service)(id=service.id, path=service.path, raw=raw))["suite"]["name"] == "integration"
-    raw["ci"]["suite"] = "smoke"
+    assert service.ci_suite.name == "unit"
+    assert service.ci.poll_interval == dt.timedelta(minutes=5)
+    doc = yaml.safe_load(service.path.read_text())
+    doc["ci"] = {"suite": "integration"}
+    assert parse_service(doc, service.path).ci_suite.name == "integration"
+    doc["ci"]["suite"] = "smoke"
     with pytest.raises(ServiceConfigError, match="ci.suite: 'smoke'"):
-        ci.ci_settings(type(service)(id=service.id, path=service.path, raw=raw))
-
-
-def test_demo_commit_authors():
-    assert parse_author("Dev Patel <dev@shop.example>") == ("Dev Patel", "dev@shop.example")
-    assert parse_author("Kim Lee") == ("Kim Lee", "kim@shop.example")
-    with pytest.raises(ValueError, match="invalid author"):
-        parse_author("<x@y>")
+        parse_service(doc, service.path)
 
 
 # ----------------------------------------------------------------------------------------- the DAG

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,36 @@ def test_usage_errors_exit_2(home, args):
     result = conveyor(home, *args)
     assert result.returncode == 2
     assert "usage: conveyor" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("fleet", "--help"), ("demo", "commit", "--help")])
+def test_the_lab_commands_are_there(home, args):
+    result = conveyor(home, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: conveyor {' '.join(args[:-1])}")
+
+
+def test_demo_commit_pushes_to_main_of_the_demo_repository(home):
+    result = conveyor(home, "demo", "commit", "--red", "--author", "Dev Patel")
+    assert result.returncode == 0, result.stderr
+    sha = result.stdout.split()[0]
+    assert re.fullmatch(r"[0-9a-f]{40}", sha), result.stdout
+    assert "(red: a unit test fails)" in result.stdout
+    head = subprocess.run(["git", "log", "-1", "--format=%H %an", "main"], cwd=home / "repos" / "demo_shop.git",
+                          capture_output=True, text=True, check=True)
+    assert head.stdout.strip() == f"{sha} Dev Patel"
+
+
+def test_demo_commit_when_git_fails(home):
+    from conveyor_lab.demo import FINGERPRINT_FILE, fingerprint
+
+    repo = home / "repos" / "demo_shop.git"  # current in create_demo_repo's eyes, but not a git repository
+    repo.mkdir(parents=True)
+    (repo / FINGERPRINT_FILE).write_text(fingerprint() + "\n")
+    result = conveyor(home, "demo", "commit", "--green")
+    assert result.returncode == 1
+    assert result.stderr.startswith("conveyor: error: git clone"), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_fleet_status_and_connection_of_a_running_fleet(local_fleet):  # noqa: F811

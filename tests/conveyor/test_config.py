@@ -24,10 +24,10 @@ def test_every_shipped_service_file_is_valid():
 
 def test_demo_service_defaults_are_applied():
     service = load_service("demo_shop")
-    assert service["qa"]["group"] == ["qa1", "qa2", "qa3"] and service["qa"]["required_approvals"] == 2
-    assert service["deploy"]["keep_releases"] == 5  # from the defaults
-    assert service["waves"] == [1, "25%", "50%", "100%"]
-    assert service.qa_timeout.total_seconds() == 24 * 3600
+    assert service.qa.group == ("qa1", "qa2", "qa3") and service.qa.required_approvals == 2
+    assert service.deploy.keep_releases == 5  # from the defaults
+    assert service.waves == (1, "25%", "50%", "100%")
+    assert service.qa.timeout.total_seconds() == 24 * 3600
 
 
 def _write(tmp_path: Path, mutate) -> Path:

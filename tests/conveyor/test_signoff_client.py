@@ -276,12 +276,15 @@ def signoff(tmp_path, monkeypatch):
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.upsert_release("demo_shop/manual__1", service="demo_shop", author="dev", status="running")  # validate's
-    monkeypatch.setattr(module, "ledger_for_conn", lambda conn_id="conveyor_ledger": ledger)
+    monkeypatch.setenv("AIRFLOW_CONN_SIGNOFF_LEDGER", json.dumps(
+        {"conn_type": "sqlite", "host": str(tmp_path / "ledger.db")}))
 
     def make(ordinal: int = 1, group=("qa1", "qa2", "qa3")):
         return module.QASignoffOperator(
             task_id=f"approval_{ordinal}", service_id="demo_shop", group=list(group), ordinal=ordinal, required=2,
             emergency_required=1, timeout=timedelta(seconds=20), subject="QA sign-off", body="body",
+            evidence_tasks={}, releases_url="http://localhost:8080/conveyor/releases/demo_shop",
+            ledger_conn_id="signoff_ledger",
         )
 
     yield make, ledger

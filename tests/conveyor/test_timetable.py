@@ -317,7 +317,7 @@ def _service(schedule) -> dict:
 
 def test_service_without_schedule_is_manual_only(tmp_path):
     service = parse_service(_service(None), tmp_path / "demo_shop.yaml")
-    assert service["schedule"] is None
+    assert service.schedule is None
     assert timetable_for(service) is None
 
 
@@ -369,9 +369,9 @@ def test_schema_rejects_malformed_schedules(tmp_path, schedule, text):
     ],
 )
 def test_semantic_schedule_errors_name_the_file_and_field(tmp_path, schedule, text):
-    service = parse_service(_service(schedule), tmp_path / "demo_shop.yaml")
+    # The service model checks the schedule when the file is loaded (before any timetable is built).
     with pytest.raises(ServiceConfigError) as excinfo:
-        timetable_for(service)
+        parse_service(_service(schedule), tmp_path / "demo_shop.yaml")
     assert str(excinfo.value).startswith(f"{tmp_path / 'demo_shop.yaml'}: {text}"), str(excinfo.value)
 
 

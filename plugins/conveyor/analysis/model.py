@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
 DECISIONS = ("pass", "fail", "inconclusive", "continue")
+METRICS = ("errors", "latency")
+_STATUS_RE = re.compile(r"^([1-5][0-9][0-9]|[1-5]xx)$")
 
 
 @dataclass
@@ -31,10 +36,46 @@ class Scrape:
     latency_count: float
     start_time: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (for XCom and triggers): infinite bucket bounds as the string ``"+Inf"``."""
+        return {
+            "t": self.t,
+            "requests": dict(self.requests),
+            "latency_buckets": [["+Inf" if b == math.inf else b, c] for b, c in self.latency_buckets.items()],
+            "latency_sum": self.latency_sum,
+            "latency_count": self.latency_count,
+            "start_time": self.start_time,
+        }
 
-@dataclass
-class AnalysisSettings:
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scrape:
+        return cls(
+            t=d["t"], requests=dict(d["requests"]),
+            latency_buckets={(math.inf if b == "+Inf" else float(b)): c for b, c in d["latency_buckets"]},
+            latency_sum=d["latency_sum"], latency_count=d["latency_count"], start_time=d.get("start_time"),
+        )
+
+
+def synthetic_baseline(pre: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pre-deploy scrape (JSON form) as a two-point series: zero at process start, the counters at the scrape.
+
+    The baseline of an analysis with no host left on the old version: each old process's counters
+    over its lifetime.
+    """
+    start = pre.get("start_time")
+    if not start or start >= pre["t"]:
+        start = pre["t"] - 1.0
+    zero = {**pre, "t": start, "requests": {k: 0.0 for k in pre["requests"]},
+            "latency_buckets": [[b, 0.0] for b, _ in pre["latency_buckets"]], "latency_sum": 0.0,
+            "latency_count": 0.0}
+    return [zero, pre]
+
+
+class AnalysisSettings(BaseModel):
     """How the judge decides. Every field has a default; :meth:`from_dict` ignores unknown keys.
+
+    Immutable and validated on construction (a ``ValueError`` says which field and why); the service
+    file's ``analysis:`` and ``watch:`` sections (:mod:`conveyor.config`) extend this one definition.
 
     :param window_s: the analysis window. The judge says ``continue`` until it decides or the window
         ends; at the end it always says ``pass``, ``fail`` or ``inconclusive``.
@@ -68,56 +109,85 @@ class AnalysisSettings:
         and on the slow-request ratio).
     """
 
-    window_s: float = 300.0
-    min_requests: int = 200
-    min_fail_requests: int = 50
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    window_s: float = Field(300.0, ge=0)
+    min_requests: int = Field(200, ge=0)
+    min_fail_requests: int = Field(50, ge=0)
     alpha: float = 0.01
     alpha_spending: float = 1.0
     errors_alpha_share: float = 0.5
-    metrics: list[str] = field(default_factory=lambda: ["errors", "latency"])
-    error_statuses: list[str] = field(default_factory=lambda: ["5xx"])
+    metrics: list[str] = ["errors", "latency"]
+    error_statuses: list[str] = ["5xx"]
     error_tolerance: float = 0.05
-    error_floor: float = 0.001
+    error_floor: float = Field(0.001, le=1)
     latency_tolerance: float = 0.1
-    latency_floor_ms: float = 2.0
+    latency_floor_ms: float = Field(2.0, ge=0)
     latency_quantile: float = 0.75
     outlier_hosts: bool = True
     early_pass: bool = False
     early_pass_margin: float = 1.5
 
-    def __post_init__(self) -> None:
-        self.window_s = float(self.window_s)
-        self.min_requests = int(self.min_requests)
-        self.min_fail_requests = int(self.min_fail_requests)
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if not 0.25 <= self.alpha_spending <= 8:
-            raise ValueError(f"alpha_spending must be in [0.25, 8], got {self.alpha_spending}")
-        if not 0 < self.errors_alpha_share < 1:
-            raise ValueError(f"errors_alpha_share must be in (0, 1), got {self.errors_alpha_share}")
-        if not 0 < self.latency_quantile < 1:
-            raise ValueError(f"latency_quantile must be in (0, 1), got {self.latency_quantile}")
-        if self.error_tolerance < 0 or self.latency_tolerance < 0 or self.error_floor < 0:
-            raise ValueError("tolerances and floors must be >= 0")
-        if self.early_pass_margin <= 1:
-            raise ValueError(f"early_pass_margin must be > 1, got {self.early_pass_margin}")
-        if isinstance(self.metrics, str):
-            self.metrics = [self.metrics]
-        unknown = set(self.metrics) - {"errors", "latency"}
-        if unknown or not self.metrics:
-            raise ValueError(f"metrics must be a non-empty subset of ['errors', 'latency'], got {self.metrics}")
-        if isinstance(self.error_statuses, str):
-            self.error_statuses = [self.error_statuses]
-        self.error_statuses = [str(s) for s in self.error_statuses]
+    @field_validator("alpha", "errors_alpha_share", "latency_quantile")
+    @classmethod
+    def _fraction(cls, value: float, info: ValidationInfo) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"{info.field_name} must be in (0, 1), got {value}")
+        return value
+
+    @field_validator("alpha_spending")
+    @classmethod
+    def _spending(cls, value: float) -> float:
+        if not 0.25 <= value <= 8:
+            raise ValueError(f"alpha_spending must be in [0.25, 8], got {value}")
+        return value
+
+    @field_validator("error_tolerance", "latency_tolerance", "error_floor")
+    @classmethod
+    def _not_negative(cls, value: float, info: ValidationInfo) -> float:
+        if value < 0:
+            raise ValueError(f"{info.field_name} must be >= 0, got {value}")
+        return value
+
+    @field_validator("early_pass_margin")
+    @classmethod
+    def _margin(cls, value: float) -> float:
+        if value <= 1:
+            raise ValueError(f"early_pass_margin must be > 1, got {value}")
+        return value
+
+    @field_validator("metrics", "error_statuses", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        """One value stands for a list of one; status codes may be written as numbers (429)."""
+        value = [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+        if isinstance(value, list | tuple):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        if not value or set(value) - set(METRICS) or len(set(value)) != len(value):
+            raise ValueError(f"metrics must be a non-empty subset of {list(METRICS)} without repeats, got {value}")
+        return value
+
+    @field_validator("error_statuses")
+    @classmethod
+    def _statuses(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not _STATUS_RE.fullmatch(s)]
+        if not value or bad:
+            raise ValueError(f"error_statuses must be HTTP codes (503) or classes (5xx), got {bad or value}")
+        return value
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AnalysisSettings:
-        """Build from a service file's ``analysis`` section; keys this class does not know are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+        """Build from a dict (a service file's section, or :meth:`to_dict`); unknown keys are ignored."""
+        return cls(**{k: v for k, v in (d or {}).items() if k in cls.__pydantic_fields__})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The judge's settings only (a section's own extra fields are left out), JSON-able."""
+        return self.model_dump(include=set(AnalysisSettings.__pydantic_fields__))
 
     def is_error(self, status: str) -> bool:
         status = str(status)

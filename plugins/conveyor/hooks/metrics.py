@@ -55,29 +55,7 @@ class MetricsHook(BaseHook):
 
     def scrape_dict(self, host: Host) -> dict[str, Any] | None:
         scrape = self.scrape(host)
-        return scrape_to_dict(scrape) if scrape is not None else None
+        return scrape.to_dict() if scrape is not None else None
 
     def test_connection(self) -> tuple[bool, str]:
         return True, "Metrics are scraped from each host's metrics_url; nothing to test globally."
-
-
-def scrape_to_dict(scrape) -> dict[str, Any]:
-    """JSON form of a Scrape (infinite bucket bounds as the string "+Inf")."""
-    return {
-        "t": scrape.t,
-        "requests": dict(scrape.requests),
-        "latency_buckets": [["+Inf" if b == float("inf") else b, c] for b, c in scrape.latency_buckets.items()],
-        "latency_sum": scrape.latency_sum,
-        "latency_count": scrape.latency_count,
-        "start_time": scrape.start_time,
-    }
-
-
-def scrape_from_dict(d: dict[str, Any]):
-    from conveyor.analysis import Scrape
-
-    return Scrape(
-        t=d["t"], requests=dict(d["requests"]),
-        latency_buckets={(float("inf") if b == "+Inf" else float(b)): c for b, c in d["latency_buckets"]},
-        latency_sum=d["latency_sum"], latency_count=d["latency_count"], start_time=d.get("start_time"),
-    )

@@ -20,22 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 
+from conveyor.evidence import responder_id
 from conveyor.exceptions import AnalysisFailed, AnalysisInconclusive, ConveyorError
-from conveyor.operators.base import ConveyorOperator, utcnow
+from conveyor.operators.base import ConveyorOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def synthetic_baseline(pre: dict[str, Any]) -> list[dict[str, Any]]:
-    """A pre-deploy scrape as a two-point series: zero at process start, the counters at the scrape."""
-    start = pre.get("start_time")
-    if not start or start >= pre["t"]:
-        start = pre["t"] - 1.0
-    zero = {**pre, "t": start, "requests": {k: 0.0 for k in pre["requests"]},
-            "latency_buckets": [[b, 0.0] for b, _ in pre["latency_buckets"]], "latency_sum": 0.0,
-            "latency_count": 0.0}
-    return [zero, pre]
 
 
 class CanaryAnalysisOperator(ConveyorOperator):
@@ -52,13 +42,6 @@ class CanaryAnalysisOperator(ConveyorOperator):
         self.plan = plan
         self.wave = wave
 
-    def _settings(self) -> tuple[dict[str, Any], float]:
-        section = dict(self.service["analysis"])
-        if self.wave is None:
-            section.update(self.service["watch"])
-        interval = float(section.pop("interval_s", 10))
-        return section, interval
-
     def _scope(self) -> tuple[str, list[str], list[str]]:
         """This analysis' label, its canary hosts (every wave so far) and the live baseline (the rest)."""
         waves = self.plan["waves"]
@@ -69,55 +52,48 @@ class CanaryAnalysisOperator(ConveyorOperator):
         return label, canary, [h["name"] for h in self.plan["hosts"] if h["name"] not in canary]
 
     def execute(self, context: Context) -> Any:
-        from conveyor.analysis import AnalysisSettings
+        from conveyor.analysis.model import synthetic_baseline
         from conveyor.triggers.analysis import CanaryAnalysisTrigger
 
-        plan = self.plan
-        hosts = {h["name"]: h for h in plan["hosts"]}
-        waves = plan["waves"]
-        release_id = self.release_id(context)
-        stage = self.stage or self.task_id
-        label, canary_names, live = self._scope()
-        section, interval = self._settings()
-        settings = AnalysisSettings.from_dict(section)
-        if self.wave is not None and not waves[self.wave]:
-            return {"label": label, "decision": "skipped", "reason": "empty wave"}
-        if settings.window_s <= 0:
-            return {"label": label, "decision": "skipped", "reason": "analysis disabled (window 0)"}
-        fixed = {} if live else {n: synthetic_baseline(plan["pre_scrapes"][n]) for n in canary_names
-                                 if plan["pre_scrapes"].get(n)}
-        self.log.info("%s: canary %s vs baseline %s (window %gs, scrape every %gs)", label, canary_names,
-                      live or f"pre-deploy snapshot of {sorted(fixed)}", settings.window_s, interval)
-        self.ledger.upsert_stage(release_id, stage, status="running", started_at=utcnow(), finished_at=None,
-                                 error=None)
-        trigger = CanaryAnalysisTrigger(
-            label=label, canary={n: hosts[n]["metrics_url"] for n in canary_names},
-            baseline={n: hosts[n]["metrics_url"] for n in live}, fixed_baseline=fixed,
-            settings=settings.to_dict(), interval_s=interval, started_at=time.time(),
-        )
-        self.defer(trigger=trigger, method_name="execute_complete",
-                   timeout=timedelta(seconds=settings.window_s + 5 * interval + 120))
+        hosts = {h["name"]: h for h in self.plan["hosts"]}
+        label, canary, live = self._scope()
+        settings = self.service.judge(watch=self.wave is None)
+        interval = (self.service.watch if self.wave is None else self.service.analysis).interval_s
+        with self.ledger_stage(context) as stage:
+            if self.wave is not None and not self.plan["waves"][self.wave]:
+                stage.detail = {"label": label, "decision": "skipped", "reason": "empty wave"}
+                return stage.detail
+            if settings.window_s <= 0:
+                stage.detail = {"label": label, "decision": "skipped", "reason": "analysis disabled (window 0)"}
+                return stage.detail
+            fixed = {} if live else {n: synthetic_baseline(self.plan["pre_scrapes"][n]) for n in canary
+                                     if self.plan["pre_scrapes"].get(n)}
+            self.log.info("%s: canary %s vs baseline %s (window %gs, scrape every %gs)", label, canary,
+                          live or f"pre-deploy snapshot of {sorted(fixed)}", settings.window_s, interval)
+            trigger = CanaryAnalysisTrigger(
+                label=label, canary={n: hosts[n]["metrics_url"] for n in canary},
+                baseline={n: hosts[n]["metrics_url"] for n in live}, fixed_baseline=fixed,
+                settings=settings.to_dict(), interval_s=interval, started_at=time.time(),
+            )
+            self.defer(trigger=trigger, method_name="execute_complete",
+                       timeout=timedelta(seconds=settings.window_s + 5 * interval + 120))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        release_id = self.release_id(context)
-        stage = self.stage or self.task_id
         label, canary, live = self._scope()
-        baseline = live or "pre-deploy snapshot"
-        if event.get("status") != "done":
-            raise ConveyorError(f"{label}: analysis could not run: {event.get('message')}")
-        verdict = event["verdict"]
-        result = {"label": label, "canary": canary, "baseline": baseline, "elapsed_s": event.get("elapsed_s"),
-                  **verdict}
-        self.log.info("%s: %s after %ss: %s", label, verdict["decision"], event.get("elapsed_s"), verdict["reason"])
-        if verdict["decision"] == "fail":
-            self.ledger.upsert_stage(release_id, stage, status="running", detail=result)
-            raise AnalysisFailed(f"{label}: {verdict['reason']}")
-        if verdict["decision"] == "inconclusive":  # the decision task after this one asks a human
-            self.ledger.upsert_stage(release_id, stage, status="inconclusive", finished_at=utcnow(), detail=result)
-            self.log.warning("%s: inconclusive; asking a human to continue or roll back", label)
-            return result
-        self.ledger.upsert_stage(release_id, stage, status="success", finished_at=utcnow(), detail=result)
-        return result
+        with self.ledger_stage(context, resumed=True) as stage:
+            if event.get("status") != "done":
+                raise ConveyorError(f"{label}: analysis could not run: {event.get('message')}")
+            verdict = event["verdict"]
+            stage.detail = {"label": label, "canary": canary, "baseline": live or "pre-deploy snapshot",
+                            "elapsed_s": event.get("elapsed_s"), **verdict}
+            self.log.info("%s: %s after %ss: %s", label, verdict["decision"], event.get("elapsed_s"),
+                          verdict["reason"])
+            if verdict["decision"] == "fail":
+                raise AnalysisFailed(f"{label}: {verdict['reason']}")
+            if verdict["decision"] == "inconclusive":  # the decision task after this one asks a human
+                self.log.warning("%s: inconclusive; asking a human to continue or roll back", label)
+                stage.status = "inconclusive"
+        return stage.detail
 
 
 class InconclusiveDecisionOperator(HITLOperator):
@@ -170,8 +146,6 @@ class InconclusiveDecisionOperator(HITLOperator):
                 raise AnalysisInconclusive("analysis inconclusive and nobody decided in time: rolling back")
             raise ConveyorError(f"decision failed: {event.get('error')}")
         result = super().execute_complete(context=context, event=event)
-        from conveyor.operators.signoff import responder_id
-
         who = responder_id(event.get("responded_by_user"))
         if result["chosen_options"] == [self.ROLL_BACK]:
             raise AnalysisInconclusive(f"analysis inconclusive; {who or 'a human'} chose to roll back")

@@ -46,7 +46,7 @@ def release_gate(context: Context, service: ServiceConfig, ledger: Ledger) -> st
         return sha
     if decision == LINE_STOPPED:
         ReleaseNotifier(event="line_stopped", text=f"Scheduled release of {service.id} skipped: {message}",
-                        slack_webhook_conn_id=service["notifications"]["slack_webhook_conn_id"]).notify(context)
+                        slack_webhook_conn_id=service.notifications.slack_webhook_conn_id).notify(context)
     raise AirflowSkipException(message)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from conveyor import validation
-from conveyor.exceptions import InvalidInputError, ReleaseFailed
-from conveyor.operators.base import ConveyorOperator, utcnow
+from conveyor.evidence import failed_stages
+from conveyor.exceptions import DeployError, InvalidInputError, ReleaseFailed
+from conveyor.operators.base import ConveyorOperator, FleetOperator, utcnow
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from conveyor.inventory import Host
 
 
 class ValidateReleaseOperator(ConveyorOperator):
@@ -20,7 +23,12 @@ class ValidateReleaseOperator(ConveyorOperator):
     anything else happens.
     """
 
-    def run(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
+        with self.ledger_stage(context) as stage:
+            stage.detail = self._open_release(context)
+        return stage.detail
+
+    def _open_release(self, context: Context) -> dict[str, Any]:
         params = context["params"]
         ref = validation.git_ref(params.get("git_ref"))
         if params.get("change") not in ("minor", "major"):
@@ -58,10 +66,9 @@ class ValidateReleaseOperator(ConveyorOperator):
                       params["change"], ", EMERGENCY: " + reason if emergency else "")
         return release
 
-
     def _check_window(self, context: Context, emergency: bool, reason: str) -> None:
         """Freezes and release windows: refuse a normal manual run in a freeze, skip a stale slot."""
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from conveyor.timetables import ReleaseWindowTimetable
 
@@ -81,7 +88,7 @@ class ValidateReleaseOperator(ConveyorOperator):
             raise InvalidInputError(refusal)
 
 
-class BuildOperator(ConveyorOperator):
+class BuildOperator(FleetOperator):
     """Build ``git_ref`` into an artifact (or reuse the stored one) and return its description.
 
     The commit range in the manifest starts at the commit of the version production runs now.
@@ -98,72 +105,99 @@ class BuildOperator(ConveyorOperator):
     def _production(self) -> tuple[str | None, str | None]:
         """The version production runs (the first host that answers with a known one) and its commit."""
         from conveyor.artifacts import ArtifactStore
-        from conveyor.deploy import current_version
-        from conveyor.hooks.fleet import FleetHook
         from conveyor.inventory import resolve_hosts
 
-        hook = FleetHook(self.service["deploy"]["ssh_conn_id"])
         store = ArtifactStore.for_service(self.service)
         for host in resolve_hosts(self.service, "production"):
             try:
-                version = current_version(hook, host)
+                with self.fleet.session(host) as session:
+                    version = session.current_version()
             except Exception as e:  # an unreachable host must not stop the build; the waves will see it
                 self.log.warning("cannot read the version of %s: %s", host.name, e)
                 continue
-            if version:
-                manifest = store.manifest(self.service.id, version)
-                if manifest:
-                    self.log.info("Production runs %s (%s)", version, manifest["commit"][:12])
-                    return version, manifest["commit"]
+            manifest = store.manifest(self.service.id, version) if version else None
+            if manifest:
+                self.log.info("Production runs %s (%s)", version, manifest["commit"][:12])
+                return version, manifest["commit"]
         return None, None
 
-    def run(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
         from conveyor.artifacts import build_artifact
 
-        prod_version, prod_commit = self._production()
-        info = build_artifact(self.service, self.git_ref, since_commit=prod_commit, log_fn=self.log.info)
-        commits = info.manifest.get("commit_range", {}).get("commits", [])
-        self.ledger.upsert_release(
-            self.release_id(context), version=info.version, commit_sha=info.commit,
-            commit_range=info.manifest.get("commit_range"),
-        )
-        for c in commits:
-            self.ledger.upsert_commit(self.service.id, c["sha"], author=c["author"], message=c["subject"],
-                                      committed_at=c["date"])
-        result = info.to_dict()
-        result.pop("tarball", None)
-        result["commit_count"] = len(commits)
-        result["production_version"] = prod_version
-        result["production_commit"] = prod_commit
-        return result
+        with self.ledger_stage(context) as stage:
+            prod_version, prod_commit = self._production()
+            info = build_artifact(self.service, self.git_ref, since_commit=prod_commit, log_fn=self.log.info)
+            commits = info.manifest.get("commit_range", {}).get("commits", [])
+            self.ledger.upsert_release(
+                self.release_id(context), version=info.version, commit_sha=info.commit,
+                commit_range=info.manifest.get("commit_range"),
+            )
+            for c in commits:
+                self.ledger.upsert_commit(self.service.id, c["sha"], author=c["author"], message=c["subject"],
+                                          committed_at=c["date"])
+            result = info.to_dict()
+            result.pop("tarball", None)
+            stage.detail = {**result, "commit_count": len(commits), "production_version": prod_version,
+                            "production_commit": prod_commit}
+        return stage.detail
 
 
-class FinalizeReleaseOperator(ConveyorOperator):
-    """Mark the release successful: every production host runs the version and the watch passed."""
+class FinalizeReleaseOperator(FleetOperator):
+    """Close a release that passed its waves and watch: check that every planned production host runs
+    the version, mark the release successful, and prune old releases on every host (keeping
+    ``deploy.keep_releases`` plus the current and previous ones).
 
-    def __init__(self, *, artifact: Any, **kwargs: Any) -> None:
+    :param artifact: the build's result (templated).
+    :param plan: the wave plan (templated, ``plan.output``).
+    """
+
+    template_fields = ("artifact", "plan")
+
+    def __init__(self, *, artifact: Any, plan: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.artifact = artifact
+        self.plan = plan
 
-    template_fields = ("artifact",)
+    def execute(self, context: Context) -> dict[str, Any]:
+        from conveyor.inventory import Host, resolve_hosts
 
-    def run(self, context: Context) -> dict[str, Any]:
-        now = utcnow()
-        self.ledger.upsert_release(self.release_id(context), status="success", finished_at=now, deployed_at=now)
-        self.log.info("Release %s of %s is complete", self.artifact["version"], self.service_id)
-        return {"status": "success", "version": self.artifact["version"]}
+        version = self.artifact["version"]
+        with self.ledger_stage(context) as stage:
+            production = [Host.from_dict(h) for h in self.plan["hosts"]]
+            running, errors = self.on_each_host(production, lambda s: s.current_version())
+            wrong = {n: v for n, v in running.items() if v != version}
+            if errors or wrong:
+                raise DeployError(f"not every production host runs {version}: "
+                                  + "; ".join([f"{n} runs {v}" for n, v in wrong.items()]
+                                              + [f"{n}: {e}" for n, e in errors.items()]))
+            now = utcnow()
+            self.ledger.upsert_release(self.release_id(context), status="success", finished_at=now, deployed_at=now)
+            self.log.info("Release %s of %s is complete", version, self.service_id)
+            pruned = self._prune(production + resolve_hosts(self.service, "replica"))
+            stage.detail = {"status": "success", "version": version, "pruned": pruned}
+        return stage.detail
+
+    def _prune(self, hosts: list[Host]) -> dict[str, str]:
+        """Old release directories go; a host that cannot prune is logged, not a failed release."""
+        keep = self.service.deploy.keep_releases
+        pruned, errors = self.on_each_host(hosts, lambda s: s.prune(keep))
+        for name, line in sorted(pruned.items()):
+            self.log.info("%s: %s", name, line)
+        for name, error in sorted(errors.items()):
+            self.log.warning("%s: could not prune old releases: %s", name, error)
+        return pruned
 
 
 class ReleaseFailedOperator(ConveyorOperator):
     """Runs only when a task of the release failed: marks the release failed in the ledger.
 
     It succeeds itself (so rollback and ticket run after it); the run still ends failed because
-    the main chain's last task is upstream-failed.
+    the failure path ends in :class:`ReleaseOutcomeOperator`. It records no stage of its own.
     """
 
     ui_color = "#fbe3e3"
 
-    def execute(self, context: Context) -> dict[str, Any]:  # no running/success stage row for the sentinel
+    def execute(self, context: Context) -> dict[str, Any]:
         self.ledger.upsert_release(self.release_id(context), status="failed", finished_at=utcnow())
         return {"status": "failed"}
 
@@ -172,17 +206,23 @@ class ReleaseOutcomeOperator(ConveyorOperator):
     """The failure path's last task: fails, so that a failed release is a failed run.
 
     Its message sums the failure up: the failed stage and error, the rollback and the ticket.
+
+    :param rollback_task_id: the rollback task (its XCom says how the rollback went).
+    :param ticket_task_id: the ticket task (its XCom names the ticket).
     """
 
     ui_color = "#fbe3e3"
 
-    def execute(self, context: Context) -> None:
-        from conveyor.operators.ticket import failed_stages
+    def __init__(self, *, rollback_task_id: str, ticket_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rollback_task_id = rollback_task_id
+        self.ticket_task_id = ticket_task_id
 
+    def execute(self, context: Context) -> None:
         failed = failed_stages(self.ledger.get_release(self.release_id(context)) or {})
         ti = context["ti"]
-        rollback = ti.xcom_pull(task_ids="rollback") or {}
-        ticket = ti.xcom_pull(task_ids="ticket") or {}
+        rollback = ti.xcom_pull(task_ids=self.rollback_task_id) or {}
+        ticket = ti.xcom_pull(task_ids=self.ticket_task_id) or {}
         where = f"{failed[0]['stage']}: {failed[0].get('error')}" if failed else "an unknown stage"
         raise ReleaseFailed(f"release failed at {where}; rollback: {rollback.get('status', 'did not run')}; "
                             f"ticket: {ticket.get('ticket_id', 'not filed')}")

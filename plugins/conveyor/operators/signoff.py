@@ -17,22 +17,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 
-from conveyor.exceptions import ReleaseFailed
-from conveyor.operators.base import ledger_for_conn, release_id_for, utcnow
+from conveyor.durations import format_duration
+from conveyor.evidence import release_id_for, responder_id
+from conveyor.exceptions import ConveyorError, ReleaseFailed
+from conveyor.operators.base import DEFAULT_LEDGER_CONN_ID, ledger_for, utcnow
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 NO_REASON = "(no reason given)"
-
-
-def responder_id(user: Any) -> str | None:
-    """The user id in a HITL response's ``responded_by_user`` (a dict, a ``HITLUser`` or a plain id)."""
-    if not user:
-        return None
-    if isinstance(user, dict):
-        return user.get("id") or user.get("name")
-    return getattr(user, "id", None) or str(user)
 
 
 class QASignoffOperator(ApprovalOperator):
@@ -44,14 +37,19 @@ class QASignoffOperator(ApprovalOperator):
     :param required: approvals the release needs (a normal change; see ``emergency_required``).
     :param emergency_required: approvals an emergency change needs; approval tasks beyond it skip.
     :param timeout: how long to wait for an answer.
+    :param evidence_tasks: the tasks whose results the body shows, by role: ``validate`` (the checked
+        ref), ``build``, ``tests``, ``replica`` (the replica's deploy and health).
+    :param releases_url: the release ledger's Releases page for this service (the changelog link).
+    :param body: Markdown, or a template file (``*.md.j2``, on the DAG's ``template_searchpath``).
     """
 
     template_fields = ("subject", "body")
+    template_ext = (".j2",)
     ui_color = "#e6f4ea"
 
     def __init__(self, *, service_id: str, group: list[str], ordinal: int, required: int,
-                 emergency_required: int, timeout: timedelta, ledger_conn_id: str = "conveyor_ledger",
-                 **kwargs: Any) -> None:
+                 emergency_required: int, timeout: timedelta, evidence_tasks: dict[str, str], releases_url: str,
+                 ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID, **kwargs: Any) -> None:
         kwargs.pop("params", None)  # the DAG's trigger params are not the sign-off form
         super().__init__(
             fail_on_reject=True, response_timeout=timeout,
@@ -65,6 +63,8 @@ class QASignoffOperator(ApprovalOperator):
         self.required = required
         self.emergency_required = emergency_required
         self.timeout = timeout
+        self.evidence_tasks = dict(evidence_tasks)
+        self.releases_url = releases_url
         self.ledger_conn_id = ledger_conn_id
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class QASignoffOperator(ApprovalOperator):
         return release_id_for(self.service_id, context["dag_run"].run_id)
 
     def _approvers(self, context: Context) -> list[str]:
-        release = ledger_for_conn(self.ledger_conn_id).get_release(self._release_id(context)) or {}
+        release = ledger_for(self.ledger_conn_id).get_release(self._release_id(context)) or {}
         return [a["approver"] for a in release.get("approvals", []) if a["decision"] == "approved"]
 
     def eligible(self, author: str | None, approved: list[str]) -> list[str]:
@@ -106,13 +106,11 @@ class QASignoffOperator(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        from airflow.sdk.exceptions import AirflowException
-
         if "error" in event:
             if event.get("error_type") == "timeout":
-                raise ReleaseFailed(f"no sign-off within {_fmt(self.timeout)}: approval {self.ordinal} was never "
+                raise ReleaseFailed(f"no sign-off within {format_duration(self.timeout)}: approval {self.ordinal} was never "
                                     "given")
-            raise AirflowException(f"sign-off failed: {event.get('error')}")
+            raise ConveyorError(f"sign-off failed: {event.get('error')}")
         # Validate the answer (option, form fields) before recording anything: a malformed answer
         # fails the task without leaving a decision in the ledger.
         self.validate_chosen_options(event.get("chosen_options") or [])
@@ -120,7 +118,7 @@ class QASignoffOperator(ApprovalOperator):
         chosen = (event.get("chosen_options") or [None])[0]
         who = responder_id(event.get("responded_by_user")) or "unknown"
         reason = ((event.get("params_input") or {}).get("reason") or "").strip() or None
-        ledger = ledger_for_conn(self.ledger_conn_id)
+        ledger = ledger_for(self.ledger_conn_id)
         release_id = self._release_id(context)
         author = getattr(context["dag_run"], "triggering_user_name", None)
         if chosen == self.APPROVE:
@@ -152,11 +150,3 @@ def _as_datetime(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _fmt(td: timedelta) -> str:
-    seconds = int(td.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

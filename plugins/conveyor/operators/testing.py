@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
-import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from conveyor.exceptions import HealthCheckError, TestSuiteError
-from conveyor.operators.deploy import FleetOperator
+from conveyor.operators.base import FleetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-
-def parse_junit(path: Path) -> list[dict[str, Any]]:
-    """Every test case in a JUnit XML file as ``{"test", "outcome", "message"}``.
-
-    Outcome is ``passed``, ``failed`` (failure or error element) or ``skipped``.
-    """
-    root = ET.parse(path).getroot()
-    cases = []
-    for case in root.iter("testcase"):
-        name = ".".join(p for p in (case.get("classname"), case.get("name")) if p)
-        outcome, message = "passed", None
-        for child in case:
-            if child.tag in ("failure", "error"):
-                outcome = "failed"
-                message = (child.get("message") or child.text or "").strip()[:2000]
-                break
-            if child.tag == "skipped":
-                outcome = "skipped"
-        cases.append({"test": name, "outcome": outcome, "message": message})
-    return cases
+    from conveyor.artifacts import ArtifactInfo
+    from conveyor.config import Suite
+    from conveyor.suites import SuiteRun
 
 
 def base_url(health_url: str) -> str:
@@ -68,54 +50,30 @@ class TestSuitesOperator(FleetOperator):
         super().__init__(**kwargs)
         self.artifact = artifact
 
-    def _run_suites(self, src: Path, suites: list[dict], urls: str, version: str) -> tuple[dict, dict, dict]:
-        """Run ``suites`` in ``src``; returns (summary, failing tests with messages, every case), by suite."""
-        from conveyor.artifacts import tool_env
+    def _run_suites(self, src: Path, suites: Sequence[Suite], urls: str, version: str) -> dict[str, SuiteRun]:
+        """Run ``suites`` in the checkout ``src`` against the replica at ``urls``, by suite name."""
+        from conveyor.commands import tool_env
+        from conveyor.suites import run_suite
 
-        summary: dict[str, Any] = {}
-        failing: dict[str, dict[str, str | None]] = {}
-        results: dict[str, list[dict[str, Any]]] = {}
+        runs: dict[str, SuiteRun] = {}
         with tempfile.TemporaryDirectory(prefix="junit-") as tmp:
             for suite in suites:
-                junit = Path(tmp) / f"{suite['name']}.xml"
-                values = {"junit": str(junit), "replica_urls": urls}
-                command = suite["command"]
-                command = command.format(**values) if isinstance(command, str) else [
-                    c.format(**values) for c in command]
-                env = {**tool_env(), "CONVEYOR_REPLICA_URLS": urls, "CONVEYOR_VERSION": version,
-                       **{k: v.format(**values) for k, v in suite.get("env", {}).items()}}
-                self.log.info("Suite %s on %s: %s", suite["name"], version, command)
-                try:
-                    proc = subprocess.run(command, cwd=src, env=env, shell=isinstance(command, str),
-                                          capture_output=True, text=True, timeout=suite.get("timeout_s", 900))
-                    output, code = proc.stdout + proc.stderr, proc.returncode
-                except subprocess.TimeoutExpired:
-                    output, code = f"suite timed out after {suite.get('timeout_s', 900)} s", -1
-                for line in output.splitlines()[-30:]:
+                self.log.info("Suite %s on %s: %s", suite.name, version, suite.command)
+                run = run_suite(suite, src, workdir=Path(tmp), env=tool_env(CONVEYOR_VERSION=version),
+                                replica_urls=urls)
+                for line in run.result.tail().splitlines():
                     self.log.info("  %s", line)
-                cases = parse_junit(junit) if junit.exists() else []
-                results[suite["name"]] = cases
-                failed = {c["test"]: c["message"] for c in cases if c["outcome"] == "failed"}
-                if code != 0 and not failed:
-                    failed = {f"(suite exited {code} without failing test cases)": output[-2000:]}
-                failing[suite["name"]] = failed
-                summary[suite["name"]] = {
-                    "passed": sum(c["outcome"] == "passed" for c in cases),
-                    "failed": len(failed), "skipped": sum(c["outcome"] == "skipped" for c in cases),
-                    "exit_code": code,
-                }
-        return summary, failing, results
+                runs[suite.name] = run
+        return runs
 
-    def _triage(self, suites: list[dict], failing: dict[str, dict], urls: str) -> dict[str, set[str]]:
+    def _triage(self, failing: dict[str, dict[str, str | None]], urls: str) -> dict[str, set[str]]:
         """Failing tests that also fail on production's version, by suite (see the class docs)."""
-        from conveyor.artifacts import ArtifactInfo, ArtifactStore, checkout
-        from conveyor.deploy import deploy_host, for_each_host
-        from conveyor.inventory import resolve_hosts
+        from conveyor.artifacts import ArtifactInfo, ArtifactStore
 
         prod_version = self.artifact.get("production_version")
         prod_commit = self.artifact.get("production_commit")
-        if not (self.service["triage"]["enabled"] and prod_version and prod_commit):
-            self.log.info("No triage: %s", "disabled" if not self.service["triage"]["enabled"]
+        if not (self.service.triage.enabled and prod_version and prod_commit):
+            self.log.info("No triage: %s", "disabled" if not self.service.triage.enabled
                           else "production's version is unknown")
             return {}
         if prod_version == self.artifact["version"]:
@@ -125,60 +83,73 @@ class TestSuitesOperator(FleetOperator):
         if manifest is None:
             self.log.warning("No stored artifact of production's %s: cannot triage", prod_version)
             return {}
-        prod = store.info(manifest)
-        candidate = ArtifactInfo.from_dict(self.artifact)
-        hosts = resolve_hosts(self.service, "replica")
-
-        def put(info: ArtifactInfo) -> None:
-            tarball = store.fetch(info)
-            _, errors = for_each_host(hosts, lambda h: deploy_host(self.fleet, h, info, tarball),
-                                      max_parallel=self.service["deploy"]["max_parallel"])
-            if errors:
-                raise TestSuiteError(f"triage: cannot put the replica on {info.version}: {errors}", [])
-            try:
-                self._health(hosts, info.version)
-            except HealthCheckError as e:
-                raise TestSuiteError(f"triage: the replica is not healthy on {info.version}: {e}", []) from e
-
         self.log.info("Triage: re-running %s against production's %s", sorted(s for s, f in failing.items() if f),
                       prod_version)
-        rerun = [s for s in suites if failing.get(s["name"])]
+        rerun = [s for s in self.service.tests if failing.get(s.name)]
         try:
-            put(prod)
+            self._put_replica(store.info(manifest))
             with tempfile.TemporaryDirectory(prefix="triage-") as tmp:
-                src = Path(tmp) / "src"
-                shutil.copytree(checkout(self.service, prod_commit), src, ignore=shutil.ignore_patterns(".git"))
-                cand_src = checkout(self.service, candidate.commit)
-                for rel in self.service["triage"]["test_paths"]:
-                    if (src / rel).exists():
-                        shutil.rmtree(src / rel) if (src / rel).is_dir() else (src / rel).unlink()
-                    if (cand_src / rel).is_dir():
-                        shutil.copytree(cand_src / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
-                    elif (cand_src / rel).exists():
-                        shutil.copy2(cand_src / rel, src / rel)
-                _, prod_failing, _ = self._run_suites(src, rerun, urls, prod_version)
+                src = self._production_source_with_candidate_tests(Path(tmp), prod_commit)
+                prod_runs = self._run_suites(src, rerun, urls, prod_version)
         finally:
-            put(candidate)
-        return {name: set(prod_failing.get(name, {})) & set(failing[name]) for name in failing}
+            self._put_replica(ArtifactInfo.from_dict(self.artifact))
+        return {name: set(prod_runs[name].failing if name in prod_runs else {}) & set(failing[name])
+                for name in failing}
 
-    def run(self, context: Context) -> dict[str, Any]:
+    def _put_replica(self, info: ArtifactInfo) -> None:
+        """Deploy ``info`` to every replica host and wait for it to be healthy (triage's switch)."""
+        from conveyor.artifacts import ArtifactStore
+        from conveyor.inventory import resolve_hosts
+
+        hosts = resolve_hosts(self.service, "replica")
+        tarball = ArtifactStore.for_service(self.service).fetch(info)
+        _, errors = self.on_each_host(hosts, lambda s: s.deploy(info, tarball))
+        if errors:
+            raise TestSuiteError(f"triage: cannot put the replica on {info.version}: {errors}", [])
+        try:
+            self.check_health(hosts, info.version)
+        except HealthCheckError as e:
+            raise TestSuiteError(f"triage: the replica is not healthy on {info.version}: {e}", []) from e
+
+    def _production_source_with_candidate_tests(self, tmp: Path, prod_commit: str) -> Path:
+        """Production's source with the candidate's ``triage.test_paths`` copied over it."""
+        from conveyor.artifacts import checkout
+
+        src = tmp / "src"
+        shutil.copytree(checkout(self.service, prod_commit), src, ignore=shutil.ignore_patterns(".git"))
+        cand_src = checkout(self.service, self.artifact["commit"])
+        for rel in self.service.triage.test_paths:
+            if (src / rel).exists():
+                shutil.rmtree(src / rel) if (src / rel).is_dir() else (src / rel).unlink()
+            if (cand_src / rel).is_dir():
+                shutil.copytree(cand_src / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
+            elif (cand_src / rel).exists():
+                shutil.copy2(cand_src / rel, src / rel)
+        return src
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        with self.ledger_stage(context) as stage:
+            stage.detail = self._test(context)
+        return stage.detail
+
+    def _test(self, context: Context) -> dict[str, Any]:
         from conveyor.artifacts import checkout
         from conveyor.inventory import resolve_hosts
 
-        suites = self.service["tests"]
-        if not suites:
+        if not self.service.tests:
             self.log.info("No test suites configured for %s", self.service.id)
             return {"suites": {}, "failures": [], "pre_existing": []}
         src = checkout(self.service, self.artifact["commit"])
         urls = ",".join(base_url(h.health_url) for h in resolve_hosts(self.service, "replica"))
+        runs = self._run_suites(src, self.service.tests, urls, self.artifact["version"])
+        failing = {name: run.failing for name, run in runs.items()}
+        pre_existing = self._triage(failing, urls) if any(failing.values()) else {}
         release_id = self.release_id(context)
-        summary, failing, cases = self._run_suites(src, suites, urls, self.artifact["version"])
-        pre_existing = self._triage(suites, failing, urls) if any(failing.values()) else {}
-        for suite, suite_cases in cases.items():
-            for case in suite_cases:
+        for name, run in runs.items():
+            for case in run.cases:
                 self.ledger.upsert_test_result(
-                    release_id, suite, case["test"], outcome=case["outcome"], message=case["message"],
-                    pre_existing=case["test"] in pre_existing.get(suite, set()),
+                    release_id, name, case["test"], outcome=case["outcome"], message=case["message"],
+                    pre_existing=case["test"] in pre_existing.get(name, set()),
                 )
         blocking = [f"{s}::{t}" for s, tests in failing.items() for t in tests if t not in pre_existing.get(s, set())]
         known = [f"{s}::{t}" for s, tests in pre_existing.items() for t in sorted(tests)]
@@ -186,5 +157,6 @@ class TestSuitesOperator(FleetOperator):
             self.log.warning("Pre-existing failures (they fail on production's version too): %s", ", ".join(known))
         if blocking:
             raise TestSuiteError(f"{len(blocking)} failing test(s): " + ", ".join(blocking), blocking)
+        summary = {name: run.summary() for name, run in runs.items()}
         self.log.info("All suites passed%s: %s", " apart from pre-existing failures" if known else "", summary)
         return {"suites": summary, "failures": [], "pre_existing": known}

@@ -34,30 +34,32 @@ This module makes no connection, Variable or database call.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import pendulum
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, Timetable
 
+from conveyor.durations import format_duration
 from conveyor.exceptions import InvalidInputError
+from conveyor.windows import (
+    DAYS,
+    DEFAULT_MAX_LATENESS,
+    Freeze,
+    as_utc,
+    format_days,
+    local_instant,
+    parse_days,
+    parse_freezes,
+    parse_lateness,
+    parse_times,
+    parse_zone,
+)
 
 __all__ = ["Freeze", "ReleaseWindowTimetable", "DEFAULT_MAX_LATENESS"]
 
-DEFAULT_MAX_LATENESS = timedelta(minutes=30)
-
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_ALL_DAYS = tuple(range(7))
-_TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_RANGE_RE = re.compile(r"\s*(?:-|–|—|\.\.)\s*")
-_DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
-_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # A slot exists on every selected weekday, so one is always found within 8 local days.
 _DAYS_TO_SCAN = 8
 
@@ -67,239 +69,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-# --------------------------------------------------------------------------- parsing helpers
-
-
-def _parse_times(value: Any) -> tuple[time, ...]:
-    if isinstance(value, str | time):
-        value = [value] if isinstance(value, time) else [p for p in value.split(",") if p.strip()]
-    if not isinstance(value, Iterable) or isinstance(value, Mapping):
-        raise InvalidInputError(f"times: expected a list of 'HH:MM' times, got {value!r}")
-    parsed: set[time] = set()
-    for i, item in enumerate(value):
-        if isinstance(item, time):
-            if item.tzinfo is not None:
-                raise InvalidInputError(f"times[{i}]: {item!r} carries a time zone; use the timezone parameter")
-            parsed.add(item.replace(second=0, microsecond=0))
-            continue
-        m = _TIME_RE.fullmatch(item.strip()) if isinstance(item, str) else None
-        if not m:
-            hint = " (quote times in YAML: unquoted 10:00 is read as the number 600)" if isinstance(item, int) else ""
-            raise InvalidInputError(f"times[{i}]: {item!r} is not a time of day; use 24-hour 'HH:MM'{hint}")
-        parsed.add(time(int(m.group(1)), int(m.group(2))))
-    if not parsed:
-        raise InvalidInputError("times: at least one time of day is required, e.g. ['10:00', '16:00']")
-    return tuple(sorted(parsed))
-
-
-def _day_index(name: str, field: str) -> int:
-    key = name.strip().lower()
-    if key in _DAYS:
-        return _DAYS.index(key)
-    if key in _FULL_DAYS:
-        return _FULL_DAYS.index(key)
-    raise InvalidInputError(f"{field}: {name!r} is not a day; use mon, tue, wed, thu, fri, sat or sun")
-
-
-def _parse_days(value: Any) -> tuple[int, ...]:
-    if isinstance(value, str):
-        if value.strip().lower() in ("daily", "*", "every day", "all"):
-            return _ALL_DAYS
-        parts = [(p, "days") for p in value.split(",")]
-    elif isinstance(value, Iterable) and not isinstance(value, Mapping):
-        parts = []
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise InvalidInputError(f"days[{i}]: {item!r} is not a day name")
-            parts.append((item, f"days[{i}]"))
-    else:
-        raise InvalidInputError(f"days: expected 'mon-fri', 'mon,wed,fri' or a list of day names, got {value!r}")
-    days: set[int] = set()
-    for part, field in parts:
-        if not part.strip():
-            raise InvalidInputError(f"{field}: empty day name in {value!r}")
-        bounds = _RANGE_RE.split(part.strip())
-        if len(bounds) == 1:
-            days.add(_day_index(bounds[0], field))
-        elif len(bounds) == 2:
-            first, last = _day_index(bounds[0], field), _day_index(bounds[1], field)
-            span = (last - first) % 7  # "fri-mon" wraps over the weekend
-            days.update((first + k) % 7 for k in range(span + 1))
-        else:
-            raise InvalidInputError(f"{field}: {part!r} is not a day or a range such as 'mon-fri'")
-    if not days:
-        raise InvalidInputError("days: at least one day is required")
-    return tuple(sorted(days))
-
-
-def _parse_zone(value: Any) -> ZoneInfo:
-    name = value
-    if isinstance(value, tzinfo):
-        # ZoneInfo has .key, pendulum's Timezone has .name; fixed offsets have neither.
-        name = getattr(value, "key", None) or getattr(value, "name", None)
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInputError(f"timezone: {value!r} is not an IANA time zone name such as 'Europe/Madrid'")
-    try:
-        return ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise InvalidInputError(
-            f"timezone: unknown time zone {name!r}; use an IANA name such as 'Europe/Madrid' or 'UTC'"
-        ) from None
-
-
-def _parse_lateness(value: Any) -> timedelta:
-    if value is None:
-        return DEFAULT_MAX_LATENESS
-    if isinstance(value, timedelta):
-        lateness = value
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        lateness = timedelta(seconds=value)
-    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
-        lateness = timedelta(**{_DURATION_UNITS[m.group(2)]: int(m.group(1))})
-    else:
-        raise InvalidInputError(f"max_lateness: {value!r} is not a duration; use e.g. '30m', '2h' or a timedelta")
-    if lateness < timedelta(0):
-        raise InvalidInputError(f"max_lateness: {value!r} must not be negative")
-    return lateness
-
-
-def _local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
-    """The UTC instant of a local wall-clock time.
-
-    ``fold=0`` makes both DST edge cases deterministic: a time in the spring-forward gap is read
-    with the offset in force before the change (so it lands one hour later on the wall clock),
-    and a time in the autumn fold is its first occurrence.
-    """
-    return datetime.combine(day, at, tzinfo=zone).replace(fold=0).astimezone(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInputError(f"{value!r} is a naive datetime; pass a time-zone-aware one")
-    return value.astimezone(UTC)
-
-
 def _to_pendulum(value: datetime) -> pendulum.DateTime:
     return pendulum.instance(value.astimezone(UTC))
-
-
-# --------------------------------------------------------------------------- freezes
-
-
-@dataclass(frozen=True)
-class Freeze:
-    """A period in which scheduled releases do not happen and ordinary manual ones are refused.
-
-    ``start`` is inclusive and ``end`` exclusive, both aware UTC datetimes. ``start_text`` and
-    ``end_text`` keep what was configured (``2026-12-22``, or an ISO datetime) for messages and
-    serialization; ``label`` is the human form, e.g. ``2026-12-22 – 2027-01-06``.
-    """
-
-    start: datetime
-    end: datetime
-    reason: str
-    start_text: str
-    end_text: str
-
-    @property
-    def label(self) -> str:
-        return self.start_text if self.start_text == self.end_text else f"{self.start_text} – {self.end_text}"
-
-    def covers(self, when: datetime) -> bool:
-        return self.start <= _utc(when) < self.end
-
-    def to_dict(self) -> dict[str, str]:
-        return {"start": self.start_text, "end": self.end_text, "reason": self.reason}
-
-    def __str__(self) -> str:
-        return f"{self.label} ({self.reason})"
-
-
-def _freeze_bound(value: Any, field: str, zone: ZoneInfo, *, is_end: bool) -> tuple[datetime, str, bool]:
-    """Return (UTC instant, canonical text, was_a_date). A date ``end`` means the end of that day."""
-    parsed: date | datetime
-    if isinstance(value, datetime | date):
-        parsed = value
-    elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            parsed = date.fromisoformat(text) if _DATE_RE.fullmatch(text) else datetime.fromisoformat(text)
-        except ValueError:
-            parsed = None  # type: ignore[assignment]
-        if parsed is None:
-            raise InvalidInputError(f"{field}: {value!r} is not a date (YYYY-MM-DD) or an ISO datetime")
-    else:
-        raise InvalidInputError(f"{field}: {value!r} is not a date (YYYY-MM-DD) or an ISO datetime")
-    if isinstance(parsed, datetime):
-        if parsed.tzinfo is None:
-            instant = parsed.replace(tzinfo=zone, fold=0).astimezone(UTC)
-        else:
-            instant = parsed.astimezone(UTC)
-        return instant, parsed.isoformat(), False
-    day = parsed + timedelta(days=1) if is_end else parsed
-    return _local_instant(day, time(0, 0), zone), parsed.isoformat(), True
-
-
-def _parse_freezes(value: Any, zone: ZoneInfo) -> tuple[Freeze, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, Mapping) or isinstance(value, str) or not isinstance(value, Iterable):
-        raise InvalidInputError(f"freezes: expected a list of {{start, end, reason}}, got {value!r}")
-    freezes = []
-    for i, item in enumerate(value):
-        if isinstance(item, Freeze):
-            item = item.to_dict()
-        if not isinstance(item, Mapping):
-            raise InvalidInputError(f"freezes[{i}]: expected a mapping with start, end and reason, got {item!r}")
-        unknown = sorted(set(item) - {"start", "end", "reason"})
-        if unknown:
-            raise InvalidInputError(f"freezes[{i}]: unknown field(s) {', '.join(map(str, unknown))}")
-        for key in ("start", "end"):
-            if item.get(key) in (None, ""):
-                raise InvalidInputError(f"freezes[{i}].{key}: required")
-        reason = item.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            raise InvalidInputError(
-                f"freezes[{i}].reason: a reason is required; it is shown to anyone whose release is refused"
-            )
-        start, start_text, _ = _freeze_bound(item["start"], f"freezes[{i}].start", zone, is_end=False)
-        end, end_text, end_is_date = _freeze_bound(item["end"], f"freezes[{i}].end", zone, is_end=True)
-        if end <= start:
-            what = "before" if end_is_date or end < start else "not after"
-            raise InvalidInputError(f"freezes[{i}].end: {end_text} is {what} start {start_text}")
-        freezes.append(Freeze(start=start, end=end, reason=reason.strip(), start_text=start_text, end_text=end_text))
-    return tuple(sorted(freezes, key=lambda f: (f.start, f.end)))
-
-
-def _format_days(days: Sequence[int]) -> str:
-    """(0, 1, 2, 3, 4) -> 'Mon–Fri'; (0, 2, 4) -> 'Mon, Wed, Fri'; all seven -> 'daily'."""
-    if len(days) == 7:
-        return "daily"
-    chosen = set(days)
-    # Start the walk just after the last unchosen day before Monday, so the text starts as early
-    # in the week as it can while runs such as Sat–Mon stay together.
-    first = next(d for d in (6, 5, 4, 3, 2, 1, 0) if d not in chosen)
-    runs: list[list[int]] = []
-    for k in range(1, 8):
-        d = (first + k) % 7
-        if d in chosen:
-            if runs and (runs[-1][-1] + 1) % 7 == d:
-                runs[-1].append(d)
-            else:
-                runs.append([d])
-    parts = []
-    for run in runs:
-        names = [_DAYS[d].capitalize() for d in run]
-        parts.append(f"{names[0]}–{names[-1]}" if len(run) >= 3 else ", ".join(names))
-    return ", ".join(parts)
-
-
-def _format_lateness(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 # --------------------------------------------------------------------------- the timetable
@@ -334,34 +105,13 @@ class ReleaseWindowTimetable(Timetable):
         max_lateness: timedelta | str | float | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self._times = _parse_times(times)
-        self._days = _parse_days(days)
-        self._zone = _parse_zone(timezone)
-        self._freezes = _parse_freezes(freezes, self._zone)
-        self._max_lateness = _parse_lateness(max_lateness)
+        self._times = parse_times(times)
+        self._days = parse_days(days)
+        self._zone = parse_zone(timezone)
+        self._freezes = parse_freezes(freezes, self._zone)
+        self._max_lateness = parse_lateness(max_lateness)
         self._clock = clock
         self.description = self._describe()
-
-    # ----------------------------------------------------------------- construction from YAML
-
-    @classmethod
-    def from_config(cls, schedule: Mapping[str, Any], *, clock: Callable[[], datetime] | None = None):
-        """Build from a service file's ``schedule:`` section (see ``docs/schedule.md``)."""
-        if not isinstance(schedule, Mapping):
-            raise InvalidInputError(f"expected a mapping with times, days, timezone, freezes, got {schedule!r}")
-        unknown = sorted(set(schedule) - {"times", "days", "timezone", "freezes", "max_lateness"})
-        if unknown:
-            raise InvalidInputError(f"{unknown[0]}: unknown field")
-        if "times" not in schedule:
-            raise InvalidInputError("times: required, e.g. ['10:00', '16:00']")
-        return cls(
-            times=schedule["times"],
-            days=schedule.get("days", "mon-fri"),
-            timezone=schedule.get("timezone", "UTC"),
-            freezes=schedule.get("freezes") or [],
-            max_lateness=schedule.get("max_lateness"),
-            clock=clock,
-        )
 
     # ----------------------------------------------------------------- read-only views
 
@@ -388,14 +138,14 @@ class ReleaseWindowTimetable(Timetable):
 
     def now(self) -> datetime:
         """The current time by this timetable's clock (aware, UTC)."""
-        return _utc((self._clock or _now)())
+        return as_utc((self._clock or _now)())
 
     # ----------------------------------------------------------------- Airflow serialization
 
     def serialize(self) -> dict[str, Any]:
         return {
             "times": [t.strftime("%H:%M") for t in self._times],
-            "days": [_DAYS[d] for d in self._days],
+            "days": [DAYS[d] for d in self._days],
             "timezone": self._zone.key,
             "freezes": [f.to_dict() for f in self._freezes],
             "max_lateness": self._max_lateness.total_seconds(),
@@ -429,7 +179,7 @@ class ReleaseWindowTimetable(Timetable):
     @property
     def summary(self) -> str:
         """``10:00, 16:00 Mon–Fri Europe/Madrid (1 freeze)``."""
-        text = f"{', '.join(t.strftime('%H:%M') for t in self._times)} {_format_days(self._days)} {self._zone.key}"
+        text = f"{', '.join(t.strftime('%H:%M') for t in self._times)} {format_days(self._days)} {self._zone.key}"
         if self._freezes:
             n = len(self._freezes)
             text += f" ({n} freeze{'s' if n != 1 else ''})"
@@ -438,10 +188,10 @@ class ReleaseWindowTimetable(Timetable):
     def _describe(self) -> str:
         times = [t.strftime("%H:%M") for t in self._times]
         at = times[0] if len(times) == 1 else f"{', '.join(times[:-1])} and {times[-1]}"
-        text = f"Release windows at {at} {self._zone.key} time, {_format_days(self._days)}."
+        text = f"Release windows at {at} {self._zone.key} time, {format_days(self._days)}."
         if self._freezes:
             text += " Frozen: " + "; ".join(str(f) for f in self._freezes) + "."
-        text += f" Slots more than {_format_lateness(self._max_lateness)} late are skipped."
+        text += f" Slots more than {format_duration(self._max_lateness)} late are skipped."
         # DagModel.timetable_description is VARCHAR(1000).
         return text if len(text) <= 1000 else text[:997] + "..."
 
@@ -492,8 +242,8 @@ class ReleaseWindowTimetable(Timetable):
         For a runtime guard in the DAG: the scheduler creates the run it stored as "next" earlier,
         so a scheduler or dag-processor that was down across a slot can still start a late one.
         """
-        current = self.now() if now is None else _utc(now)
-        return _utc(run_after) < current - self._max_lateness
+        current = self.now() if now is None else as_utc(now)
+        return as_utc(run_after) < current - self._max_lateness
 
     def manual_run_refusal(
         self, when: datetime, *, emergency: bool, reason: str | None, require_window: bool = False
@@ -525,7 +275,7 @@ class ReleaseWindowTimetable(Timetable):
     # ----------------------------------------------------------------- Airflow's scheduling API
 
     def infer_manual_data_interval(self, *, run_after: datetime) -> DataInterval:
-        at = _to_pendulum(_utc(run_after))
+        at = _to_pendulum(as_utc(run_after))
         return DataInterval(start=at, end=at)
 
     def next_dagrun_info(
@@ -537,15 +287,15 @@ class ReleaseWindowTimetable(Timetable):
         # The next slot lies after the most restrictive of these bounds; (instant, inclusive).
         bounds: list[tuple[datetime, bool]] = []
         if last_automated_data_interval is not None:
-            bounds.append((_utc(last_automated_data_interval.end), False))
+            bounds.append((as_utc(last_automated_data_interval.end), False))
         if restriction.earliest is not None:
-            bounds.append((_utc(restriction.earliest), True))
+            bounds.append((as_utc(restriction.earliest), True))
         if not restriction.catchup or not bounds:
             # The stale-slot guard (and, with catchup but no history or start date, the start).
             bounds.append((self.now() - self._max_lateness, True))
         # Latest instant wins; on a tie the exclusive bound (False sorts first) is the stricter one.
         start, inclusive = max(bounds, key=lambda b: (b[0], not b[1]))
-        latest = _utc(restriction.latest) if restriction.latest is not None else None
+        latest = as_utc(restriction.latest) if restriction.latest is not None else None
         slot = self._next_open_slot(start, inclusive=inclusive, latest=latest)
         if slot is None:
             return None
@@ -568,7 +318,7 @@ class ReleaseWindowTimetable(Timetable):
             if day.weekday() not in self._days:
                 continue
             # Sorted and de-duplicated: two times can share an instant across a DST gap.
-            for slot in sorted({_local_instant(day, t, self._zone) for t in self._times}):
+            for slot in sorted({local_instant(day, t, self._zone) for t in self._times}):
                 if slot > start or (inclusive and slot == start):
                     yield slot
 

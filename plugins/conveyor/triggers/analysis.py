@@ -71,12 +71,11 @@ class CanaryAnalysisTrigger(BaseTrigger):
     async def run(self):
         import httpx
 
-        from conveyor.analysis import AnalysisSettings, judge
-        from conveyor.hooks.metrics import scrape_from_dict
+        from conveyor.analysis import AnalysisSettings, Scrape, judge
 
         try:
             settings = AnalysisSettings.from_dict(self.settings)
-            fixed = {n: [scrape_from_dict(s) for s in series] for n, series in self.fixed_baseline.items()}
+            fixed = {n: [Scrape.from_dict(s) for s in series] for n, series in self.fixed_baseline.items()}
             urls = {**self.canary, **self.baseline}
             series: dict[str, list] = {n: [] for n in urls}
             async with httpx.AsyncClient() as client:

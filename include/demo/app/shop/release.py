@@ -1,4 +1,4 @@
-"""What this build of the shop is. Each demo version changes this file (see plugins/conveyor/demo.py)."""
+"""What this build of the shop is. Each demo version changes this file (see plugins/conveyor_lab/demo.py)."""
 from __future__ import annotations
 
 VERSION = "v1.0.0"

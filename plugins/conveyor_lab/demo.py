@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import random
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conveyor.paths import DEMO_DIR, demo_repo_dir
+from conveyor.commands import git
+from conveyor.paths import DEMO_DIR, local_repo_dir
 
+DEMO_REPO = "demo_shop"  # the demo service's ``repo.url: local:demo_shop``
 APP_DIR = DEMO_DIR / "app"
 HISTORY_DIR = DEMO_DIR / "history"
 FINGERPRINT_FILE = "conveyor-demo-fingerprint"
@@ -98,22 +98,14 @@ def fingerprint() -> str:
     return h.hexdigest()
 
 
-def _git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
 def _build(dest: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="demo-repo-") as tmp:
         work = Path(tmp) / "work"
-        _git("init", "--quiet", "--initial-branch=main", str(work), cwd=Path(tmp))
+        git("init", "--quiet", "--initial-branch=main", str(work), cwd=Path(tmp))
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         for step in HISTORY:
             if step.parent:
-                _git("checkout", "--quiet", "--detach", step.parent, cwd=work)
+                git("checkout", "--quiet", "--detach", step.parent, cwd=work)
             for child in work.iterdir():
                 if child.name != ".git":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -123,29 +115,35 @@ def _build(dest: Path) -> None:
                 for repo_path, source in ancestor.files.items():
                     (work / repo_path).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(HISTORY_DIR / source, work / repo_path)
-            _git("add", "--all", cwd=work)
+            git("add", "--all", cwd=work)
             name, email = step.author
             env = {
                 "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": step.date,
                 "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email, "GIT_COMMITTER_DATE": step.date,
             }
-            _git("-c", "commit.gpgsign=false", "commit", "--quiet", "--allow-empty", "-m", step.message,
-                 cwd=work, env=env)
-            _git("-c", "tag.gpgsign=false", "tag", "-a", step.tag, "-m", f"Release {step.tag}", cwd=work, env=env)
+            git("-c", "commit.gpgsign=false", "commit", "--quiet", "--allow-empty", "-m", step.message,
+                cwd=work, env=env)
+            git("-c", "tag.gpgsign=false", "tag", "-a", step.tag, "-m", f"Release {step.tag}", cwd=work, env=env)
             if step.tag == "v1.1.0":
-                _git("branch", "--force", "main", "HEAD", cwd=work)
-        _git("checkout", "--quiet", "main", cwd=work)
+                git("branch", "--force", "main", "HEAD", cwd=work)
+        git("checkout", "--quiet", "main", cwd=work)
         staging = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        _git("clone", "--quiet", "--bare", str(work), str(staging), cwd=Path(tmp))
+        git("clone", "--quiet", "--bare", str(work), str(staging), cwd=Path(tmp))
         (staging / FINGERPRINT_FILE).write_text(fingerprint() + "\n")
         shutil.rmtree(dest, ignore_errors=True)
         staging.rename(dest)
 
 
 def create_demo_repo(dest: Path | None = None) -> Path:
-    """The demo's bare repository (created, or re-created when ``include/demo`` changed); returns its path."""
-    dest = Path(dest or demo_repo_dir())
+    """The demo's bare repository (created, or re-created when ``include/demo`` changed); returns its path.
+
+    By default it is where the demo service's ``repo.url: local:demo_shop`` points:
+    ``local_repo_dir("demo_shop")`` (``$CONVEYOR_HOME/repos/demo_shop.git``). Conveyor itself never
+    creates it: ``Fleet.up`` (so ``make run``) does, and so must a test that builds the demo without a fleet.
+    Raises :class:`~conveyor.exceptions.BuildError` when git fails.
+    """
+    dest = Path(dest or local_repo_dir(DEMO_REPO))
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent / f".{dest.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

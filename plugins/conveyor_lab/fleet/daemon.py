@@ -1,11 +1,11 @@
 """The local fleet's daemon: one SSH server per host and the traffic generator, in one asyncio loop.
 
-Started detached by :meth:`conveyor.fleet.Fleet.up` as ``python -m conveyor.fleet.daemon --home HOME``.
+Started detached by :meth:`conveyor_lab.fleet.Fleet.up` as ``python -m conveyor_lab.fleet.daemon --home HOME``.
 Each host is a real SSH server (asyncssh) on its own loopback address:
 
 - public-key authentication only, with the fleet's client key and the spec's username;
 - an exec request runs ``bash -c <command>`` with the host's home as working directory and login
-  environment (:func:`conveyor.fleet.layout.host_env`); stdin, stdout, stderr and the exit status
+  environment (:func:`conveyor_lab.fleet.layout.host_env`); stdin, stdout, stderr and the exit status
   (or signal) pass through unchanged, and a command whose client disconnects is killed;
 - SFTP is chrooted to the host's home, so relative paths are relative to the login directory and
   ``..`` cannot leave it.
@@ -29,11 +29,12 @@ from pathlib import Path
 
 import asyncssh
 
-from conveyor.fleet.layout import FleetPaths, host_env, load_spec, write_atomic
-from conveyor.fleet.spec import FleetSpec, HostSpec
-from conveyor.fleet.traffic import TrafficGenerator
+from conveyor_lab.fleet.layout import FleetPaths, host_env, load_spec, write_atomic
+from conveyor_lab.fleet.procs import DAEMON_MODULE
+from conveyor_lab.fleet.spec import FleetSpec, HostSpec
+from conveyor_lab.fleet.traffic import TrafficGenerator
 
-log = logging.getLogger("conveyor.fleet.daemon")
+log = logging.getLogger(DAEMON_MODULE)
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CHUNK = 65536
@@ -217,7 +218,7 @@ async def serve(paths: FleetPaths, spec: FleetSpec) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conveyor.fleet.daemon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {DAEMON_MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True, type=Path, help="the fleet directory (spec.json, keys, hosts/)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)

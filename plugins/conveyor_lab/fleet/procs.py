@@ -2,7 +2,7 @@
 
 Only processes proven to belong to a fleet are ever signalled: by their command line (the app of a
 host, the daemon of a fleet home) or by the marker variable every fleet process carries in its
-environment (:data:`conveyor.fleet.layout.MARKER_ENV`).
+environment (:data:`conveyor_lab.fleet.layout.MARKER_ENV`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+#: The daemon's module: ``Fleet.up`` starts it as ``python -m DAEMON_MODULE --home HOME``, and
+#: :func:`is_daemon` recognises it by this name in its command line.
+DAEMON_MODULE = "conveyor_lab.fleet.daemon"
 
 
 def _reap(pid: int) -> None:
@@ -59,8 +63,9 @@ def is_app(pid: int, address: str, port: int) -> bool:
 
 
 def is_daemon(pid: int, home: Path) -> bool:
+    """Is ``pid`` the daemon of the fleet in ``home`` (``python -m DAEMON_MODULE --home HOME``)?"""
     args = cmdline(pid)
-    return "conveyor.fleet.daemon" in args and str(home) in args
+    return DAEMON_MODULE in args and str(home) in args
 
 
 def marked_processes(name: str, value: str) -> list[int]:

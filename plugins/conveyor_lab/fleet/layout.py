@@ -1,6 +1,6 @@
 """The local fleet on disk: where each file lives, the keys, each host's home and its environment.
 
-Shared by :class:`conveyor.fleet.Fleet` (which writes these files) and the daemon (which reads them),
+Shared by :class:`conveyor_lab.fleet.Fleet` (which writes these files) and the daemon (which reads them),
 so both agree on what a host's login environment is: ``bin/restart`` run by ``fleet up`` behaves
 exactly as when Conveyor runs it over SSH.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.exceptions import ConveyorError
-from conveyor.fleet.spec import FleetSpec, HostSpec
 from conveyor.paths import REMOTE_DIR
+from conveyor_lab.fleet.spec import FleetSpec, HostSpec
 
 REMOTE_SCRIPT = REMOTE_DIR / "conveyor-remote.sh"
 REMOTE_SCRIPT_PATH = ".conveyor/conveyor-remote.sh"  # relative to a host's home (see docs/interfaces.md)

@@ -1,7 +1,8 @@
 """Start, stop and inspect the local fleet: :class:`Fleet`.
 
-``Fleet.up()`` prepares every host's home (``hosts/<name>/``), seeds the demo shop where no version is
-active, starts the daemon (:mod:`conveyor.fleet.daemon`: the SSH servers and the traffic generator)
+``Fleet.up()`` creates the demo repository (:func:`conveyor_lab.demo.create_demo_repo`, which the
+demo service's ``repo.url: local:demo_shop`` names), prepares every host's home (``hosts/<name>/``),
+seeds the demo shop where no version is active, starts the daemon (:mod:`conveyor_lab.fleet.daemon`: the SSH servers and the traffic generator)
 and runs each host's ``bin/restart``; ``Fleet.down()`` stops the apps, then the daemon, and checks
 that nothing it started is left. Hosts' files stay between runs, so the next ``up`` restarts each
 host on the version it last ran.
@@ -22,10 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from conveyor.fleet import layout, procs
-from conveyor.fleet.layout import FleetError, FleetPaths
-from conveyor.fleet.spec import FleetSpec, HostSpec
 from conveyor.paths import fleet_dir
+from conveyor_lab.demo import create_demo_repo
+from conveyor_lab.fleet import layout, procs
+from conveyor_lab.fleet.layout import FleetError, FleetPaths
+from conveyor_lab.fleet.spec import FleetSpec, HostSpec
 
 SEED_SERVICE = "demo_shop"
 DAEMON_START_TIMEOUT_S = 20.0
@@ -161,7 +163,11 @@ class Fleet:
         :param seed_version: the demo shop version installed on hosts that have none active; None
             leaves such hosts empty (their ``bin/restart`` then fails until a release deploys one).
         :param wait: wait until every host with a version answers ``/health``.
+
+        The demo repository is created (or re-created when ``include/demo`` changed) first, even when
+        the fleet runs already: seeding builds from it, and so do releases of the demo service.
         """
+        create_demo_repo()
         if pid := self.daemon_pid():
             self.echo(f"The local fleet is already running (daemon pid {pid}, {self.home}).")
             return
@@ -218,7 +224,7 @@ class Fleet:
         env.pop("AIRFLOW_CONN_CONVEYOR_FLEET", None)
         with open(self.paths.daemon_log, "ab") as log:
             self._daemon = subprocess.Popen(
-                [sys.executable, "-m", "conveyor.fleet.daemon", "--home", str(self.home)],
+                [sys.executable, "-m", procs.DAEMON_MODULE, "--home", str(self.home)],
                 cwd=self.home, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True,
             )

@@ -16,7 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from conveyor.demo import _git, create_demo_repo
+from conveyor.commands import git
+from conveyor_lab.demo import create_demo_repo
 
 BRANCH = "main"
 GOOD_BULK_QUANTITY = 10
@@ -65,14 +66,14 @@ def push_demo_commit(red: bool, message: str | None = None, author: str | None =
     bare = Path(repo) if repo else create_demo_repo()
     with tempfile.TemporaryDirectory(prefix="demo-commit-") as tmp:
         work = Path(tmp) / "work"
-        _git("clone", "--quiet", "--branch", BRANCH, str(bare), str(work), cwd=Path(tmp))
+        git("clone", "--quiet", "--branch", BRANCH, str(bare), str(work), cwd=Path(tmp))
         default_message = _change(work, red)
-        _git("add", "--all", cwd=work)
+        git("add", "--all", cwd=work)
         env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
                "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
-        _git("-c", "commit.gpgsign=false", "commit", "--quiet", "-m", message or default_message, cwd=work, env=env)
-        sha = _git("rev-parse", "HEAD", cwd=work)
-        _git("push", "--quiet", "origin", f"HEAD:refs/heads/{BRANCH}", cwd=work)
+        git("-c", "commit.gpgsign=false", "commit", "--quiet", "-m", message or default_message, cwd=work, env=env)
+        sha = git("rev-parse", "HEAD", cwd=work)
+        git("push", "--quiet", "origin", f"HEAD:refs/heads/{BRANCH}", cwd=work)
     return sha
 
 

@@ -11,8 +11,8 @@ Importing this package starts nothing and imports neither asyncssh nor Airflow.
 
 from __future__ import annotations
 
-from conveyor.fleet.layout import FleetError, FleetPaths
-from conveyor.fleet.manager import Fleet
-from conveyor.fleet.spec import FleetSpec, HostSpec
+from conveyor_lab.fleet.layout import FleetError, FleetPaths
+from conveyor_lab.fleet.manager import Fleet
+from conveyor_lab.fleet.spec import FleetSpec, HostSpec
 
 __all__ = ["Fleet", "FleetError", "FleetPaths", "FleetSpec", "HostSpec"]

@@ -2,7 +2,7 @@
 
 Runs inside the fleet daemon's event loop as a bare asyncio protocol (one short HTTP/1.1 exchange
 per connection), with a bounded number of requests in flight: the machine is shared with Airflow,
-so the generator must stay light. The requests are the demo's mix (:func:`conveyor.demo.traffic_request`).
+so the generator must stay light. The requests are the demo's mix (:func:`conveyor_lab.demo.traffic_request`).
 Outcomes are not recorded here: the app's own ``/metrics`` counts requests, errors and latency, which
 is what canary analysis reads.
 """
@@ -14,8 +14,8 @@ import logging
 import random
 from collections.abc import Callable
 
-from conveyor.demo import traffic_request
-from conveyor.fleet.spec import FleetSpec, HostSpec
+from conveyor_lab.demo import traffic_request
+from conveyor_lab.fleet.spec import FleetSpec, HostSpec
 
 log = logging.getLogger(__name__)
 

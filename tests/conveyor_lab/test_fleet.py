@@ -17,8 +17,8 @@ import paramiko
 import pytest
 from tests.fleet_fixtures import fleet_processes, free_fleet_spec, local_fleet, stop_and_check  # noqa: F401
 
-from conveyor.fleet import Fleet, FleetError, procs
-from conveyor.fleet.layout import host_env
+from conveyor_lab.fleet import Fleet, FleetError, procs
+from conveyor_lab.fleet.layout import host_env
 
 CONN_ID = "conveyor_fleet"
 
@@ -162,9 +162,8 @@ def test_the_remote_script_runs_through_the_fleet_hook(fleet_conn):
 
     spec = fleet_conn.spec.host("prod-2")
     host = Host(name=spec.name, environment=spec.environment, address=spec.address, ssh_port=spec.ssh_port)
-    hook = FleetHook(CONN_ID)
-    hook.install_remote_script(host)  # SFTP put to a temporary name, then rename over the old copy
-    result = hook.remote(host, "current", "app")
+    with FleetHook(CONN_ID).session(host) as session:
+        result = session.remote("current", "app")  # installs the script first if the host's copy differs
     assert result.ok, result.describe()
     assert result.stdout.strip() == "v1.0.0"
 
