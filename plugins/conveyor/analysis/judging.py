@@ -73,12 +73,14 @@ class _Data:
 
 
 def _fmt_rate(p: float | None) -> str:
+    """A rate as a percentage for a reason."""
     if p is None or not math.isfinite(p):
         return "n/a"
     return f"{100 * p:.2f}%" if p < 0.1 else f"{100 * p:.1f}%"
 
 
 def _fmt_ratio(r: float | None) -> str:
+    """A ratio as ``x1.23`` for a reason."""
     if r is None:
         return "x?"
     if math.isinf(r):
@@ -86,8 +88,14 @@ def _fmt_ratio(r: float | None) -> str:
     return f"x{r:.2f}" if r < 10 else f"x{r:.1f}"
 
 
+def _fmt_ms(v: float | None) -> str:
+    """Seconds as milliseconds for a reason."""
+    return "n/a" if v is None else f"{1000 * v:.0f} ms" if v >= 0.01 else f"{1000 * v:.1f} ms"
+
+
 def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
              settings: AnalysisSettings) -> _Data:
+    """Counts in common intervals; baseline hosts scraped since the canary began are live, else a snapshot."""
     c_hosts = {n: host_counts(n, s, settings) for n, s in canary.items() if s}
     empty_c = [n for n, s in canary.items() if not s]
     b_full = {n: host_counts(n, s, settings) for n, s in baseline.items() if s}
@@ -136,6 +144,7 @@ def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
 
 
 def _first_true(mask: np.ndarray) -> int | None:
+    """Index of the first true entry, or None."""
     idx = np.flatnonzero(mask)
     return int(idx[0]) if idx.size else None
 
@@ -241,6 +250,7 @@ class _Budget:
     """
 
     def __init__(self, settings: AnalysisSettings, static: bool, metric: str) -> None:
+        """The metric's share of ``alpha``; half of it for the baseline's bound if the baseline is static."""
         if len(settings.metrics) == 1:
             per_metric = settings.alpha
         elif metric == "errors":
@@ -254,11 +264,20 @@ class _Budget:
         self.log_threshold = math.log(self.threshold)
 
     def spend(self, data: _Data, over: bool) -> np.ndarray:
+        """The type-I error the sequential test may have spent by each interval's end."""
         t = np.clip((data.interval_ends - data.start) / self.settings.window_s, 0.0, 1.0)
         out = self.test * t ** self.settings.alpha_spending
         if over and out.size:
             out[-1] = self.test
         return out
+
+    def early_pass(self, over: bool, x: np.ndarray, y: np.ndarray, n_c: np.ndarray, n_b: np.ndarray,
+                   margin: np.ndarray | float) -> bool:
+        """Whether the e-process already shows no regression (only before the window's end, if enabled)."""
+        if not self.settings.early_pass or over:
+            return False
+        log_ni = stats.ratio_e_process(x, y, n_c, n_b, margin, upper=False)
+        return bool(log_ni.max() >= self.log_threshold)
 
 
 def _first_rejection(tests: list[stats.SequentialTest], requests: np.ndarray, settings: AnalysisSettings) -> int | None:
@@ -270,6 +289,7 @@ def _first_rejection(tests: list[stats.SequentialTest], requests: np.ndarray, se
 
 
 def _limit(test: stats.SequentialTest, k: int | None) -> str:
+    """The canary's total at look ``k`` against the test's limit, for a reason."""
     s, b = test.at(k)
     if s >= b:
         return f"{s:.0f}, at or over the limit {b:.0f}"
@@ -279,7 +299,234 @@ def _limit(test: stats.SequentialTest, k: int | None) -> str:
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def _no_data(metric: str, data: _Data, settings: AnalysisSettings, over: bool, what: str) -> MetricVerdict:
+@dataclass
+class _Outcome:
+    """What one metric's test found: its sequential tests, the first look where all reject, the evidence."""
+
+    tests: list[stats.SequentialTest]
+    first: int | None
+    dropped: list[str]  # baseline hosts left out of the pool as outliers
+    p_value: float | None = None  # nominal: as if the whole window were one look
+    early: bool = False
+
+
+def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
+    """The errors verdict: wait for data, else test against live baseline hosts or the snapshot."""
+    if data.mode == "none" or data.canary.shape[0] == 0:
+        return _no_data("errors", data, settings, over)
+    return (_errors_live if data.mode == "live" else _errors_static)(data, settings, over)
+
+
+def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
+    """Errors vs live baseline hosts: does the canary err over (1 + tolerance) x their rate, and the floor?"""
+    budget = _Budget(settings, False, "errors")
+    r0 = 1.0 + settings.error_tolerance
+    nc, xc = data.canary[:, _REQ], data.canary[:, _ERR]
+    keep, dropped = _pool_hosts(data, data.base_cum, settings, "errors")  # column i: before interval i
+    # The sequential test pools the hosts chosen BEFORE each interval (predictable, so the
+    # e-process stays valid); the window-end test and the reported rates use the final choice.
+    nb_h, xb_h = data.baseline[:, :, _REQ], data.baseline[:, :, _ERR]
+    nb, xb = _pooled(nb_h, keep[:, :-1]), _pooled(xb_h, keep[:, :-1])
+    nb_f, xb_f = _pooled(nb_h, keep[:, -1:]), _pooled(xb_h, keep[:, -1:])
+    spend = budget.spend(data, over)
+    tests = [stats.sequential_test(xc, xc + xb, stats.null_share(r0, nc, nb), spend)]
+    if tests[0].first is not None:
+        # intersection-union: a regression must also be above the absolute floor, each at full level
+        tests.append(stats.sequential_test(xc, nc, np.full(nc.size, settings.error_floor), spend))
+    out = _Outcome(tests, _first_rejection(tests, nc, settings), dropped)
+    total_nc, total_xc = float(nc.sum()), float(xc.sum())
+    if (over or out.first is not None) and total_nc > 0:
+        p_ratio = stats.poisson_binomial_sf(total_xc, xc + xb_f, stats.null_share(r0, nc, nb_f, missing=0.0))
+        p_floor = (stats.binom_sf(total_xc, total_nc, settings.error_floor) if settings.error_floor > 0
+                   else 0.0 if total_xc > 0 else 1.0)
+        out.p_value = max(p_ratio, p_floor)
+    out.early = budget.early_pass(over, xc, xb, nc, nb, settings.early_pass_margin)
+    null_desc = f"> x{r0:g} baseline and > {_fmt_rate(settings.error_floor)}"
+    return _errors_verdict(data, settings, over, out, float(nb_f.sum()), float(xb_f.sum()), r0, null_desc)
+
+
+def _errors_static(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
+    """Errors vs the snapshot: does the canary err more than (1 + tolerance) x its bound, or the floor?"""
+    budget = _Budget(settings, True, "errors")
+    r0 = 1.0 + settings.error_tolerance
+    nc, xc = data.canary[:, _REQ], data.canary[:, _ERR]
+    keep, dropped = _pool_hosts(data, data.baseline[:, None, :], settings, "errors")
+    total_nb = float(data.baseline[keep[:, 0], _REQ].sum())
+    total_xb = float(data.baseline[keep[:, 0], _ERR].sum())
+    ucb = stats.binom_upper(total_xb, total_nb, budget.ucb) if total_nb > 0 else 1.0
+    p_ref = max(r0 * ucb, settings.error_floor)
+    tests = [stats.sequential_test(xc, nc, np.full(nc.size, p_ref), budget.spend(data, over))]
+    out = _Outcome(tests, _first_rejection(tests, nc, settings), dropped)
+    total_nc, total_xc = float(nc.sum()), float(xc.sum())
+    if (over or out.first is not None) and total_nc > 0:
+        out.p_value = stats.binom_sf(total_xc, total_nc, p_ref)
+    floor = _fmt_rate(settings.error_floor)
+    null_desc = f"> {_fmt_rate(p_ref)} (x{r0:g} the baseline's upper bound, floor {floor})"
+    return _errors_verdict(data, settings, over, out, total_nb, total_xb, r0, null_desc)
+
+
+def _errors_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _Outcome, total_nb: float,
+                    total_xb: float, r0: float, null_desc: str) -> MetricVerdict:
+    """The errors decision from the test's outcome, with the rates, effect and interval that explain it."""
+    nc = data.canary[:, _REQ]
+    total_nc, total_xc = float(nc.sum()), float(data.canary[:, _ERR].sum())
+    p_c = total_xc / total_nc if total_nc > 0 else None
+    p_b = total_xb / total_nb if total_nb > 0 else None
+    effect = None
+    if p_c is not None and p_b is not None:
+        effect = p_c / p_b if p_b else (math.inf if p_c else None)
+    interval = None
+    if total_nb > 0 and (over or out.early or out.first is not None):  # evidence for a decision only
+        interval = stats.ratio_interval(total_xc, total_xb, total_nc, total_nb, settings.alpha)
+    rates = f"error rate {_fmt_rate(p_c)} vs {_fmt_rate(p_b)} ({_fmt_ratio(effect)}"
+    fail_reason = "" if out.first is None else f"{rates}; canary errors {_limit(out.tests[0], out.first)})"
+    summary = f"{rates}; canary errors {_limit(out.tests[0], None)})"
+    enough = total_nc >= settings.min_requests and total_nb >= settings.min_requests and total_nc > 0
+    short = f"canary {total_nc:.0f} requests, baseline {total_nb:.0f} (need {settings.min_requests} each)"
+    samples = {"mode": data.mode, "canary_requests": total_nc, "canary_errors": total_xc,
+               "baseline_requests": total_nb, "baseline_errors": total_xb, "intervals": nc.size,
+               "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
+               "baseline_hosts_dropped": out.dropped, "no_data": data.empty_canary + data.empty_baseline,
+               "restarts": data.restarts, "regression_if": null_desc,
+               "alpha_spent": max(t.spent for t in out.tests)}
+    if out.first is not None:
+        samples["decided_after_s"] = float(data.interval_ends[out.first] - data.start)
+    events, limit = out.tests[0].at(out.first)
+    return _finish("errors", settings=settings, over=over, failed=out.first is not None,
+                   early_pass=out.early, enough=enough, fail_reason=fail_reason, summary=summary,
+                   short_reason=short, canary=p_c, baseline=p_b, effect=effect, interval=interval,
+                   threshold=r0, events=events, boundary=limit, p_value=out.p_value, samples=samples)
+
+
+def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
+    """The latency verdict: wait for data and shared buckets, else test against live hosts or the snapshot."""
+    if data.mode == "none" or data.canary.shape[0] == 0:
+        return _no_data("latency", data, settings, over)
+    if not data.bounds:
+        return _no_data("latency", data, settings, over, "no latency histogram buckets shared by all hosts")
+    return (_latency_live if data.mode == "live" else _latency_static)(data, settings, over)
+
+
+@dataclass
+class _Slow:
+    """The latency test's counts of slow requests: slower than ``tau`` (seconds; None: not chosen yet)."""
+
+    tau: float | None
+    null_ratio: float | None  # the latest null ratio of the slow shares
+    canary: float  # slow canary requests, in the intervals with a threshold
+    canary_timed: float  # all canary requests in those intervals
+    baseline_share: float | None  # the baseline's share of slow requests
+    baseline: float | None  # slow baseline requests (live baseline only)
+    intervals: int  # intervals with a threshold
+    base: np.ndarray  # the pooled baseline's cumulative counts at the end (C)
+    interval: tuple[float, float] | None = None  # of the ratio of slow shares (live baseline only)
+
+
+def _latency_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
+    """Latency vs live baseline hosts: more slow canary requests than theirs at (1 + tolerance) x latency?"""
+    budget = _Budget(settings, False, "latency")
+    bounds = np.array(data.bounds)
+    keep, dropped = _pool_hosts(data, data.base_cum, settings, "latency")
+    # As for errors: the hosts chosen before each interval for the sequential test, the final choice after.
+    before = _pooled(data.base_cum[:, :-1], keep[:, :-1])  # I x C: the pool's totals before each interval
+    taus, ratio0 = _thresholds(bounds, before, settings.latency_quantile, lambda tau: _slack(settings, tau))
+    used = taus >= 0
+    idx = np.where(used, taus, 0)
+    # nc and nb are 0 where no threshold was set yet (``used`` false): those intervals carry no data
+    nc, x = _timed_and_slow(data.canary, used, idx)
+    nb, y = _timed_and_slow(_pooled(data.baseline, keep[:, :-1]), used, idx)
+    nb_f, y_f = _timed_and_slow(_pooled(data.baseline, keep[:, -1:]), used, idx)
+    tests = [stats.sequential_test(x, x + y, stats.null_share(ratio0, nc, nb), budget.spend(data, over))]
+    out = _Outcome(tests, _first_rejection(tests, data.canary[:, _CNT], settings), dropped)
+    used_x, used_nc = float(x[used].sum()), float(nc[used].sum())
+    used_y, used_nb = float(y_f[used].sum()), float(nb_f[used].sum())
+    if (over or out.first is not None) and used.any():
+        theta = stats.null_share(ratio0, nc, nb_f, missing=0.0)
+        out.p_value = stats.poisson_binomial_sf(used_x, x + y_f, theta)
+    margin = settings.early_pass_margin * np.where(used, ratio0, 1.0)
+    out.early = bool(used.any()) and budget.early_pass(over, x, y, nc, nb, margin)
+    interval = None
+    if used_nb > 0 and used_nc > 0 and (over or out.early or out.first is not None):
+        interval = stats.ratio_interval(used_x, used_y, used_nc, used_nb, settings.alpha)
+    slow = _Slow(float(bounds[taus[used][-1]]) if used.any() else None,
+                 float(ratio0[used][-1]) if used.any() else None, used_x, used_nc,
+                 used_y / used_nb if used_nb > 0 else None, used_y, int(used.sum()),
+                 _pooled(data.base_cum[:, -1:], keep[:, -1:])[0], interval)
+    return _latency_verdict(data, settings, over, out, slow)
+
+
+def _latency_static(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
+    """Latency vs the snapshot: more slow canary requests than its bound at (1 + tolerance) x latency?"""
+    budget = _Budget(settings, True, "latency")
+    bounds = np.array(data.bounds)
+    n_int = data.canary.shape[0]
+    keep, dropped = _pool_hosts(data, data.baseline[:, None, :], settings, "latency")
+    base = data.baseline[keep[:, 0]].sum(axis=0)
+    total = float(base[_CNT])
+    j = _choose_tau(bounds, base[4:], total, settings.latency_quantile)
+    if j is None:  # no threshold: no test
+        no_test = stats.SequentialTest(None, np.zeros(n_int), np.full(n_int, math.inf), 0.0)
+        return _latency_verdict(data, settings, over, _Outcome([no_test], None, dropped),
+                                _Slow(None, None, 0.0, 0.0, None, None, 0, base))
+    tau = float(bounds[j])
+    p_ref = _survival_upper(bounds, base, total, float(_slack(settings, tau)), budget.ucb / 2)
+    nc, x = _timed_and_slow(data.canary, np.ones(n_int, dtype=bool), np.full(n_int, j))
+    tests = [stats.sequential_test(x, nc, np.full(n_int, min(p_ref, 1.0)), budget.spend(data, over))]
+    out = _Outcome(tests, _first_rejection(tests, data.canary[:, _CNT], settings), dropped)
+    slow_c, timed_c = float(x.sum()), float(nc.sum())
+    if over or out.first is not None:
+        out.p_value = stats.binom_sf(slow_c, timed_c, p_ref)
+    s_tau = 1.0 - base[4 + j] / total
+    slow = _Slow(tau, p_ref / s_tau if s_tau > 0 else None, slow_c, timed_c, s_tau, None, n_int, base)
+    return _latency_verdict(data, settings, over, out, slow)
+
+
+def _latency_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _Outcome,
+                     slow: _Slow) -> MetricVerdict:
+    """The latency decision from the test's outcome, with the quantiles and slow shares that explain it."""
+    bounds, q = np.array(data.bounds), settings.latency_quantile
+    total_nc, total_nb = float(data.canary[:, _CNT].sum()), float(slow.base[_CNT])
+    c_cum = data.canary.sum(axis=0)  # display values: the canary's and baseline's latency quantile q (ms)
+    q_c = _quantile(bounds, c_cum[4:], float(c_cum[_CNT]), q)
+    q_b = _quantile(bounds, slow.base[4:], float(slow.base[_CNT]), q)
+    share_c = slow.canary / slow.canary_timed if slow.canary_timed > 0 else None
+    share_b = slow.baseline_share
+    effect = share_c / share_b if share_c is not None and share_b else None
+    head = f"latency p{100 * q:g} {_fmt_ms(q_c)} vs {_fmt_ms(q_b)}"
+    if slow.tau is not None and share_c is not None:
+        head += (f" ({_fmt_rate(share_c)} vs {_fmt_rate(share_b)} slower than {_fmt_ms(slow.tau)}, "
+                 f"{_fmt_ratio(effect)}")
+    else:
+        head += " (threshold not set yet"
+    fail_reason = ""
+    if out.first is not None:
+        fail_reason = f"{head}; slow canary requests {_limit(out.tests[0], out.first)})"
+    summary = f"{head}; slow canary requests {_limit(out.tests[0], None)})"
+    enough = total_nc >= settings.min_requests and total_nb >= settings.min_requests and slow.intervals > 0
+    short = (f"canary {total_nc:.0f} timed requests, baseline {total_nb:.0f} "
+             f"(need {settings.min_requests} each)")
+    samples = {"mode": data.mode, "canary_requests": total_nc, "baseline_requests": total_nb,
+               "canary_slow": slow.canary, "baseline_slow": slow.baseline,
+               "threshold_s": slow.tau, "null_ratio": slow.null_ratio, "intervals": slow.intervals,
+               "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
+               "baseline_hosts_dropped": out.dropped, "no_data": data.empty_canary + data.empty_baseline,
+               "quantile": q, "alpha_spent": out.tests[0].spent}
+    if out.first is not None:
+        samples["decided_after_s"] = float(data.interval_ends[out.first] - data.start)
+    events, limit = out.tests[0].at(out.first)
+    return _finish("latency", settings=settings, over=over, failed=out.first is not None,
+                   early_pass=out.early, enough=enough, fail_reason=fail_reason, summary=summary,
+                   short_reason=short, canary=None if q_c is None else 1000 * q_c,
+                   baseline=None if q_b is None else 1000 * q_b, effect=effect, interval=slow.interval,
+                   threshold=slow.null_ratio, events=events, boundary=limit, p_value=out.p_value,
+                   samples=samples)
+
+
+def _no_data(metric: str, data: _Data, settings: AnalysisSettings, over: bool,
+             what: str | None = None) -> MetricVerdict:
+    """Nothing to test yet: continue, or inconclusive once the window is over."""
+    if what is None:
+        what = "no canary data yet" if not data.canary_hosts else "no baseline data"
     decision = "inconclusive" if over else "continue"
     return MetricVerdict(metric=metric, decision=decision, reason=what,
                          samples={"mode": data.mode, "canary_hosts": data.canary_hosts,
@@ -289,6 +536,7 @@ def _no_data(metric: str, data: _Data, settings: AnalysisSettings, over: bool, w
 
 def _finish(metric: str, *, settings: AnalysisSettings, over: bool, failed: bool, early_pass: bool,
             enough: bool, fail_reason: str, summary: str, short_reason: str, **kw) -> MetricVerdict:
+    """Fail on a rejection; at the window's end pass or too little traffic; before, early pass or continue."""
     if failed:
         return MetricVerdict(metric=metric, decision="fail", reason=fail_reason, **kw)
     if over:
@@ -301,243 +549,51 @@ def _finish(metric: str, *, settings: AnalysisSettings, over: bool, failed: bool
     return MetricVerdict(metric=metric, decision="continue", reason=f"collecting: {summary}", **kw)
 
 
-def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
-    if data.mode == "none" or data.canary.shape[0] == 0:
-        what = "no canary data yet" if not data.canary_hosts else "no baseline data"
-        return _no_data("errors", data, settings, over, what)
-    budget = _Budget(settings, data.mode == "static", "errors")
-    r0 = 1.0 + settings.error_tolerance
-    nc, xc = data.canary[:, _REQ], data.canary[:, _ERR]
-    n_int = nc.size
-    dropped: list[str] = []
-    if data.mode == "live":
-        nb_h, xb_h = data.baseline[:, :, _REQ], data.baseline[:, :, _ERR]
-        keep = np.ones((nb_h.shape[0], n_int + 1), dtype=bool)
-        if settings.outlier_hosts and nb_h.shape[0] >= 3:
-            cum_n = data.base_cum[:, :, _REQ]  # column i: totals before interval i (the last: whole window)
-            cum_x = data.base_cum[:, :, _ERR]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rates = np.where(cum_n >= _MIN_HOST_REQUESTS, cum_x / cum_n, np.nan)
-            keep = ~stats.outlier_hosts(rates, cum_n, _ERROR_HOST_SPREAD[0], rel_floor_high=_ERROR_HOST_SPREAD[1])
-            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(~keep[:, -1])]
-        # The sequential test pools the hosts chosen BEFORE each interval (predictable, so the
-        # e-process stays valid); the window-end test and the reported rates use the final choice.
-        nb = (nb_h * keep[:, :-1]).sum(axis=0)
-        xb = (xb_h * keep[:, :-1]).sum(axis=0)
-        nb_f = (nb_h * keep[:, -1:]).sum(axis=0)
-        xb_f = (xb_h * keep[:, -1:]).sum(axis=0)
-        spend = budget.spend(data, over)
-        tests = [stats.sequential_test(xc, xc + xb, stats.null_share(r0, nc, nb), spend)]
-        if tests[0].first is not None:
-            # intersection-union: a regression must also be above the absolute floor, each at full level
-            tests.append(stats.sequential_test(xc, nc, np.full(n_int, settings.error_floor), spend))
-        total_nb, total_xb = float(nb_f.sum()), float(xb_f.sum())
-        null_desc = f"> x{r0:g} baseline and > {_fmt_rate(settings.error_floor)}"
-    else:
-        keep_h = np.ones(data.baseline.shape[0], dtype=bool)
-        if settings.outlier_hosts and data.baseline.shape[0] >= 3:
-            n_h, x_h = data.baseline[:, _REQ], data.baseline[:, _ERR]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rates = np.where(n_h >= _MIN_HOST_REQUESTS, x_h / n_h, np.nan)[:, None]
-            drop = stats.outlier_hosts(rates, n_h[:, None], _ERROR_HOST_SPREAD[0],
-                                       rel_floor_high=_ERROR_HOST_SPREAD[1])[:, 0]
-            keep_h = ~drop
-            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(drop)]
-        total_nb = float(data.baseline[keep_h, _REQ].sum())
-        total_xb = float(data.baseline[keep_h, _ERR].sum())
-        ucb = stats.binom_upper(total_xb, total_nb, budget.ucb) if total_nb > 0 else 1.0
-        p_ref = max(r0 * ucb, settings.error_floor)
-        tests = [stats.sequential_test(xc, nc, np.full(n_int, p_ref), budget.spend(data, over))]
-        null_desc = f"> {_fmt_rate(p_ref)} (x{r0:g} the baseline's upper bound, floor {_fmt_rate(settings.error_floor)})"
-    total_nc, total_xc = float(nc.sum()), float(xc.sum())
-    first = _first_rejection(tests, nc, settings)
-    p_c = total_xc / total_nc if total_nc > 0 else None
-    p_b = total_xb / total_nb if total_nb > 0 else None
-    effect = (p_c / p_b if p_b else (math.inf if p_c else None)) if p_c is not None and p_b is not None else None
-    p_value = None
-    if (over or first is not None) and total_nc > 0:  # nominal: as if the whole window were one look
-        if data.mode == "live":
-            p_a = stats.poisson_binomial_sf(total_xc, xc + xb_f, stats.null_share(r0, nc, nb_f, missing=0.0))
-            p_b_floor = stats.binom_sf(total_xc, total_nc, settings.error_floor) if settings.error_floor > 0 else (
-                0.0 if total_xc > 0 else 1.0)
-            p_value = max(p_a, p_b_floor)
-        else:
-            p_value = stats.binom_sf(total_xc, total_nc, p_ref)
-    early = False
-    if settings.early_pass and not over and data.mode == "live" and n_int:
-        log_ni = stats.ratio_e_process(xc, xb, nc, nb, settings.early_pass_margin, upper=False)
-        early = bool(log_ni.max() >= budget.log_threshold)
-    enough = total_nc >= settings.min_requests and total_nb >= settings.min_requests
-    interval = None
-    if total_nb > 0 and (over or early or first is not None):  # evidence for a decision, not for every look
-        interval = stats.ratio_interval(total_xc, total_xb, total_nc, total_nb, settings.alpha)
-    rates = f"error rate {_fmt_rate(p_c)} vs {_fmt_rate(p_b)} ({_fmt_ratio(effect)}"
-    if first is not None:
-        when = float(data.interval_ends[first] - data.start)
-        fail_reason = f"{rates}; canary errors {_limit(tests[0], first)})"
-    else:
-        when = None
-        fail_reason = ""
-    summary = f"{rates}; canary errors {_limit(tests[0], None)})"
-    short = f"canary {total_nc:.0f} requests, baseline {total_nb:.0f} (need {settings.min_requests} each)"
-    samples = {"mode": data.mode, "canary_requests": total_nc, "canary_errors": total_xc,
-               "baseline_requests": total_nb, "baseline_errors": total_xb, "intervals": n_int,
-               "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
-               "baseline_hosts_dropped": dropped, "no_data": data.empty_canary + data.empty_baseline,
-               "restarts": data.restarts, "regression_if": null_desc,
-               "alpha_spent": max(t.spent for t in tests) if tests else 0.0}
-    if when is not None:
-        samples["decided_after_s"] = when
-    events, limit = tests[0].at(first) if tests else (0.0, math.inf)
-    return _finish("errors", settings=settings, over=over, failed=first is not None,
-                   early_pass=early, enough=enough and total_nc > 0, fail_reason=fail_reason, summary=summary,
-                   short_reason=short, canary=p_c, baseline=p_b, effect=effect, interval=interval, threshold=r0,
-                   events=events, boundary=limit, p_value=p_value, samples=samples)
+# ------------------------------------------------------------------------------------------ baseline pool
 
 
-def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
-    if data.mode == "none" or data.canary.shape[0] == 0:
-        what = "no canary data yet" if not data.canary_hosts else "no baseline data"
-        return _no_data("latency", data, settings, over, what)
-    if not data.bounds:
-        return _no_data("latency", data, settings, over, "no latency histogram buckets shared by all hosts")
-    budget = _Budget(settings, data.mode == "static", "latency")
-    bounds = np.array(data.bounds)
-    q = settings.latency_quantile
-    scale = 1.0 + settings.latency_tolerance
-    floor_s = settings.latency_floor_ms / 1000.0
-    cc = data.canary[:, _CNT]
-    cb_buckets = data.canary[:, 4:]
-    n_int = cc.size
-    dropped: list[str] = []
+def _pool_hosts(data: _Data, cum: np.ndarray, settings: AnalysisSettings,
+                metric: str) -> tuple[np.ndarray, list[str]]:
+    """Which baseline hosts to pool at each point of ``cum`` (H x T x C cumulative): all but the outliers."""
+    keep = np.ones(cum.shape[:2], dtype=bool)
+    if not settings.outlier_hosts or cum.shape[0] < 3:
+        return keep, []
+    if metric == "errors":  # hosts compared by error rate
+        n, events, cv, spread = cum[:, :, _REQ], cum[:, :, _ERR], None, _ERROR_HOST_SPREAD
+    else:  # by mean latency
+        n, events, cv, spread = cum[:, :, _CNT], cum[:, :, _SUM], _LATENCY_CV, _LATENCY_HOST_SPREAD
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_host = np.where(n >= _MIN_HOST_REQUESTS, events / n, np.nan)
+    keep = ~stats.outlier_hosts(per_host, n, spread[0], cv=cv, rel_floor_high=spread[1])
+    return keep, [data.baseline_hosts[i] for i in np.flatnonzero(~keep[:, -1])]
 
-    def slack(tau):  # the latency a baseline request would need to count as slow at ``tau``
-        return np.minimum(tau / scale, tau - floor_s)
 
-    if data.mode == "live":
-        base_cum = data.base_cum  # H x (I+1) x C
-        h = base_cum.shape[0]
-        keep = np.ones((h, n_int + 1), dtype=bool)
-        if settings.outlier_hosts and h >= 3:
-            cnt = base_cum[:, :, _CNT]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(cnt >= _MIN_HOST_REQUESTS, base_cum[:, :, _SUM] / cnt, np.nan)
-            keep = ~stats.outlier_hosts(mean, cnt, _LATENCY_HOST_SPREAD[0], cv=_LATENCY_CV,
-                                        rel_floor_high=_LATENCY_HOST_SPREAD[1])
-            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(~keep[:, -1])]
-        weights = keep[:, :-1].astype(float)  # predictable choice for the sequential test
-        pooled_before = np.einsum("hi,hic->ic", weights, base_cum[:, :-1, :])  # I x C
-        inc = data.baseline  # H x I x C
-        pooled_inc = np.einsum("hi,hic->ic", weights, inc)
-        final_inc = np.einsum("h,hic->ic", keep[:, -1].astype(float), inc)  # final choice: window-end test
-        taus, ratio0 = _thresholds(bounds, pooled_before, q, slack)
-        used = taus >= 0
-        idx = np.where(used, taus, 0)
-        rows = np.arange(n_int)
-        x = np.where(used, cc - cb_buckets[rows, idx], 0.0)
-        nb = np.where(used, pooled_inc[:, _CNT], 0.0)
-        y = np.where(used, pooled_inc[:, _CNT] - pooled_inc[rows, 4 + idx], 0.0)
-        nc = np.where(used, cc, 0.0)
-        x, y = np.maximum(x, 0.0), np.maximum(y, 0.0)
-        # nc and nb are 0 where no threshold was set yet (``used`` false): those intervals carry no data
-        tests = [stats.sequential_test(x, x + y, stats.null_share(ratio0, nc, nb), budget.spend(data, over))]
-        nb_f = np.where(used, final_inc[:, _CNT], 0.0)
-        y_f = np.maximum(np.where(used, final_inc[:, _CNT] - final_inc[rows, 4 + idx], 0.0), 0.0)
-        base_final = np.einsum("h,hc->c", keep[:, -1].astype(float), base_cum[:, -1, :])
-        tau_now = float(bounds[taus[used][-1]]) if used.any() else None
-        r_now = float(ratio0[used][-1]) if used.any() else None
-    else:
-        keep_h = np.ones(data.baseline.shape[0], dtype=bool)
-        if settings.outlier_hosts and data.baseline.shape[0] >= 3:
-            cnt = data.baseline[:, _CNT]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(cnt >= _MIN_HOST_REQUESTS, data.baseline[:, _SUM] / cnt, np.nan)
-            keep_h = ~stats.outlier_hosts(mean[:, None], cnt[:, None], _LATENCY_HOST_SPREAD[0], cv=_LATENCY_CV,
-                                         rel_floor_high=_LATENCY_HOST_SPREAD[1])[:, 0]
-            dropped = [data.baseline_hosts[i] for i in np.flatnonzero(~keep_h)]
-        base_final = data.baseline[keep_h].sum(axis=0)
-        total = float(base_final[_CNT])
-        j = _choose_tau(bounds, base_final[4:], total, q)
-        used = np.zeros(n_int, dtype=bool)
-        x = y = nc = nb = y_f = nb_f = np.zeros(n_int)
-        tests = [stats.SequentialTest(None, np.zeros(n_int), np.full(n_int, math.inf), 0.0)]  # no threshold: no test
-        tau_now = r_now = None
-        p_ref = None
-        if j is not None:
-            tau_now = float(bounds[j])
-            v = float(slack(tau_now))
-            # upper confidence bounds of the baseline's survival at the bucket edges around v
-            jj = int(np.searchsorted(bounds, v, side="left"))
-            ucb_cum = base_final[4:].copy()
-            for k in {max(jj - 1, 0), min(jj, len(bounds) - 1)}:
-                slow = total - base_final[4 + k]
-                s_up = stats.binom_upper(slow, total, budget.ucb / 2)
-                ucb_cum[k] = total * (1.0 - s_up)
-            p_ref = _survival(bounds, ucb_cum, total, v)
-            used = np.ones(n_int, dtype=bool)
-            nc = cc
-            x = np.maximum(cc - cb_buckets[:, j], 0.0)
-            tests = [stats.sequential_test(x, nc, np.full(n_int, min(p_ref, 1.0)), budget.spend(data, over))]
-            s_tau = 1.0 - base_final[4 + j] / total
-            r_now = p_ref / s_tau if s_tau > 0 else None
-    total_nc = float(cc.sum())
-    total_nb = float(base_final[_CNT])
-    used_nc, used_x = float(nc[used].sum()), float(x[used].sum())
-    used_nb, used_y = float(nb_f[used].sum()), float(y_f[used].sum())
-    first = _first_rejection(tests, cc, settings)
-    # display values: the canary's and baseline's latency quantile q (ms)
-    c_cum = data.canary.sum(axis=0)
-    q_c = _quantile(bounds, c_cum[4:], float(c_cum[_CNT]), q)
-    q_b = _quantile(bounds, base_final[4:], float(base_final[_CNT]), q)
-    share_c = used_x / used_nc if used_nc > 0 else None
-    if data.mode == "live":
-        share_b = used_y / used_nb if used_nb > 0 else None
-    else:
-        share_b = (1.0 - base_final[4 + j] / float(base_final[_CNT])) if tau_now is not None else None
-    effect = share_c / share_b if share_c is not None and share_b else None
-    p_value = None
-    if (over or first is not None) and used.any():  # nominal: as if the whole window were one look
-        if data.mode == "live":
-            p_value = stats.poisson_binomial_sf(used_x, x + y_f, stats.null_share(ratio0, nc, nb_f, missing=0.0))
-        else:
-            p_value = stats.binom_sf(used_x, used_nc, p_ref)
-    early = False
-    if settings.early_pass and not over and data.mode == "live" and used.any():
-        log_ni = stats.ratio_e_process(x, y, nc, nb, settings.early_pass_margin * np.where(used, ratio0, 1.0),
-                                       upper=False)
-        early = bool(log_ni.max() >= budget.log_threshold)
-    interval = None
-    if data.mode == "live" and used_nb > 0 and used_nc > 0 and (over or early or first is not None):
-        interval = stats.ratio_interval(used_x, used_y, used_nc, used_nb, settings.alpha)
+def _pooled(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The kept hosts' ``values`` (H x T, or H x T x C) summed; ``keep`` is H x T, or H x 1 for one choice."""
+    return (values * (keep if values.ndim == 2 else keep[:, :, None])).sum(axis=0)
 
-    def ms(v: float | None) -> str:
-        return "n/a" if v is None else f"{1000 * v:.0f} ms" if v >= 0.01 else f"{1000 * v:.1f} ms"
 
-    qname = f"p{100 * q:g}"
-    head = f"latency {qname} {ms(q_c)} vs {ms(q_b)}"
-    if tau_now is not None and share_c is not None:
-        head += f" ({_fmt_rate(share_c)} vs {_fmt_rate(share_b)} slower than {ms(tau_now)}, {_fmt_ratio(effect)}"
-    else:
-        head += " (threshold not set yet"
-    fail_reason = f"{head}; slow canary requests {_limit(tests[0], first)})" if first is not None else ""
-    summary = f"{head}; slow canary requests {_limit(tests[0], None)})"
-    enough = total_nc >= settings.min_requests and total_nb >= settings.min_requests and used.any()
-    short = f"canary {total_nc:.0f} timed requests, baseline {total_nb:.0f} (need {settings.min_requests} each)"
-    samples = {"mode": data.mode, "canary_requests": total_nc, "baseline_requests": total_nb,
-               "canary_slow": used_x, "baseline_slow": used_y if data.mode == "live" else None,
-               "threshold_s": tau_now, "null_ratio": r_now, "intervals": int(used.sum()),
-               "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
-               "baseline_hosts_dropped": dropped, "no_data": data.empty_canary + data.empty_baseline,
-               "quantile": q, "alpha_spent": tests[0].spent}
-    if first is not None and n_int:
-        samples["decided_after_s"] = float(data.interval_ends[first] - data.start)
-    events, limit = tests[0].at(first)
-    return _finish("latency", settings=settings, over=over, failed=first is not None,
-                   early_pass=early, enough=enough, fail_reason=fail_reason, summary=summary, short_reason=short,
-                   canary=None if q_c is None else 1000 * q_c, baseline=None if q_b is None else 1000 * q_b,
-                   effect=effect, interval=interval, threshold=r_now, events=events, boundary=limit,
-                   p_value=p_value,
-                   samples=samples)
+def _timed_and_slow(counts: np.ndarray, used: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per interval (I x C counts): requests timed, and those slower than bound ``idx``; 0 if not ``used``."""
+    rows = np.arange(counts.shape[0])
+    timed = np.where(used, counts[:, _CNT], 0.0)
+    slow = np.maximum(np.where(used, counts[:, _CNT] - counts[rows, 4 + idx], 0.0), 0.0)
+    return timed, slow
+
+
+def _slack(settings: AnalysisSettings, tau):
+    """The latency a baseline request needs to be slow at ``tau``: tau / (1 + tolerance) or tau - floor."""
+    return np.minimum(tau / (1.0 + settings.latency_tolerance), tau - settings.latency_floor_ms / 1000.0)
+
+
+def _survival_upper(bounds: np.ndarray, base: np.ndarray, total: float, v: float, alpha: float) -> float:
+    """Upper confidence bound of the snapshot's share of requests slower than ``v`` (``alpha`` per edge)."""
+    jj = int(np.searchsorted(bounds, v, side="left"))
+    ucb_cum = base[4:].copy()
+    for k in {max(jj - 1, 0), min(jj, len(bounds) - 1)}:  # the bucket edges around v
+        s_up = stats.binom_upper(total - base[4 + k], total, alpha)
+        ucb_cum[k] = total * (1.0 - s_up)
+    return _survival(bounds, ucb_cum, total, v)
 
 
 # ------------------------------------------------------------------------------------------ judge
