@@ -43,6 +43,7 @@ test-all: test test-services
 
 bench: venv
 	$(BIN)/python bench/canary.py
+	$(BIN)/python bench/deploy.py
 
 lint: venv
 	$(BIN)/ruff check plugins dags tests bench include

@@ -13,8 +13,6 @@ first user and stopped by the last.
 from __future__ import annotations
 
 import os
-import socket
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -24,18 +22,10 @@ from conveyor.paths import PROJECT_ROOT
 _shared: dict = {"fleet": None, "users": 0}
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on every address (bound on 0.0.0.0, then released)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
 def free_fleet_spec(**overrides):
     """A :class:`FleetSpec` on free ports (the addresses are the usual 127.0.0.x ones)."""
     from conveyor_lab.fleet import FleetSpec
+    from conveyor_lab.fleet.spec import free_ports
 
     ssh_port, app_port = free_ports(2)
     return FleetSpec(**{"ssh_port": ssh_port, "app_port": app_port, **overrides})

@@ -28,7 +28,7 @@ from conveyor import validation
 from conveyor.commands import format_command, git, run_command, tool_env
 from conveyor.config import ServiceConfig
 from conveyor.exceptions import ArtifactError, BuildError
-from conveyor.paths import artifacts_dir, local_repo_dir, workspace_dir
+from conveyor.paths import artifacts_dir, local_repo_dir, scratch_dir, workspace_dir
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,6 @@ def commit_range(git_dir: Path, since: str | None, until: str) -> list[dict[str,
 def deterministic_tarball(src: Path, dest: Path) -> str:
     """Write ``src``'s contents to ``dest`` as a reproducible .tar.gz; return its sha256."""
     entries = sorted(src.rglob("*"))
-    digest = hashlib.sha256()
     with open(dest, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -162,10 +161,7 @@ def deterministic_tarball(src: Path, dest: Path) -> str:
                             tar.addfile(info, fh)
                     else:
                         tar.addfile(info)
-    with open(dest, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(dest)
 
 
 def sha256_file(path: Path) -> str:
@@ -291,9 +287,7 @@ def build_artifact(
         say("artifact %s already built from %s (sha256 %s); reusing it", key, commit[:12], info.sha256[:12])
         return ArtifactInfo(**{**info.__dict__, "tarball": local})
 
-    build_root = workspace_dir() / service.id / "builds"
-    build_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=build_root))
+    work = scratch_dir(service.id, "builds", prefix=f"{version}-")
     try:
         src, out = work / "src", work / "out"
         git("clone", "--quiet", "--no-checkout", str(git_dir), str(src))

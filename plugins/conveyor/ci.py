@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,7 +151,7 @@ def run_ci(service: ServiceConfig, commit: str | dict[str, str], *, ledger: Ledg
     that fails is an error (:class:`BuildError`), not a verdict: the commit stays unjudged.
     """
     from conveyor.artifacts import checkout, mirror, resolve_ref
-    from conveyor.paths import workspace_dir
+    from conveyor.paths import scratch_dir
 
     say = log_fn or log.info
     git_dir = mirror(service)
@@ -163,9 +162,7 @@ def run_ci(service: ServiceConfig, commit: str | dict[str, str], *, ledger: Ledg
     env = tool_env(CONVEYOR_VERSION=version, CONVEYOR_COMMIT=sha, PYTHONHASHSEED="0")
     result: dict[str, Any] = {**info, "version": version, "suite": None, "passed": 0, "failed": 0,
                               "failures": [], "detail": ""}
-    root = workspace_dir() / service.id / "ci"
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{sha[:12]}-", dir=root))
+    work = scratch_dir(service.id, "ci", prefix=f"{sha[:12]}-")
     try:
         out = work / "out"
         out.mkdir()

@@ -13,7 +13,7 @@ import urllib.request
 from typing import Any
 
 from conveyor.exceptions import HealthCheckError
-from conveyor.inventory import Host
+from conveyor.hosts import Host
 
 
 def probe_health(host: Host, timeout: float = 2.0) -> dict[str, Any]:

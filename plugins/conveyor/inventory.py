@@ -1,48 +1,22 @@
 """Which hosts make up an environment: the local fleet, a static list, or EC2 instances found by tags.
 
-Resolved at run time (never at parse time) into :class:`Host` records, which are plain data and
-travel between tasks through XCom as dicts.
+Resolved at run time (never at parse time) into :class:`~conveyor.hosts.Host` records, which are
+plain data and travel between tasks through XCom as dicts.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from conveyor import validation
 from conveyor.exceptions import InvalidInputError
+from conveyor.hosts import Host
 from conveyor.paths import fleet_dir
 
 if TYPE_CHECKING:
     from conveyor.config import AwsInventory, ServiceConfig
 
 DEFAULT_APP_PORT = 8000
-
-
-@dataclass(frozen=True)
-class Host:
-    name: str
-    environment: str
-    address: str
-    ssh_port: int = 22
-    app_root: str = "app"
-    restart: str = "bin/restart"
-    health_url: str = ""
-    metrics_url: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Host:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-    def validated(self) -> Host:
-        validation.host_name(self.name)
-        validation.host_address(self.address)
-        validation.remote_path(self.app_root)
-        return self
 
 
 def _local_inventory() -> dict[str, Any]:

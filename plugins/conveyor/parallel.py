@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from conveyor.inventory import Host
+from conveyor.hosts import Host
 
 T = TypeVar("T")
 

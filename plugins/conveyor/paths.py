@@ -8,6 +8,7 @@ directory by setting one environment variable.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,13 @@ def tickets_dir() -> Path:
 
 def workspace_dir() -> Path:
     return conveyor_home() / "workspace"
+
+
+def scratch_dir(service_id: str, kind: str, prefix: str) -> Path:
+    """A new empty directory under the service's workspace (``builds``, ``ci``...); the caller removes it."""
+    root = workspace_dir() / service_id / kind
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
 
 def local_repo_dir(name: str) -> Path:

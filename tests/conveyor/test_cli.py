@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.fleet_fixtures import local_fleet  # noqa: F401 - the session fleet fixture
 
 from conveyor.tickets import LocalTicketBackend, render_ticket
+from tests.fleet_fixtures import local_fleet  # noqa: F401 - the session fleet fixture
 
 CONVEYOR = Path(sys.executable).with_name("conveyor")
 

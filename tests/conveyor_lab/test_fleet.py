@@ -15,10 +15,10 @@ import time
 
 import paramiko
 import pytest
-from tests.fleet_fixtures import fleet_processes, free_fleet_spec, local_fleet, stop_and_check  # noqa: F401
 
 from conveyor_lab.fleet import Fleet, FleetError, procs
 from conveyor_lab.fleet.layout import host_env
+from tests.fleet_fixtures import fleet_processes, free_fleet_spec, local_fleet, stop_and_check  # noqa: F401
 
 CONN_ID = "conveyor_fleet"
 

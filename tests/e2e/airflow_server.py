@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.fleet_fixtures import free_ports
 
 from conveyor.signoff_client import SignoffClient
+from conveyor_lab.fleet.spec import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "release_demo_shop"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.fleet_fixtures import local_fleet  # noqa: F401 - the session fleet fixture
 
 ROOT = Path(__file__).resolve().parents[2]

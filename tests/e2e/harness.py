@@ -133,7 +133,7 @@ def fleet_hosts(environment: str | None = None):
 
 def fleet_state(environment: str | None = None) -> dict[str, dict]:
     """Per host: the version ``current`` points to (over SSH), the app's pid, and what /health says."""
-    from conveyor.deploy import current_version, probe_health
+    from conveyor.health import probe_health
     from conveyor.hooks.fleet import FleetHook
     from conveyor.paths import fleet_dir
 
@@ -141,8 +141,10 @@ def fleet_state(environment: str | None = None) -> dict[str, dict]:
     state = {}
     for host in fleet_hosts(environment):
         pid_file = fleet_dir() / "hosts" / host.name / "run" / "app.pid"
+        with hook.session(host) as session:
+            current = session.current_version()
         state[host.name] = {
-            "current": current_version(hook, host),
+            "current": current,
             "pid": pid_file.read_text().strip() if pid_file.exists() else None,
             "health": probe_health(host),
         }
@@ -157,15 +159,17 @@ def put_fleet_on(version: str) -> None:
     """Bring every host to ``version`` over SSH (the same primitives a release uses), healthy."""
     from conveyor.artifacts import build_artifact
     from conveyor.config import load_service
-    from conveyor.deploy import deploy_host, for_each_host, wait_healthy
+    from conveyor.health import wait_healthy
     from conveyor.hooks.fleet import FleetHook
+    from conveyor.parallel import for_each_host
 
     service = load_service("demo_shop")
     info = build_artifact(service, version)
     hook = FleetHook("conveyor_fleet")
 
     def one(host):
-        deploy_host(hook, host, info, info.tarball)
+        with hook.session(host) as session:
+            session.deploy(info, info.tarball)
         return wait_healthy(host, version, timeout_s=20, interval_s=0.3)
 
     _, errors = for_each_host(fleet_hosts(), one, max_parallel=8)
@@ -173,14 +177,14 @@ def put_fleet_on(version: str) -> None:
 
 
 def ticket_for(run_id: str) -> dict | None:
-    from conveyor.operators.base import release_id_for, ticket_id_for
+    from conveyor.evidence import release_id_for, ticket_id_for
     from conveyor.tickets import LocalTicketBackend
 
     return LocalTicketBackend().get(ticket_id_for(release_id_for("demo_shop", run_id)))
 
 
 def release_record(run_id: str) -> dict | None:
+    from conveyor.evidence import release_id_for
     from conveyor.ledger.hook import LedgerHook
-    from conveyor.operators.base import release_id_for
 
     return LedgerHook().ledger.get_release(release_id_for("demo_shop", run_id))

@@ -8,9 +8,17 @@ import json
 
 import pytest
 import yaml
-from harness import Decision, fleet_state, put_fleet_on, release_record, run_release, ticket_for, versions
 
 from conveyor.paths import conveyor_home
+from tests.e2e.harness import (
+    Decision,
+    fleet_state,
+    put_fleet_on,
+    release_record,
+    run_release,
+    ticket_for,
+    versions,
+)
 
 pytestmark = [pytest.mark.e2e]
 

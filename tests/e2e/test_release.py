@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from harness import (
+
+from tests.e2e.harness import (
     ROOT,
     fleet_state,
     put_fleet_on,
@@ -162,7 +163,8 @@ def test_failing_test_stops_before_production(fleet_on_v1_0_0):
 @pytest.mark.parametrize("bad_ref", ["v1.1.0; rm -rf /", "$(id)", "`id`", "v1.1.0 && true", "../../etc/passwd", ""])
 def test_shell_metacharacters_in_git_ref_are_refused_at_trigger(release_env, bad_ref):
     from airflow.sdk.exceptions import ParamValidationError
-    from harness import load_dag
+
+    from tests.e2e.harness import load_dag
 
     dag = load_dag()
     with pytest.raises(ParamValidationError):

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from airflow_server import DAG_ID, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
-from harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
 
 from conveyor.signoff_client import SignoffError, settle_delay
+from tests.e2e.airflow_server import DAG_ID, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
+from tests.e2e.harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
 
 pytestmark = [pytest.mark.e2e]
 

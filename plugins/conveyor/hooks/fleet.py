@@ -32,7 +32,7 @@ from airflow.sdk import BaseHook
 
 from conveyor import validation
 from conveyor.exceptions import DeployError
-from conveyor.inventory import Host
+from conveyor.hosts import Host
 from conveyor.paths import REMOTE_DIR
 
 if TYPE_CHECKING:
@@ -146,14 +146,30 @@ class FleetSession:
         if not result.ok:
             raise DeployError(f"restart failed: {result.describe()}")
 
+    def serving(self, version: str) -> bool:
+        """Whether the host's app answers its health URL on ``version`` right now (one probe)."""
+        from conveyor.health import probe_health
+
+        health = probe_health(self.host)
+        return bool(health["ok"]) and health["version"] == version
+
+    def _finish_switch(self, version: str) -> dict[str, Any]:
+        """``current`` already names ``version``: leave a host that serves it alone, restart one that does not
+        (an earlier try was stopped between the switch and the restart, or the app died)."""
+        if self.serving(version):
+            log.info("%s already runs %s; leaving it alone", self.host.name, version)
+            return {"host": self.host.name, "from": version, "to": version, "changed": False}
+        log.warning("%s: current is %s but the app does not serve it; restarting it", self.host.name, version)
+        self.restart()
+        return {"host": self.host.name, "from": version, "to": version, "changed": True}
+
     def deploy(self, artifact: ArtifactInfo, tarball: Path) -> dict[str, Any]:
         """Stage, activate and restart ``artifact`` unless the host already runs that version."""
         version = validation.version(artifact.version)
         validation.sha256(artifact.sha256)
         before = self.current_version()
         if before == version:
-            log.info("%s already runs %s; leaving it alone", self.host.name, version)
-            return {"host": self.host.name, "from": before, "to": version, "changed": False}
+            return self._finish_switch(version)
         incoming = f".conveyor/incoming/{Path(artifact.key).name}"
         self.upload(tarball, incoming)
         staged = self.remote("stage", self.host.app_root, version, artifact.sha256, incoming)
@@ -173,7 +189,7 @@ class FleetSession:
         validation.version(version)
         before = self.current_version()
         if before == version:
-            return {"host": self.host.name, "from": before, "to": version, "changed": False}
+            return self._finish_switch(version)
         activated = self.remote("activate", self.host.app_root, version)
         if not activated.ok:
             raise DeployError(f"cannot switch back to {version}: {activated.describe()}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from conveyor.inventory import Host
+from conveyor.hosts import Host
 
 
 class MetricsHook(BaseHook):

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from conveyor.config import ServiceConfig
     from conveyor.hooks.fleet import FleetHook, FleetSession
-    from conveyor.inventory import Host
+    from conveyor.hosts import Host
     from conveyor.ledger import Ledger
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from conveyor.hooks.fleet import FleetSession
-    from conveyor.inventory import Host
+    from conveyor.hosts import Host
 
 
 class DeployOperator(FleetOperator):
@@ -44,7 +44,8 @@ class DeployOperator(FleetOperator):
         self.wave = wave
 
     def _hosts(self) -> list[Host]:
-        from conveyor.inventory import Host, resolve_hosts
+        from conveyor.hosts import Host
+        from conveyor.inventory import resolve_hosts
 
         if self.environment == "replica":
             return resolve_hosts(self.service, "replica")
@@ -193,7 +194,7 @@ class RollbackOperator(FleetOperator):
         self.plan_task_id = plan_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from conveyor.inventory import Host
+        from conveyor.hosts import Host
 
         with self.ledger_stage(context) as stage:
             plan = context["ti"].xcom_pull(task_ids=self.plan_task_id)
@@ -226,12 +227,12 @@ class RollbackOperator(FleetOperator):
     def _back(session: FleetSession, original: str | None) -> dict[str, Any]:
         """Put the host back on ``original`` if it left it; ``changed`` says whether it had."""
         current = session.current_version()
-        if current == original:
-            return {"from": current, "to": original, "changed": False}
+        if current is None and original is None:
+            return {"from": None, "to": None, "changed": False}
         if original is None:
             raise RollbackError(f"{session.host.name} had no version before this release; cannot roll back")
-        session.activate(original)
-        return {"from": current, "to": original, "changed": True}
+        result = session.activate(original)  # also restarts an app left on another version by an earlier try
+        return {"from": current, "to": original, "changed": result["changed"]}
 
     def _check_health(self, hosts: list[Host], original: dict[str, str | None]) -> dict[str, Exception]:
         from conveyor.health import wait_healthy

@@ -12,7 +12,7 @@ from conveyor.operators.base import ConveyorOperator, FleetOperator, utcnow
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from conveyor.inventory import Host
+    from conveyor.hosts import Host
 
 
 class ValidateReleaseOperator(ConveyorOperator):
@@ -159,7 +159,8 @@ class FinalizeReleaseOperator(FleetOperator):
         self.plan = plan
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from conveyor.inventory import Host, resolve_hosts
+        from conveyor.hosts import Host
+        from conveyor.inventory import resolve_hosts
 
         version = self.artifact["version"]
         with self.ledger_stage(context) as stage:

@@ -7,7 +7,9 @@ daemon, ``fleet status`` and ``fleet down`` all see the same hosts.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -115,3 +117,12 @@ class FleetSpec:
     def from_dict(cls, d: dict[str, Any]) -> FleetSpec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on every address (bound on 0.0.0.0, then released)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]

@@ -17,7 +17,7 @@ from conveyor.config import parse_service
 from conveyor.exceptions import InvalidInputError, ServiceConfigError
 from conveyor.timetables import Freeze, ReleaseWindowTimetable, release_window, timetable_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MADRID = ZoneInfo("Europe/Madrid")
 QUALNAME = "conveyor.timetables.release_window.ReleaseWindowTimetable"
 

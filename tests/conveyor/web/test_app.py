@@ -27,13 +27,19 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from test_ledger import NOW, RID, record_failed_release_with_rollback, record_full_release, seed_dora_history
 
 from conveyor.ledger import Ledger
 from conveyor.web import charts
 from conveyor.web.app import URL_PREFIX, create_app
+from tests.conveyor.ledger.test_ledger import (
+    NOW,
+    RID,
+    record_failed_release_with_rollback,
+    record_full_release,
+    seed_dora_history,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 END = NOW.isoformat()
 SHOP_QUERY = f"service=shop&days=7&end={quote(END)}"
 FAILED_RID = "demo_shop/manual__2025-03-11T10:00:00+00:00"

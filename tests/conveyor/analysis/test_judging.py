@@ -560,7 +560,7 @@ def test_service_schema_accepts_the_judge_settings(tmp_path):
     from conveyor.config import load_service
     from conveyor.exceptions import ServiceConfigError
 
-    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/services/demo_shop.yaml").read_text())
+    doc = yaml.safe_load((Path(__file__).resolve().parents[3] / "include/services/demo_shop.yaml").read_text())
     doc["analysis"].update({"alpha": 0.02, "error_tolerance": 0.2, "error_statuses": ["5xx", "429"],
                             "latency_quantile": 0.9, "metrics": ["errors"], "early_pass": True,
                             "alpha_spending": 2})
