@@ -313,7 +313,7 @@ class _Outcome:
 def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
     """The errors verdict: wait for data, else test against live baseline hosts or the snapshot."""
     if data.mode == "none" or data.canary.shape[0] == 0:
-        return _no_data("errors", data, settings, over)
+        return _no_data("errors", data, over)
     return (_errors_live if data.mode == "live" else _errors_static)(data, settings, over)
 
 
@@ -401,9 +401,9 @@ def _errors_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _O
 def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
     """The latency verdict: wait for data and shared buckets, else test against live hosts or the snapshot."""
     if data.mode == "none" or data.canary.shape[0] == 0:
-        return _no_data("latency", data, settings, over)
+        return _no_data("latency", data, over)
     if not data.bounds:
-        return _no_data("latency", data, settings, over, "no latency histogram buckets shared by all hosts")
+        return _no_data("latency", data, over, "no latency histogram buckets shared by all hosts")
     return (_latency_live if data.mode == "live" else _latency_static)(data, settings, over)
 
 
@@ -522,8 +522,7 @@ def _latency_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _
                    samples=samples)
 
 
-def _no_data(metric: str, data: _Data, settings: AnalysisSettings, over: bool,
-             what: str | None = None) -> MetricVerdict:
+def _no_data(metric: str, data: _Data, over: bool, what: str | None = None) -> MetricVerdict:
     """Nothing to test yet: continue, or inconclusive once the window is over."""
     if what is None:
         what = "no canary data yet" if not data.canary_hosts else "no baseline data"
