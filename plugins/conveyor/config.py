@@ -11,7 +11,8 @@ naming the file and the field, e.g. ``include/services/shop.yaml: waves[1]: '150
 from __future__ import annotations
 
 import re
-from datetime import time, timedelta
+from collections.abc import Sequence
+from datetime import date, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
@@ -205,14 +206,24 @@ class Environments(Section):
 
 
 class Health(Section):
-    timeout_s: Seconds = 60
+    timeout_s: Seconds = 60  # the longest a host may take to answer healthy on the version
     interval_s: Seconds = 1
+    probe_timeout_s: Seconds = 5  # one probe, connect to last byte (a trickling /health is cut off)
+
+
+class RemoteTimeouts(Section):
+    """Wall-clock bounds of every remote step; a host that passes one is a failed host."""
+
+    connect_s: Seconds = 10  # establishing the SSH connection
+    command_s: Seconds = 120  # one remote command (stage, activate, restart, populate...), start to exit
+    upload_s: Seconds = 600  # one SFTP upload (the artifact)
 
 
 class Deploy(Section):
     ssh_conn_id: str = "conveyor_fleet"
     max_parallel: Annotated[int, Field(ge=1, le=256)] = 4  # hosts deployed at once within a wave
     health: Health = Health()
+    timeouts: RemoteTimeouts = RemoteTimeouts()
     keep_releases: Annotated[int, Field(ge=2)] = 5  # release directories kept per host (plus current, previous)
 
 
@@ -245,14 +256,6 @@ class QA(Section):
     emergency_required_approvals: Annotated[int, Field(ge=1, le=10)] = 1
     timeout: Duration = timedelta(hours=24)
 
-    @model_validator(mode="after")
-    def _enough_people(self) -> QA:
-        members = len(set(self.group))
-        if self.group and self.required_approvals > members:
-            raise ValueError(f"required_approvals: {self.required_approvals} approvals required but the QA group "
-                             f"has only {members} member(s)")
-        return self
-
     @property
     def emergency_approvals(self) -> int:
         return min(self.required_approvals, self.emergency_required_approvals)
@@ -262,8 +265,53 @@ class Notifications(Section):
     slack_webhook_conn_id: str | None = None
 
 
+class Release(Section):
+    """Who may start a release. Users or ``@group`` names (``groups:``); Airflow's roles still apply first."""
+
+    allowed: Items[Text] = ()  # who may trigger a release (empty: anyone Airflow lets trigger the DAG)
+    emergency: Items[Text] = ()  # who may declare an emergency (empty: nobody; emergencies are refused)
+
+
+class JiraTickets(Section):
+    conn_id: str = "jira_default"  # apache-airflow-providers-atlassian-jira connection
+    project: Text
+    issue_type: Text = "Bug"
+    labels: Items[Text] = ("conveyor", "release-failure")
+
+
+class GithubTickets(Section):
+    conn_id: str = "github_default"  # apache-airflow-providers-github connection
+    repository: _pattern(re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"))  # owner/name
+    labels: Items[Text] = ("conveyor", "release-failure")
+
+
 class Tickets(Section):
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "jira", "github"] = "local"
+    jira: JiraTickets | None = None
+    github: GithubTickets | None = None
+    dedup_window: Duration = timedelta(days=7)  # the same failure again within it: a comment, not a new ticket
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> Tickets:
+        if self.backend != "local" and getattr(self, self.backend) is None:
+            raise ValueError(f"{self.backend}: required when backend is {self.backend!r}")
+        return self
+
+
+class AllowedAdvisory(Section):
+    id: Text  # the advisory (GHSA-..., PYSEC-..., CVE-...)
+    until: date  # the exception expires: after this day the advisory blocks again
+    reason: Text
+
+
+class Audit(Section):
+    """The dependency audit of the artifact (pip-audit against an OSV endpoint), before the replica."""
+
+    lock_file: RemotePath = "requirements.txt"  # inside the artifact
+    osv_url: Url = "https://api.osv.dev/v1/query"
+    block_at: Literal["low", "moderate", "high", "critical"] = "high"  # this severity and above block
+    allow: Items[AllowedAdvisory] = ()
+    timeout_s: Seconds = 300
 
 
 class CI(Section):
@@ -310,9 +358,12 @@ class ServiceConfig(Section):
     waves: Annotated[Items[Wave], Field(min_length=1, max_length=10)] = (1, "25%", "50%", "100%")
     analysis: Analysis = Analysis()
     watch: Watch = Watch()
+    groups: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")], Items[Text]] = {}
+    release: Release = Release()
     qa: QA = QA()
     notifications: Notifications = Notifications()
     tickets: Tickets = Tickets()
+    audit: Audit | None = None  # None: no dependency audit
     ci: CI = CI()
     schedule: Schedule | None = None  # None: manual runs only
 
@@ -330,7 +381,23 @@ class ServiceConfig(Section):
         if self.ci.suite and self.ci.suite not in names:
             raise ValueError(f"ci.suite: {self.ci.suite!r} is not one of the service's tests "
                              f"({', '.join(names) or 'none defined'})")
+        for where, people in (("release.allowed", self.release.allowed), ("release.emergency", self.release.emergency),
+                              ("qa.group", self.qa.group), ("analysis.deciders", self.analysis.deciders)):
+            unknown = [p for p in people if p.startswith("@") and p[1:] not in self.groups]
+            if unknown:
+                raise ValueError(f"{where}: unknown group(s) {', '.join(unknown)}; define them under groups:")
+        members = len(self.people(self.qa.group))
+        if self.qa.group and self.qa.required_approvals > members:
+            raise ValueError(f"qa.required_approvals: {self.qa.required_approvals} approvals required but the QA "
+                             f"group has only {members} member(s)")
         return self
+
+    def people(self, names: Sequence[str]) -> tuple[str, ...]:
+        """User ids from users and ``@group`` names, in order, each once."""
+        users: list[str] = []
+        for name in names:
+            users += self.groups.get(name[1:], ()) if name.startswith("@") else [name]
+        return tuple(dict.fromkeys(users))
 
     @property
     def path(self) -> Path:

@@ -111,7 +111,7 @@ def _render_doc(service: ServiceConfig) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined, autoescape=False)
-    return env.get_template("release_dag.md.j2").render(service=service)
+    return env.get_template("release_dag.md.j2").render(service=service, qa_group=service.people(service.qa.group))
 
 
 def _ui_base_url() -> str:
@@ -139,7 +139,7 @@ class _Notifications:
                          "{{ ' — EMERGENCY: ' ~ params.reason if params.emergency else '' }}")
 
     def approval(self, k: int, required: int) -> ReleaseNotifier:
-        group = ", ".join(self.service.qa.group) or "anyone"
+        group = ", ".join(self.service.people(self.service.qa.group)) or "anyone"
         return self._say("approval", f"Release {self.what} awaits QA sign-off {k}/{required} ({group}) in "
                          "Required Actions")
 
@@ -171,7 +171,8 @@ def _qa_signoff(service: ServiceConfig, notify: _Notifications, evidence: dict[s
     with TaskGroup("qa_signoff", tooltip=f"QA sign-off: {required} distinct approvals, never the author"):
         return [
             QASignoffOperator(
-                task_id=f"approval_{k}", service_id=service.id, group=list(qa.group), ordinal=k, required=required,
+                task_id=f"approval_{k}", service_id=service.id, group=list(service.people(qa.group)), ordinal=k,
+                required=required,
                 emergency_required=qa.emergency_approvals, timeout=qa.timeout, evidence_tasks=evidence,
                 releases_url=f"{_ui_base_url()}/conveyor/releases/{service.id}",
                 subject=f"QA sign-off {k}/{required}: {CHECKED_REF} of {service.id}", body=SIGNOFF_BODY,
@@ -205,7 +206,9 @@ def _decision(service: ServiceConfig, notify: _Notifications, analysis: BaseOper
 
     return InconclusiveDecisionOperator(
         task_id="decide", analysis_task_id=analysis.task_id, service_id=service.id,
-        assigned=list(service.analysis.deciders), timeout=service.analysis.decision_timeout,
+        # who decides: analysis.deciders, by default the QA group (the author is never one: see the operator)
+        assigned=list(service.people(service.analysis.deciders or service.qa.group)),
+        timeout=service.analysis.decision_timeout,
         notifiers=[notify.inconclusive()],
     )
 

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {
     "analysis": {"window_s": 20, "interval_s": 2, "min_requests": 100, "decision_timeout": "60s"},
     "watch": {"window_s": 10, "interval_s": 2},
+    # dag.test() runs are triggered by "dag_test": a releaser and an emergency decider here
+    "release": {"allowed": ["@developers", "@operations", "dag_test"], "emergency": ["@operations", "dag_test"]},
 }
 
 
