@@ -5,15 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run stop status test test-services test-all bench lint clean
+.PHONY: help venv run stop status test test-services test-all faults bench lint clean compose-env
 
 help:
 	@echo "make run            start the local fleet and Airflow (http://localhost:8080)"
 	@echo "make stop           stop everything 'make run' started"
 	@echo "make test           run the test suite (no external services needed)"
 	@echo "make test-services  tests that need PostgreSQL/Redis on 127.0.0.1"
+	@echo "make faults         the fault-injection suite (last line: faults_held=N/M)"
 	@echo "make bench          benchmarks under bench/"
 	@echo "make lint           ruff"
+	@echo "make compose-env    random secrets for docker-compose.yaml in .env (kept if already there)"
 
 venv: $(STAMP)
 
@@ -34,10 +36,13 @@ status: venv
 	@. scripts/env.sh && $(BIN)/conveyor fleet status
 
 test: venv
-	$(BIN)/python -m pytest -m "not services" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not services and not faults" $(PYTEST_ARGS)
 
 test-services: venv
-	$(BIN)/python -m pytest -m services $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "services and not faults" $(PYTEST_ARGS)
+
+faults: venv
+	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 test-all: test test-services
 
@@ -50,3 +55,40 @@ lint: venv
 
 clean: stop
 	rm -rf .airflow .conveyor
+
+# The secrets docker-compose.yaml needs, as random values in $(ENV_FILE) (mode 0600). A value already
+# in the file is kept (a new Fernet key or database password would lock out the existing data).
+ENV_FILE ?= .env
+define COMPOSE_ENV_PY
+import base64, os, secrets, sys
+path = sys.argv[1]
+wanted = {
+    "AIRFLOW_UID": str(os.getuid()),
+    "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(48),
+    "AIRFLOW_FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+    "_AIRFLOW_WWW_USER_PASSWORD": secrets.token_urlsafe(16),
+}
+lines = open(path).read().splitlines() if os.path.exists(path) else []
+seen, added = set(), []
+for i, line in enumerate(lines):
+    key, sep, value = line.partition("=")
+    if sep and key in wanted and key not in seen:
+        seen.add(key)
+        if value.strip().strip("\"'") == "":
+            lines[i] = f"{key}={wanted[key]}"
+            added.append(key)
+for key in [k for k in wanted if k not in seen]:
+    lines.append(f"{key}={wanted[key]}")
+    added.append(key)
+tmp = f"{path}.tmp"
+with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    f.write("".join(line + "\n" for line in lines))
+os.chmod(tmp, 0o600)
+os.replace(tmp, path)
+print(f"{path}: set {', '.join(sorted(added))}" if added else f"{path}: every secret is already set; nothing changed")
+endef
+export COMPOSE_ENV_PY
+
+compose-env:
+	@$(PYTHON) -c "$$COMPOSE_ENV_PY" "$(ENV_FILE)"

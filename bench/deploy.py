@@ -12,6 +12,7 @@ where a deploy opened 7 connections to the host: script upload and ``current``, 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -48,6 +49,7 @@ def main() -> int:
     from conveyor.artifacts import build_artifact
     from conveyor.config import load_service
     from conveyor.inventory import resolve_hosts
+    from conveyor.ledger import Ledger
     from conveyor.operators.deploy import DeployOperator, RollbackOperator
     from conveyor_lab.fleet import Fleet, FleetSpec
     from conveyor_lab.fleet.spec import free_ports
@@ -76,6 +78,14 @@ def main() -> int:
         context = {"dag_run": SimpleNamespace(run_id="bench", dag_id="release_demo_shop"), "params": {},
                    "ti": _Xcom({"plan": plan})}
         common = {"service_id": service.id, "ledger_conn_id": "bench_ledger"}
+        # The sign-off a production wave's gate reads: the release, two QA approvals, passing tests.
+        ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+        release_id = f"{service.id}/bench"
+        ledger.upsert_release(release_id, service=service.id, author="dev", emergency=False, status="running")
+        for who in ("qa1", "qa2"):
+            ledger.upsert_approval(release_id, who, decision="approved", at=dt.datetime.now(dt.UTC))
+        ledger.upsert_stage(release_id, "tests", status="success")
+        ledger.dispose()
         deploy = DeployOperator(task_id="deploy", environment="production", artifact=info.to_dict(), plan=plan,
                                 wave=0, **common)
         rollback = RollbackOperator(task_id="rollback", plan_task_id="plan", **common)

@@ -14,6 +14,17 @@ if [[ -f "$pidfile" ]]; then
   fi
   rm -f "$pidfile"
 fi
+osv_pidfile="$CONVEYOR_HOME/osv.pid"
+if [[ -f "$osv_pidfile" ]]; then
+  pid="$(cat "$osv_pidfile")"
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "==> Stopping the lab OSV server (process group $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$osv_pidfile"
+fi
 if [[ -x .venv/bin/conveyor ]]; then
   echo "==> Stopping the local fleet"
   # Stops every app, then the SSH servers and the traffic generator, and checks nothing is left;

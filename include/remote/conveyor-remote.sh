@@ -4,11 +4,16 @@
 #   conveyor-remote.sh stage    <app_root> <version> <sha256> <tarball>  verify + unpack; idempotent
 #   conveyor-remote.sh activate <app_root> <version>                     atomic switch of <app_root>/current
 #   conveyor-remote.sh current  <app_root>                               the current version, or "none"
-#   conveyor-remote.sh prune    <app_root> <keep>                        keep the newest <keep> releases
-#                                                                        (plus current and previous)
+#   conveyor-remote.sh prune    <app_root> <keep> [<incoming>]           keep the newest <keep> releases
+#                                                                        (plus current and previous); remove
+#                                                                        leftovers older than an hour
 # Layout: <app_root>/releases/<version>/ (complete once .conveyor-sha256 exists),
 #         <app_root>/current -> releases/<version>, <app_root>/previous (text: the version before the switch).
-# Exit codes: 0 ok, 2 usage / invalid argument, 3 checksum mismatch or corrupted artifact, 4 unknown version.
+# Exit codes: 0 ok, 1 another failure, 2 usage / invalid argument, 3 checksum mismatch or corrupted artifact,
+#             4 unknown version, 5 no space left on the device (ENOSPC, or EDQUOT: the disk quota is used up).
+# A stage or activate that fails leaves nothing of its own behind (no staging directory, no temporary
+# file); the uploaded tarball is the caller's to remove. prune's leftovers: staging directories of a
+# stage that was killed, the switch's temporary links, and files in <incoming> (uploads and their .part).
 # Every argument is checked against a strict pattern before it is used; nothing is ever eval'ed.
 set -euo pipefail
 umask 022
@@ -19,13 +24,15 @@ readonly SHA256_RE='^[0-9a-f]{64}$'
 readonly PATH_RE='^[A-Za-z0-9_./~][A-Za-z0-9_./~-]{0,254}$'
 readonly KEEP_RE='^[0-9]{1,4}$'
 readonly MARKER=.conveyor-sha256
+readonly NO_SPACE=5
+readonly LEFTOVER_MINUTES=60
 
 usage() {
   cat >&2 <<'USAGE'
 usage: conveyor-remote.sh stage    <app_root> <version> <sha256> <tarball>
        conveyor-remote.sh activate <app_root> <version>
        conveyor-remote.sh current  <app_root>
-       conveyor-remote.sh prune    <app_root> <keep>
+       conveyor-remote.sh prune    <app_root> <keep> [<incoming>]
 USAGE
   exit 2
 }
@@ -33,6 +40,34 @@ USAGE
 die() { # die <exit code> <message>
   echo "conveyor-remote: $2" >&2
   exit "$1"
+}
+
+# one_line <text>: the text on one line (" | " between its lines), at most 500 characters.
+one_line() {
+  local text=${1//$'\n'/ | }
+  echo "${text:0:500}"
+}
+
+# if_no_space <what> <error output>: exit 5 when the output says the disk is full (or the quota used up).
+if_no_space() {
+  if [[ $2 == *"No space left on device"* || $2 == *"Disk quota exceeded"* ]]; then
+    die "$NO_SPACE" "no space left on device: $1: $(one_line "$2")"
+  fi
+}
+
+# failed <exit code> <what> <error output>: a full disk is exit 5, whatever else failed is <exit code>.
+failed() {
+  if_no_space "$2" "$3"
+  die "$1" "$2: $(one_line "$3")"
+}
+
+# write <path> <text>: write a small file; a full disk is exit 5 (and no half-written file stays).
+write() {
+  local out
+  if ! out=$({ printf '%s\n' "$2" >"$1"; } 2>&1); then
+    rm -f -- "$1"
+    failed 1 "cannot write $1" "$out"
+  fi
 }
 
 check_version() {
@@ -91,18 +126,18 @@ cmd_stage() {
   actual=${actual%% *}
   [[ $actual == "$sha" ]] || die 3 "checksum mismatch for '$4': expected $sha, got $actual"
 
-  mkdir -p -- "$releases"
-  STAGING=$(mktemp -d -- "$releases/.staging-$version.XXXXXX")
-  trap 'if [[ -n ${STAGING:-} ]]; then rm -rf -- "$STAGING" "$STAGING.err"; fi' EXIT
-  if ! tar -xzf "$tarball" -C "$STAGING" --no-same-owner 2>"$STAGING.err"; then
-    local why
-    why=$(head -c 500 "$STAGING.err")
-    rm -f -- "$STAGING.err"
-    die 3 "corrupted artifact '$4': $why"
+  local out
+  out=$(mkdir -p -- "$releases" 2>&1) || failed 1 "cannot create $releases" "$out"
+  out=$(mktemp -d -- "$releases/.staging-$version.XXXXXX" 2>&1) || failed 1 "cannot create a staging directory" "$out"
+  STAGING=$out
+  trap 'if [[ -n ${STAGING:-} ]]; then rm -rf -- "$STAGING"; fi' EXIT
+  # tar's errors are kept in memory: on a full disk there is no room for them in a file.
+  if ! out=$(tar -xzf "$tarball" -C "$STAGING" --no-same-owner 2>&1); then
+    if_no_space "unpacking '$4' into $releases" "$out"
+    die 3 "corrupted artifact '$4': $(one_line "$out")"
   fi
-  rm -f -- "$STAGING.err"
   chmod 755 -- "$STAGING"
-  echo "$sha" >"$STAGING/$MARKER"
+  write "$STAGING/$MARKER" "$sha"
 
   if [[ -e $target ]]; then
     # A directory without the marker is an interrupted copy made by hand: replace it.
@@ -131,12 +166,15 @@ cmd_activate() {
     echo "unchanged $version"
     return 0
   fi
-  local tmp=$app_root/.previous.$$
-  echo "$old" >"$tmp"
+  local tmp=$app_root/.previous.$$ out
+  write "$tmp" "$old"
   mv -f -- "$tmp" "$app_root/previous"
   tmp=$app_root/.current.$$
   rm -f -- "$tmp"
-  ln -s -- "releases/$version" "$tmp"
+  if ! out=$(ln -s -- "releases/$version" "$tmp" 2>&1); then
+    rm -f -- "$tmp"
+    failed 1 "cannot link $version" "$out"
+  fi
   mv -T -- "$tmp" "$app_root/current"
   echo "switched $old -> $version"
 }
@@ -147,13 +185,44 @@ cmd_current() {
   current_of "$REPLY"
 }
 
+# remove_leftovers <app_root> [<incoming>]: what interrupted stages, switches and uploads left, once it
+# is older than an hour (so never a step in progress); prints one line per path and sets LEFTOVERS.
+remove_leftovers() {
+  local app_root=$1 incoming=${2:-} path
+  LEFTOVERS=0
+  local -a found=()
+  if [[ -d $app_root/releases ]]; then
+    while IFS= read -r -d '' path; do found+=("$path"); done < <(
+      find "$app_root/releases" -mindepth 1 -maxdepth 1 -name '.staging-*' -mmin +"$LEFTOVER_MINUTES" -print0)
+  fi
+  if [[ -d $app_root ]]; then
+    while IFS= read -r -d '' path; do found+=("$path"); done < <(
+      find "$app_root" -mindepth 1 -maxdepth 1 \( -name '.current.*' -o -name '.previous.*' \) \
+        -mmin +"$LEFTOVER_MINUTES" -print0)
+  fi
+  if [[ -n $incoming && -d $incoming ]]; then
+    while IFS= read -r -d '' path; do found+=("$path"); done < <(
+      find "$incoming" -mindepth 1 -maxdepth 1 \( -type f -o -type l \) -mmin +"$LEFTOVER_MINUTES" -print0)
+  fi
+  for path in "${found[@]}"; do
+    rm -rf -- "$path" && echo "removed leftover $path" && LEFTOVERS=$((LEFTOVERS + 1))
+  done
+  return 0
+}
+
 cmd_prune() {
-  (($# == 2)) || usage
+  (($# == 2 || $# == 3)) || usage
   check_path app_root "$1"; local app_root=$REPLY
   [[ $2 =~ $KEEP_RE ]] || die 2 "invalid keep '$2': must be a number"
-  local keep=$((10#$2))
+  local keep=$((10#$2)) incoming=
+  if (($# == 3)); then
+    check_path incoming "$3"; incoming=$REPLY
+  fi
   local releases=$app_root/releases
-  [[ -d $releases ]] || { echo "nothing to prune"; return 0; }
+  remove_leftovers "$app_root" "$incoming"
+  local leftovers=""
+  ((LEFTOVERS == 0)) || leftovers=", removed $LEFTOVERS leftover(s)"
+  [[ -d $releases ]] || { echo "nothing to prune$leftovers"; return 0; }
   local current previous=none
   current=$(current_of "$app_root")
   [[ -f $app_root/previous ]] && previous=$(<"$app_root/previous")
@@ -176,9 +245,7 @@ cmd_prune() {
     echo "pruned $version"
     removed=$((removed + 1))
   done < <(find "$releases" -mindepth 2 -maxdepth 2 -name "$MARKER" -printf '%T@ %p\n' | sort -rn)
-  # Staging directories left by an interrupted stage (older than an hour, so not in progress).
-  find "$releases" -mindepth 1 -maxdepth 1 -name '.staging-*' -mmin +60 -exec rm -rf -- {} + 2>/dev/null || true
-  echo "kept $kept (+ current $current, previous $previous), pruned $removed"
+  echo "kept $kept (+ current $current, previous $previous), pruned $removed$leftovers"
 }
 
 (($# >= 1)) || usage

@@ -6,7 +6,7 @@
     conveyor fleet down [--purge]
     conveyor fleet status [--json]
     conveyor fleet connection          # the Airflow connection (JSON) for AIRFLOW_CONN_CONVEYOR_FLEET
-    conveyor tickets list [--json] [--service S]
+    conveyor tickets list [--json] [--service S] [--pending]
     conveyor tickets show ID [--json]
     conveyor approve RUN_ID --as USER [--password P] [--comment TEXT] [--dag D] [--api URL]
     conveyor reject RUN_ID --as USER --reason TEXT [--password P] [--dag D] [--api URL]
@@ -136,21 +136,43 @@ def _tickets():
     return LocalTicketBackend()
 
 
+def _delivery(ticket: dict[str, Any]) -> str:
+    """Where a ticket went: ``local``, ``jira OPS-12``, ``github #7 (comment)``, ``pending jira (3 tries)``."""
+    d = ticket.get("delivery") or {"backend": "local", "status": "local"}
+    backend, status = d.get("backend") or "local", d.get("status") or "local"
+    if status == "pending":
+        tries = d.get("attempts") or 0
+        return f"pending {backend}" + (f" ({tries} {'try' if tries == 1 else 'tries'})" if tries else "")
+    if status in ("filed", "commented"):
+        key = f"#{d.get('key')}" if backend == "github" else str(d.get("key"))
+        return f"{backend} {key}" + (" (comment)" if status == "commented" else "")
+    return backend
+
+
 def cmd_tickets_list(args: argparse.Namespace) -> int:
     tickets = _tickets().list()
     if args.service:
         tickets = [t for t in tickets if t.get("service") == args.service]
+    if args.pending:
+        tickets = [t for t in tickets if (t.get("delivery") or {}).get("status") == "pending"]
     if args.json:
         _print_json(tickets)
         return EXIT_OK
     if not tickets:
-        print("No tickets" + (f" for {args.service}." if args.service else "."))
+        print(("No pending tickets" if args.pending else "No tickets")
+              + (f" for {args.service}." if args.service else "."))
         return EXIT_OK
     print(_table(
         [[t.get("ticket_id", "?"), str(t.get("created_at") or "")[:19], t.get("service") or "-",
-          t.get("version") or "-", t.get("failed_stage") or "-", t.get("rollback_status") or "-"] for t in tickets],
-        ["ID", "CREATED", "SERVICE", "VERSION", "FAILED AT", "ROLLBACK"],
+          t.get("version") or "-", t.get("failed_stage") or "-", t.get("rollback_status") or "-", _delivery(t)]
+         for t in tickets],
+        ["ID", "CREATED", "SERVICE", "VERSION", "FAILED AT", "ROLLBACK", "TICKET SYSTEM"],
     ))
+    pending = [t for t in tickets if (t.get("delivery") or {}).get("status") == "pending"]
+    for t in pending:
+        print(f"{t['ticket_id']}: {(t.get('delivery') or {}).get('error') or 'not delivered yet'}")
+    if pending:
+        print(f"{len(pending)} pending ticket(s) are kept here and retried by the next ticket task of any release.")
     return EXIT_OK
 
 
@@ -165,18 +187,22 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
         _print_json(ticket)
         return EXIT_OK
     print(ticket["body"].rstrip())
-    print(f"\n(ticket file: {ticket.get('path') or backend.directory / (args.ticket_id + '.md')})")
+    print(f"\n(ticket file: {ticket.get('path') or backend.directory / (args.ticket_id + '.md')}; "
+          f"ticket system: {_delivery(ticket)}"
+          + (f" {ticket['delivery']['url']}" if (ticket.get("delivery") or {}).get("url") else "") + ")")
     return EXIT_OK
 
 
 def add_ticket_commands(sub: argparse._SubParsersAction) -> None:
     tickets = sub.add_parser("tickets", help="root-cause tickets filed by failed releases",
-                             description="Root-cause tickets of the local backend ($CONVEYOR_HOME/tickets).")
+                             description="Root-cause tickets as kept locally ($CONVEYOR_HOME/tickets), with where "
+                             "each went (jira, github) or whether it is pending for a ticket system that was down.")
     cmds = tickets.add_subparsers(dest="tickets_command", metavar="COMMAND", required=True)
 
     ls = cmds.add_parser("list", help="tickets, newest first")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--service", metavar="S", help="only tickets of service S")
+    ls.add_argument("--pending", action="store_true", help="only tickets not yet delivered to their ticket system")
     ls.set_defaults(func=cmd_tickets_list)
 
     show = cmds.add_parser("show", help="one ticket's full text")
@@ -253,7 +279,9 @@ def add_signoff_commands(sub: argparse._SubParsersAction) -> None:
                     "(the same check as Required Actions: only an assigned QA member may answer).",
     )
     common(approve)
-    approve.add_argument("--comment", metavar="TEXT", help="an optional note, recorded with the approval")
+    approve.add_argument("--comment", metavar="TEXT",
+                         help="what you checked, recorded with the approval (the Required Actions form asks for "
+                              "it; here it is optional: without it the approval counts, with no comment)")
     approve.set_defaults(func=cmd_approve)
 
     reject = sub.add_parser(

@@ -11,6 +11,8 @@ naming the file and the field, e.g. ``include/services/shop.yaml: waves[1]: '150
 from __future__ import annotations
 
 import re
+import reprlib
+import string
 from collections.abc import Sequence
 from datetime import date, time, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -37,12 +40,19 @@ from conveyor.exceptions import ServiceConfigError
 from conveyor.paths import services_dir as default_services_dir
 from conveyor.validation import (
     BRANCH_RE,
-    HOST_ADDRESS_RE,
+    CONN_ID_RE,
+    GITHUB_REPOSITORY_RE,
+    GROUP_NAME_RE,
     HOST_NAME_RE,
+    PERSON_RE,
     REMOTE_PATH_RE,
     SERVICE_ID_RE,
     SUITE_NAME_RE,
     TEST_PATH_RE,
+    URL_RE,
+    app_root,
+    host_address,
+    strict,
 )
 from conveyor.windows import (
     DEFAULT_MAX_LATENESS,
@@ -54,10 +64,22 @@ from conveyor.windows import (
     parse_zone,
 )
 
-__all__ = ["ServiceConfig", "load_service", "parse_duration", "parse_service", "service_files"]
+__all__ = ["ServiceConfig", "load_service", "parse_duration", "parse_service", "read_service_document",
+           "service_files"]
 
 T = TypeVar("T")
-WAVE_RE = re.compile(r"^(100|[1-9][0-9]?)%$")
+WAVE_RE = strict(r"(100|[1-9][0-9]?)%")
+MAX_FILE_BYTES = 256 * 1024  # a service file is a few KB; a bigger one is a mistake or an attack
+MAX_DEPTH = 32  # nesting of mappings and lists (the model itself is at most about 8 deep)
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 120
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
+_repr.maxlevel = 3
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut short: an error message never grows with the input."""
+    return _repr.repr(value)
 
 
 # ----------------------------------------------------------------------------- field types
@@ -68,7 +90,10 @@ def _as_tuple(value: Any) -> Any:
 
 
 def _duration(value: Any) -> Any:
-    return parse_duration(value) if isinstance(value, str) else value
+    try:
+        return parse_duration(value) if isinstance(value, str) else value
+    except OverflowError:
+        raise ValueError(f"{value!r} is too long a duration") from None
 
 
 def _command(value: Any) -> Any:
@@ -77,7 +102,7 @@ def _command(value: Any) -> Any:
         return value
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise ValueError(f"expected a command line (a string) or a non-empty list of arguments, got {value!r}")
+    raise ValueError(f"expected a command line (a string) or a non-empty list of arguments, got {_short(value)}")
 
 
 def _wave(value: Any) -> Any:
@@ -86,12 +111,43 @@ def _wave(value: Any) -> Any:
         return value
     if isinstance(value, str) and WAVE_RE.fullmatch(value):
         return value
-    raise ValueError(f"{value!r} does not match {WAVE_RE.pattern}: a host count (1, 2, ...) or a share such "
-                     "as '25%'")
+    raise ValueError(f"{_short(value)} does not match {WAVE_RE.pattern}: a host count (1, 2, ...) or a share "
+                     "such as '25%'")
 
 
 def _pattern(regex: re.Pattern[str]) -> Any:
     return Annotated[str, StringConstraints(pattern=regex.pattern)]
+
+
+def _placeholders(*allowed: str) -> AfterValidator:
+    """A command (or value) that Conveyor fills with ``str.format``: only ``{name}`` of ``allowed``.
+
+    Checked here, at parse time, so that ``${HOME}`` or ``awk '{print $1}'`` is refused with the field
+    instead of failing with ``KeyError`` in the middle of a release.
+    """
+    names = ", ".join(f"{{{a}}}" for a in allowed)
+
+    def check_one(text: str, where: str) -> None:
+        hint = (f"the placeholders here are {names}; write a literal brace doubled: {{{{ }}}} "
+                "(awk '{{print $1}}', ${{HOME}})")
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+        except ValueError as e:  # a single '{' or '}'
+            raise ValueError(f"{where}{_short(text)}: {e}; {hint}") from None
+        for field, spec, conversion in fields:
+            if field not in allowed or spec or conversion:
+                shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(f"{where}{_short(text)} uses {shown}, which is not a placeholder; {hint}")
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            check_one(value, "")
+        elif isinstance(value, tuple):
+            for i, part in enumerate(value):
+                check_one(part, f"argument {i}: ")
+        return value
+
+    return AfterValidator(check)
 
 
 Items = Annotated[tuple[T, ...], BeforeValidator(_as_tuple)]
@@ -101,47 +157,56 @@ Wave = Annotated[int | str, BeforeValidator(_wave)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
 Text = Annotated[str, StringConstraints(min_length=1)]
-Url = Annotated[str, StringConstraints(pattern=r"^https?://")]
+Url = _pattern(URL_RE)
 HostName = _pattern(HOST_NAME_RE)
-HostAddress = _pattern(HOST_ADDRESS_RE)
+HostAddress = Annotated[str, AfterValidator(host_address)]  # DNS name, IPv4 or bare IPv6; never host:port
 RemotePath = _pattern(REMOTE_PATH_RE)
+AppRoot = Annotated[str, AfterValidator(app_root)]  # relative, ~/..., or below /srv, /opt, ... (validation)
 SuiteName = _pattern(SUITE_NAME_RE)
+Person = _pattern(PERSON_RE)  # an Airflow user name or "@group"
+ConnId = _pattern(CONN_ID_RE)
 
 
 class Section(BaseModel):
     """A part of a service file: immutable, unknown fields refused, values never coerced."""
 
-    # Python's re: the shared patterns of conveyor.validation use look-arounds.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, regex_engine="python-re")
+    # Python's re: the shared patterns of conveyor.validation use look-arounds. No NaN or infinity: a
+    # NaN timeout never expires (every comparison with it is false).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, regex_engine="python-re",
+                              allow_inf_nan=False)
 
 
 # -------------------------------------------------------------------------------- sections
 
 
 class Repo(Section):
-    url: Text  # a git URL or path; ``local:demo_shop`` is the lab's generated demo repository
+    # a git URL or path (one word, not starting with "-": git would read it as an option);
+    # ``local:demo_shop`` is the lab's generated demo repository
+    url: _pattern(strict(r"(?!-)[^\s\x00-\x1f\x7f]{1,2048}"))
     release_branch: _pattern(BRANCH_RE) = "main"
 
 
 class Build(Section):
-    command: Command  # run in a checkout of the ref; ``{out}`` is where the artifact's contents go
+    command: Annotated[Command, _placeholders("out")]  # run in a checkout of the ref; ``{out}``: the artifact's contents
     timeout_s: Seconds = 600
 
 
 class ArtifactStore(Section):
-    url: _pattern(re.compile(r"^(file|s3)://")) | None = None  # None: ``$CONVEYOR_HOME/artifacts``
-    conn_id: str | None = None
+    url: _pattern(strict(r"(file|s3)://[^\s\x00-\x1f\x7f]*")) | None = None  # None: ``$CONVEYOR_HOME/artifacts``
+    conn_id: ConnId | None = None
 
 
 class Populate(Section):
-    command: Text  # over SSH on every replica host; ``{release_dir}`` is the candidate's directory
+    command: Annotated[Text, _placeholders("release_dir")]  # over SSH on every replica host; ``{release_dir}``:
+    # the candidate's directory
 
 
 class Suite(Section):
     name: SuiteName
-    command: Command  # ``{junit}``: where to write JUnit XML; ``{replica_urls}``: the replica's URLs
+    command: Annotated[Command, _placeholders("junit", "replica_urls")]  # ``{junit}``: where to write JUnit
+    # XML; ``{replica_urls}``: the replica's URLs. The same placeholders in ``env`` values.
     timeout_s: Seconds = 900
-    env: dict[str, str] = {}
+    env: dict[str, Annotated[str, _placeholders("junit", "replica_urls")]] = {}
 
 
 class Triage(Section):
@@ -153,7 +218,7 @@ class StaticHost(Section):
     name: HostName
     address: HostAddress
     ssh_port: Port | None = None
-    app_root: RemotePath | None = None
+    app_root: AppRoot | None = None
     restart: Text | None = None
     health_url: Url | None = None
     metrics_url: Url | None = None
@@ -162,15 +227,15 @@ class StaticHost(Section):
 class AwsInventory(Section):
     """Running EC2 instances carrying every tag; URL fields may use ``{address}``."""
 
-    aws_conn_id: str = "aws_default"
-    region: str | None = None
+    aws_conn_id: ConnId = "aws_default"
+    region: _pattern(strict(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")) | None = None
     tags: Annotated[dict[str, str], Field(min_length=1)]
     address: Literal["private_ip", "public_ip", "private_dns", "public_dns"] = "private_ip"
     ssh_port: Port | None = None
-    app_root: RemotePath | None = None
-    restart: Text | None = None
-    health_url: Text | None = None
-    metrics_url: Text | None = None
+    app_root: AppRoot | None = None
+    restart: Annotated[Text, _placeholders("address")] | None = None
+    health_url: Annotated[Url, _placeholders("address")] | None = None
+    metrics_url: Annotated[Url, _placeholders("address")] | None = None
 
 
 class Inventory(Section):
@@ -220,7 +285,7 @@ class RemoteTimeouts(Section):
 
 
 class Deploy(Section):
-    ssh_conn_id: str = "conveyor_fleet"
+    ssh_conn_id: ConnId = "conveyor_fleet"
     max_parallel: Annotated[int, Field(ge=1, le=256)] = 4  # hosts deployed at once within a wave
     health: Health = Health()
     timeouts: RemoteTimeouts = RemoteTimeouts()
@@ -230,9 +295,11 @@ class Deploy(Section):
 class Analysis(AnalysisSettings):
     """The canary judge of every wave: its settings, how often it scrapes, and who decides when it cannot."""
 
+    model_config = ConfigDict(regex_engine="python-re")  # Person's look-ahead; the rest from AnalysisSettings
+
     window_s: float = Field(600.0, gt=0)
     interval_s: Seconds = 10
-    deciders: Items[Text] = ()  # who answers "continue or roll back?" on an inconclusive verdict (empty: anyone)
+    deciders: Items[Person] = ()  # who answers "continue or roll back?" on an inconclusive verdict (empty: anyone)
     decision_timeout: Duration = timedelta(minutes=30)
 
     def judge(self) -> AnalysisSettings:
@@ -251,7 +318,7 @@ class Watch(AnalysisSettings):
 
 
 class QA(Section):
-    group: Items[Text] = ()  # who may sign off; the run's author never counts
+    group: Items[Person] = ()  # who may sign off; the run's author never counts
     required_approvals: Annotated[int, Field(ge=1, le=10)] = 2
     emergency_required_approvals: Annotated[int, Field(ge=1, le=10)] = 1
     timeout: Duration = timedelta(hours=24)
@@ -262,26 +329,26 @@ class QA(Section):
 
 
 class Notifications(Section):
-    slack_webhook_conn_id: str | None = None
+    slack_webhook_conn_id: ConnId | None = None
 
 
 class Release(Section):
     """Who may start a release. Users or ``@group`` names (``groups:``); Airflow's roles still apply first."""
 
-    allowed: Items[Text] = ()  # who may trigger a release (empty: anyone Airflow lets trigger the DAG)
-    emergency: Items[Text] = ()  # who may declare an emergency (empty: nobody; emergencies are refused)
+    allowed: Items[Person] = ()  # who may trigger a release (empty: anyone Airflow lets trigger the DAG)
+    emergency: Items[Person] = ()  # who may declare an emergency (empty: nobody; emergencies are refused)
 
 
 class JiraTickets(Section):
-    conn_id: str = "jira_default"  # apache-airflow-providers-atlassian-jira connection
+    conn_id: ConnId = "jira_default"  # apache-airflow-providers-atlassian-jira connection
     project: Text
     issue_type: Text = "Bug"
     labels: Items[Text] = ("conveyor", "release-failure")
 
 
 class GithubTickets(Section):
-    conn_id: str = "github_default"  # apache-airflow-providers-github connection
-    repository: _pattern(re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"))  # owner/name
+    conn_id: ConnId = "github_default"  # apache-airflow-providers-github connection
+    repository: _pattern(GITHUB_REPOSITORY_RE)  # owner/name
     labels: Items[Text] = ("conveyor", "release-failure")
 
 
@@ -358,7 +425,7 @@ class ServiceConfig(Section):
     waves: Annotated[Items[Wave], Field(min_length=1, max_length=10)] = (1, "25%", "50%", "100%")
     analysis: Analysis = Analysis()
     watch: Watch = Watch()
-    groups: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")], Items[Text]] = {}
+    groups: dict[_pattern(GROUP_NAME_RE), Items[Person]] = {}
     release: Release = Release()
     qa: QA = QA()
     notifications: Notifications = Notifications()
@@ -466,21 +533,99 @@ def parse_service(document: Any, path: Path) -> ServiceConfig:
     return service
 
 
+class _ServiceLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors or aliases, and nesting at most :data:`MAX_DEPTH` deep.
+
+    Aliases are refused where the composer meets them, before anything is expanded: a 600-byte alias
+    bomb (nine lists of nine references, nine levels deep) is refused at its first anchor instead of
+    taking minutes and gigabytes. The composer recurses, hence the depth bound.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.path: list[Any] = []
+
+    def where(self) -> str:
+        return _where(tuple(p for p in self.path if p is not None)) or "(top level)"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # index: the key node of a mapping's value, the position of a list's item, None for a key
+        self.path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        try:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise ServiceConfigError(
+                    f"{self.where()}: line {event.start_mark.line + 1}: YAML anchors and aliases are not allowed "
+                    "in service files (write the value out)")
+            if len(self.path) > MAX_DEPTH:
+                raise ServiceConfigError(f"(file): line {event.start_mark.line + 1}: nested more than {MAX_DEPTH} "
+                                         "levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.path.pop()
+
+
+def _check_keys(loader: _ServiceLoader, root: yaml.Node) -> None:
+    """Refuse a key given twice in one mapping (YAML keeps the later one silently) and merge keys."""
+    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise ServiceConfigError(f"{_where(loc) or '(top level)'}: line {line}: YAML merge keys (<<) "
+                                             "are not allowed in service files")
+                key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in lines:
+                    raise ServiceConfigError(
+                        f"{_where((*loc, key))}: duplicate key {key!r} on line {line} (first on line {lines[key]}); "
+                        "YAML would silently keep the later one: remove one of them")
+                if key is not None:
+                    lines[key] = line
+                stack.append((value_node, (*loc, key)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*loc, i)) for i, item in enumerate(node.value))
+
+
+def read_service_document(path: Path) -> Any:
+    """The YAML document of a service file, read safely: at most :data:`MAX_FILE_BYTES` of UTF-8, no
+    anchors or aliases, no duplicate keys, nesting bounded. Errors name the file (and the field)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ServiceConfigError(f"{path}: cannot read service file: {e.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ServiceConfigError(f"{path}: (file): larger than {MAX_FILE_BYTES // 1024} KiB; a service file is a "
+                                 "few KB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ServiceConfigError(f"{path}: (file): not UTF-8 text ({e.reason} at byte {e.start})") from None
+    loader = _ServiceLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_keys(loader, root)
+        return loader.construct_document(root)
+    except ServiceConfigError as e:
+        raise ServiceConfigError(f"{path}: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: e.g. an int of 5000 digits
+        raise ServiceConfigError(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
 def load_service(service_id_or_path: str | Path, services_dir: Path | None = None) -> ServiceConfig:
     """Load and validate one service file, by id (``demo_shop``) or by path."""
     if isinstance(service_id_or_path, Path) or str(service_id_or_path).endswith((".yaml", ".yml")):
         path = Path(service_id_or_path)
     else:
         path = (services_dir or default_services_dir()) / f"{service_id_or_path}.yaml"
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ServiceConfigError(f"{path}: cannot read service file: {e.strerror}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ServiceConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_service(document, path)
+    return parse_service(read_service_document(path), path)
 
 
 def service_files(services_dir: Path | None = None) -> list[Path]:

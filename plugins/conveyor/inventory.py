@@ -7,16 +7,19 @@ plain data and travel between tasks through XCom as dicts.
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from conveyor.exceptions import InvalidInputError
-from conveyor.hosts import Host
+from conveyor.hosts import MAX_LABEL, Host
 from conveyor.paths import fleet_dir
+from conveyor.validation import url_host
 
 if TYPE_CHECKING:
     from conveyor.config import AwsInventory, ServiceConfig
 
 DEFAULT_APP_PORT = 8000
+log = logging.getLogger(__name__)
 
 
 def _local_inventory() -> dict[str, Any]:
@@ -30,7 +33,7 @@ def _local_inventory() -> dict[str, Any]:
 
 
 def _fill(host: dict[str, Any], environment: str) -> Host:
-    address = host["address"]
+    address = url_host(host["address"])  # an IPv6 address goes in brackets
     defaults = {
         "health_url": f"http://{address}:{DEFAULT_APP_PORT}/health",
         "metrics_url": f"http://{address}:{DEFAULT_APP_PORT}/metrics",
@@ -56,12 +59,15 @@ def _aws_hosts(spec: AwsInventory, environment: str) -> list[Host]:
                 if not address:
                     continue
                 tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                name = tags.get("Name") or inst["InstanceId"]
-                host: dict[str, Any] = {"name": name, "address": address}
+                # The instance id is the host's identity: Name tags repeat (every instance of an
+                # auto-scaling group has the same one) and may contain spaces; they are only a label.
+                label = "".join(c if c.isprintable() else "?" for c in tags.get("Name", ""))[:MAX_LABEL]
+                host: dict[str, Any] = {"name": inst["InstanceId"], "address": address, "label": label}
                 for key in ("ssh_port", "app_root", "restart", "health_url", "metrics_url"):
                     value = getattr(spec, key)
                     if value is not None:
-                        host[key] = value.format(address=address) if isinstance(value, str) else value
+                        host[key] = value.format(address=url_host(address)) if key.endswith("_url") else (
+                            value.format(address=address) if isinstance(value, str) else value)
                 hosts.append(_fill(host, environment))
     return sorted(hosts, key=lambda h: h.name)
 
@@ -81,4 +87,6 @@ def resolve_hosts(service: ServiceConfig, environment: str) -> list[Host]:
     names = [h.name for h in hosts]
     if len(names) != len(set(names)):
         raise InvalidInputError(f"duplicate host names in the {environment} inventory: {names}")
-    return sorted(hosts, key=lambda h: h.name)
+    hosts = sorted(hosts, key=lambda h: h.name)
+    log.info("%s %s hosts: %s", service.id, environment, ", ".join(h.display for h in hosts))
+    return hosts

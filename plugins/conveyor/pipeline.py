@@ -1,7 +1,7 @@
 """The release pipeline, built per service from ``include/services/<id>.yaml``.
 
 ```
-validate -> build -> replica.deploy -> replica.populate -> tests -> qa_signoff -> plan
+validate -> build -> [audit] -> replica.deploy -> replica.populate -> tests -> qa_signoff -> plan
   -> wave_1.deploy -> wave_1.analysis -> wave_1.decide -> ... -> watch -> finalize
 on any failure:  release_failed -> rollback -> ticket -> fail_run   (the run ends failed)
 ```
@@ -9,15 +9,21 @@ on any failure:  release_failed -> rollback -> ticket -> fail_run   (the run end
 Parsing does no work: building the DAG reads the service's YAML file and the templates under
 ``include/templates`` and nothing else (no connection, Variable, SSH or database). Everything else
 happens in the tasks.
+
+Every task has a wall-clock bound from the service file: an ``execution_timeout``
+(:func:`conveyor.timeouts.task_timeouts`), or for the human approvals and decisions their
+``response_timeout`` (``qa.timeout``, ``analysis.decision_timeout``), so a hung host or step never
+holds the service's one running release (and every release queued behind it) for ever.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from conveyor.config import ServiceConfig, load_service
 from conveyor.paths import TEMPLATES_DIR
+from conveyor.timeouts import task_timeouts
 from conveyor.validation import GIT_REF_PATTERN
 
 if TYPE_CHECKING:
@@ -45,6 +51,7 @@ def release_dag(service_id: str):
 
     service = load_service(service_id)
     notify = _Notifications(service)
+    bounds = task_timeouts(service)  # execution_timeout by task id (not the human tasks: response_timeout)
     with DAG(
         dag_id=service.dag_id,
         description=f"Release {service.id}: build, replica, tests, QA sign-off, waves with canary analysis",
@@ -59,32 +66,40 @@ def release_dag(service_id: str):
         default_args={"owner": service.owner, "retries": 0, "on_failure_callback": record_failure},
     ) as dag:
         common: dict[str, Any] = {"service_id": service.id}
-        validate = ValidateReleaseOperator(task_id="validate", on_success_callback=notify.started(), **common)
+        validate = ValidateReleaseOperator(task_id="validate", on_success_callback=notify.started(),
+                                           execution_timeout=bounds["validate"], **common)
         build = BuildOperator(task_id="build", git_ref="{{ ti.xcom_pull(task_ids='validate')['git_ref'] }}",
-                              **common)
+                              execution_timeout=bounds["build"], **common)
+        audit = _audit(service, build, bounds)  # [] without an audit section
         with TaskGroup("replica", tooltip="Deploy the candidate to the replica and reset its data"):
-            replica = DeployOperator(task_id="deploy", environment="replica", artifact=build.output, **common)
-            populate = PopulateReplicaOperator(task_id="populate", artifact=build.output, **common)
-        tests = TestSuitesOperator(task_id="tests", artifact=build.output, **common)
+            replica = DeployOperator(task_id="deploy", environment="replica", artifact=build.output,
+                                     execution_timeout=bounds["replica.deploy"], **common)
+            populate = PopulateReplicaOperator(task_id="populate", artifact=build.output,
+                                               execution_timeout=bounds["replica.populate"], **common)
+        tests = TestSuitesOperator(task_id="tests", artifact=build.output, execution_timeout=bounds["tests"],
+                                   **common)
         approvals = _qa_signoff(service, notify, evidence={
             "validate": validate.task_id, "build": build.task_id, "tests": tests.task_id, "replica": replica.task_id})
         # plan follows every approval: an emergency skips the approvals it does not need, and plan
         # (none_failed_min_one_success) still runs on the ones given.
         plan = PlanWavesOperator(task_id="plan", n_waves=len(service.waves),
-                                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **common)
-        waves = _waves(service, notify, build, plan)
+                                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, execution_timeout=bounds["plan"],
+                                 **common)
+        waves = _waves(service, notify, build, plan, bounds)
         with TaskGroup("watch", tooltip="Watch every host on the new version against the pre-deploy baseline"):
-            watch = [CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=None, **common)]
+            watch = [CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=None,
+                                            execution_timeout=bounds["watch.analysis"], **common)]
             watch.append(_decision(service, notify, watch[0]))
         finalize = FinalizeReleaseOperator(task_id="finalize", artifact=build.output, plan=plan.output,
-                                           on_success_callback=notify.succeeded(), **common)
+                                           on_success_callback=notify.succeeded(), execution_timeout=bounds["finalize"],
+                                           **common)
 
-        chain(validate, build, replica, populate, tests, approvals[0])
+        chain(validate, build, *audit, replica, populate, tests, approvals[0])
         chain(*approvals)
         approvals >> plan
         chain(plan, *waves, *watch, finalize)
-        _failure_path(service, notify, [validate, build, replica, populate, tests, *approvals, plan, *waves,
-                                        *watch, finalize])
+        _failure_path(service, notify, [validate, build, *audit, replica, populate, tests, *approvals, plan,
+                                        *waves, *watch, finalize], bounds)
     return dag
 
 
@@ -161,6 +176,16 @@ class _Notifications:
                          f"{{{{ {result}['title'] }}}}")
 
 
+def _audit(service: ServiceConfig, build: BaseOperator, bounds: dict[str, timedelta]) -> list[BaseOperator]:
+    """The dependency audit of the artifact (``audit`` in the service file), before any host changes."""
+    if service.audit is None:
+        return []
+    from conveyor.operators.audit import DependencyAuditOperator
+
+    return [DependencyAuditOperator(task_id="audit", artifact=build.output, service_id=service.id,
+                                    execution_timeout=bounds["audit"])]
+
+
 def _qa_signoff(service: ServiceConfig, notify: _Notifications, evidence: dict[str, str]) -> list[BaseOperator]:
     """``qa.required_approvals`` approval tasks in a group, each for a different QA member."""
     from airflow.sdk import TaskGroup
@@ -183,7 +208,7 @@ def _qa_signoff(service: ServiceConfig, notify: _Notifications, evidence: dict[s
 
 
 def _waves(service: ServiceConfig, notify: _Notifications, build: BaseOperator,
-           plan: BaseOperator) -> list[BaseOperator]:
+           plan: BaseOperator, bounds: dict[str, timedelta]) -> list[BaseOperator]:
     """One task group per wave (deploy, analysis, decide), in order; the tasks, flat."""
     from airflow.sdk import TaskGroup
 
@@ -194,8 +219,10 @@ def _waves(service: ServiceConfig, notify: _Notifications, build: BaseOperator,
     for i, size in enumerate(service.waves):
         with TaskGroup(f"wave_{i + 1}", tooltip=f"Wave {i + 1}: up to {size} of production"):
             deploy = DeployOperator(task_id="deploy", environment="production", artifact=build.output,
-                                    plan=plan.output, wave=i, service_id=service.id)
-            analysis = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=i, service_id=service.id)
+                                    plan=plan.output, wave=i, service_id=service.id,
+                                    execution_timeout=bounds[f"wave_{i + 1}.deploy"])
+            analysis = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=i, service_id=service.id,
+                                              execution_timeout=bounds[f"wave_{i + 1}.analysis"])
             tasks += [deploy, analysis, _decision(service, notify, analysis)]
     return tasks
 
@@ -213,7 +240,8 @@ def _decision(service: ServiceConfig, notify: _Notifications, analysis: BaseOper
     )
 
 
-def _failure_path(service: ServiceConfig, notify: _Notifications, main: list[BaseOperator]) -> None:
+def _failure_path(service: ServiceConfig, notify: _Notifications, main: list[BaseOperator],
+                  bounds: dict[str, timedelta]) -> None:
     """On any failure: mark the release failed, roll back, file the ticket, and end the run failed."""
     from airflow.sdk import TriggerRule
 
@@ -222,14 +250,17 @@ def _failure_path(service: ServiceConfig, notify: _Notifications, main: list[Bas
     from conveyor.operators.ticket import TicketOperator
 
     common: dict[str, Any] = {"service_id": service.id}
-    failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED, **common)
+    failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED,
+                                   execution_timeout=bounds["release_failed"], **common)
     rollback = RollbackOperator(task_id="rollback", plan_task_id="plan",
-                                on_success_callback=notify.rolled_back("rollback"), **common)
-    ticket = TicketOperator(task_id="ticket", rollback_task_id=rollback.task_id, trigger_rule=TriggerRule.NONE_SKIPPED,
-                            on_success_callback=notify.failed("ticket"), **common)
+                                on_success_callback=notify.rolled_back("rollback"), execution_timeout=bounds["rollback"],
+                                **common)
+    ticket = TicketOperator(task_id="ticket", rollback_task_id=rollback.task_id, plan_task_id="plan",
+                            trigger_rule=TriggerRule.NONE_SKIPPED,
+                            on_success_callback=notify.failed("ticket"), execution_timeout=bounds["ticket"], **common)
     # A release that failed must end as a failed run, even though its failure path succeeded:
     # this leaf fails whenever the failure path ran (Airflow's "watcher" pattern).
     outcome = ReleaseOutcomeOperator(task_id="fail_run", rollback_task_id=rollback.task_id,
                                      ticket_task_id=ticket.task_id, trigger_rule=TriggerRule.NONE_SKIPPED,
-                                     on_failure_callback=None, **common)
+                                     on_failure_callback=None, execution_timeout=bounds["fail_run"], **common)
     main >> failed >> rollback >> ticket >> outcome

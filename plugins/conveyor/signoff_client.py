@@ -183,6 +183,27 @@ class SignoffClient:
         return self.call("GET", self._hitl_path(dag_id, run_id, task_id, map_index),
                          what=f"reading the Required Action of {task_id}")
 
+    def hitl_detail_try(self, dag_id: str, run_id: str, task_id: str, try_number: int,
+                        map_index: int = -1) -> dict[str, Any] | None:
+        """The Required Action of one try of ``task_id`` (an earlier try's is kept in Airflow's history);
+        None when that try has none."""
+        path = f"{self._hitl_path(dag_id, run_id, task_id, map_index)}/tries/{int(try_number)}"
+        status, data = self.request("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            detail = data.get("detail") if isinstance(data, dict) else data
+            error = Forbidden if status == 403 else SignoffError
+            raise error(f"reading try {try_number} of the Required Action of {task_id}: HTTP {status}: "
+                        f"{_detail_text(detail)}", status=status, detail=detail)
+        return data
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The run's task instances (``task_id``, ``map_index``, ``state``, ``try_number`` ...)."""
+        data = self.call("GET", f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances",
+                         query={"limit": 100}, what=f"listing the task instances of run {run_id}")
+        return list(data.get("task_instances") or [])
+
     def _hitl_path(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
         return (f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/"
                 f"{self._q(task_id)}/{int(map_index)}/hitlDetails")

@@ -1,21 +1,43 @@
-"""Root-cause tickets: rendering (pure) and the local backend (files under ``$CONVEYOR_HOME/tickets``).
+"""Root-cause tickets: rendering, the local backend, and delivery to a ticket system. Pure, no Airflow.
 
 A ticket is pre-filled with the evidence a five-whys review starts from: the failed stage and its
 error, failing tests, the metric comparison, the commit range, the hosts touched and the rollback
-outcome, and a link to the Airflow run. Its id is derived from the release id, so filing it again
+outcome (and, when the rollback left hosts off their version, what each host runs now and that a person
+must act), and a link to the Airflow run. Its id is derived from the release id, so filing it again
 (a rerun of the ticket task) updates the same ticket instead of opening a second one.
+
+Every ticket is first written by the :class:`LocalTicketBackend` (files under ``$CONVEYOR_HOME/tickets``).
+With ``tickets.backend: jira | github`` it is then delivered to that system (a :class:`TicketTracker`,
+implemented over the providers' hooks in :mod:`conveyor.hooks.tickets`) by :func:`deliver_pending`:
+
+* **deduplicated**: an open ticket of the same failure signature (service, failed stage, error kind; see
+  :func:`conveyor.evidence.failure_signature`) updated within ``tickets.dedup_window`` gets a comment
+  instead of a new ticket. The signature is a label on the ticket (``conveyor-sig-<12 hex>``).
+* **never lost**: until the system has it, the local copy is marked ``pending`` for that system with the
+  error; every later delivery pass (the next ticket task of any release, a retry of the task) tries the
+  pending tickets again, oldest first.
+* **once per release**: a ticket already delivered is not delivered again (the local copy remembers where
+  it went), so a rerun of the ticket task never files a second ticket.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from conveyor.evidence import describe_rollback
+from conveyor.exceptions import ConveyorError
 from conveyor.paths import tickets_dir
+
+DELIVERED = ("filed", "commented")
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,14 @@ def _bullets(items: list[str], empty: str) -> str:
     return "\n".join(f"- {i}" for i in items) if items else f"- {empty}"
 
 
+def _host_line(state: dict[str, Any]) -> str:
+    version = state["version"] if state["version"] is not None else "?"
+    mark = "" if state["ok"] else " **<- not back**"
+    if state["note"].startswith("unreachable"):
+        return f"{state['host']}: {state['note']}{mark}"
+    return f"{state['host']}: {version} ({state['note']}){mark}"
+
+
 def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
     """Build the ticket from the evidence gathered by the ticket task (see ``TicketOperator``)."""
     service, version = evidence["service"], evidence.get("version") or evidence.get("git_ref")
@@ -45,6 +75,8 @@ def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
         commit_lines.append(f"... and {len(commits) - 50} more")
     touched = evidence.get("hosts_touched") or []
     rollback = evidence.get("rollback") or {}
+    states = evidence.get("host_states") or []
+    action = evidence.get("action_required")
     analysis = evidence.get("analysis")
     analysis_text = "- no metric comparison ran"
     if analysis:
@@ -58,6 +90,20 @@ def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
     failing = evidence.get("failing_tests") or []
     pre_existing = evidence.get("pre_existing_tests") or []
     approvals = evidence.get("approvals") or []
+    act = ""
+    if action:
+        act = f"""
+## A person must act
+**{action}.**
+
+Rollback: {describe_rollback(rollback)}
+
+Hosts now (read over SSH when this ticket was filed):
+{_bullets([_host_line(s) for s in states], "(no host could be read)")}
+
+Put every host marked "not back" on its version from before the release (or finish the release), by hand,
+and say so on this ticket.
+"""
     body = f"""# {title}
 
 | field | value |
@@ -68,8 +114,9 @@ def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
 | change | {evidence.get('change_kind')}{' — EMERGENCY: ' + str(evidence.get('reason')) if evidence.get('emergency') else ''} |
 | triggered by | {evidence.get('author') or 'schedule'} |
 | failed stage | {failed} |
+| failure signature | `{evidence.get('signature')}` (service, failed stage, error kind `{evidence.get('error_kind')}`) |
 | Airflow run | {evidence.get('run_url')} |
-
+{act}
 ## What happened
 ```
 {error}
@@ -86,7 +133,7 @@ def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
 
 ## Hosts touched and rollback
 {_bullets([f"{h['host']} ({h.get('wave')}): {h.get('from_version')} -> {h.get('to_version')} [{h.get('status')}]" for h in touched], "no production host changed")}
-- rollback: {rollback.get('status', 'not needed')}{'; rolled back: ' + ', '.join(rollback.get('rolled_back', [])) if rollback.get('rolled_back') else ''}{'; FAILED: ' + json.dumps(rollback.get('failed')) if rollback.get('failed') else ''}
+- rollback: {describe_rollback(rollback)}
 
 ## Sign-off
 {_bullets([f"{a['approver']}: {a['decision']} at {a['at']}" + (f" — {a['comment']}" if a.get('comment') else '') for a in approvals], "no sign-off recorded")}
@@ -104,14 +151,141 @@ def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
 ## Corrective actions
 - [ ] Prevent this class of failure (test, check, alert) — owner: ___
 """
-    fields = {k: evidence.get(k) for k in ("service", "version", "release_id", "failed_stage", "run_url")}
+    fields = {k: evidence.get(k) for k in ("service", "version", "release_id", "failed_stage", "run_url",
+                                           "signature", "error_kind")}
     fields.update({"error": error, "failing_tests": failing, "hosts_touched": [h["host"] for h in touched],
-                   "rollback_status": rollback.get("status", "not needed")})
+                   "rollback_status": rollback.get("status", "not needed"), "action_required": action,
+                   "host_versions": {s["host"]: s["version"] if s["version"] is not None else s["note"]
+                                     for s in states}})
     return Ticket(ticket_id=ticket_id, title=title, body=body, fields=fields)
 
 
+# ------------------------------------------------------------------------------------ ticket systems
+
+
+@dataclass(frozen=True)
+class RemoteTicket:
+    """A ticket in a ticket system: its key there (``OPS-12``, ``#7`` as ``7``) and its page."""
+
+    key: str
+    url: str | None = None
+
+
+class TicketDeliveryError(ConveyorError):
+    """A ticket system did not take a ticket. ``unavailable``: it is down (no connection, a timeout, an
+    HTTP 5xx), as opposed to refusing the request (a 4xx: credentials, project, permissions)."""
+
+    def __init__(self, message: str, *, unavailable: bool) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+class TicketTracker(Protocol):
+    """What Conveyor needs of a ticket system (``conveyor.hooks.tickets``: Jira, GitHub). Each method
+    raises :class:`TicketDeliveryError` when the system does not answer or refuses."""
+
+    def find_open(self, signature: str, since: dt.datetime) -> RemoteTicket | None:
+        """The most recently updated open ticket labelled with ``signature`` and updated since ``since``."""
+
+    def file(self, ticket: Ticket, signature: str) -> RemoteTicket:
+        """Open a new ticket labelled with ``signature``."""
+
+    def comment(self, key: str, text: str) -> None:
+        """Add a comment to the ticket ``key``."""
+
+
+def signature_label(signature: str) -> str:
+    """The label that marks a ticket with its failure signature (searched for deduplication)."""
+    return f"conveyor-sig-{signature}"
+
+
+def target_for(tickets: Any) -> dict[str, Any] | None:
+    """Where a service's tickets go (its ``tickets`` section), as plain data kept with a pending ticket so
+    that any later delivery pass can deliver it; ``None`` for the local backend."""
+    if tickets.backend == "local":
+        return None
+    section = getattr(tickets, tickets.backend)
+    target = {"backend": tickets.backend, "conn_id": section.conn_id, "labels": list(section.labels),
+              "dedup_window_s": int(tickets.dedup_window.total_seconds())}
+    if tickets.backend == "jira":
+        target.update(project=section.project, issue_type=section.issue_type)
+    else:
+        target.update(repository=section.repository)
+    return target
+
+
+def _target_key(target: dict[str, Any]) -> tuple[str, ...]:
+    return (target["backend"], target["conn_id"], target.get("project") or target.get("repository") or "")
+
+
+def recurrence_comment(ticket: Ticket) -> str:
+    """The comment that adds a release to an open ticket of the same failure: a summary, then the evidence."""
+    f = ticket.fields
+    return (f"The same failure happened again (signature `{f.get('signature')}`): release {f.get('release_id')} "
+            f"of {f.get('service')} ({f.get('version')}) failed at {f.get('failed_stage')} "
+            f"({f.get('error_kind')}). Run: {f.get('run_url')}. Conveyor ticket {ticket.ticket_id}.\n\n"
+            + ticket.body)
+
+
+def deliver(ticket: Ticket, tracker: TicketTracker, *, signature: str, window: dt.timedelta,
+            now: dt.datetime) -> dict[str, Any]:
+    """Comment on the open ticket of the same signature updated within ``window``, or file a new one."""
+    existing = tracker.find_open(signature, now - window)
+    if existing is not None:
+        tracker.comment(existing.key, recurrence_comment(ticket))
+        return {"status": "commented", "key": existing.key, "url": existing.url}
+    created = tracker.file(ticket, signature)
+    return {"status": "filed", "key": created.key, "url": created.url}
+
+
+def deliver_pending(local: LocalTicketBackend, tracker_for: Callable[[dict[str, Any]], TicketTracker], *,
+                    now: dt.datetime, log: Callable[..., None] | None = None) -> list[dict[str, Any]]:
+    """Deliver every pending local ticket, oldest first; return each one's record after the attempt.
+
+    One pass holds the local backend's lock (two ticket tasks never deliver the same ticket twice). When a
+    system is down, the pass stops trying it (its other pending tickets stay pending) and goes on with the
+    others.
+    """
+    log = log or (lambda *args: None)
+    attempted: list[dict[str, Any]] = []
+    down: dict[tuple[str, ...], str] = {}
+    with local.lock():
+        for record in local.pending():
+            delivery = record["delivery"]
+            target = delivery["target"]
+            if _target_key(target) in down:
+                continue
+            ticket = local.ticket(record["ticket_id"])
+            try:
+                result = deliver(ticket, tracker_for(target), signature=record.get("signature") or "unknown",
+                                 window=dt.timedelta(seconds=target.get("dedup_window_s", 7 * 86400)), now=now)
+            except Exception as exc:  # whatever the system did, the ticket stays here, pending
+                unavailable = getattr(exc, "unavailable", True)
+                message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TicketDeliveryError) else str(exc)
+                if unavailable:
+                    down[_target_key(target)] = message
+                log("Ticket %s stays pending for %s (%s): %s", record["ticket_id"], target["backend"],
+                    "down" if unavailable else "refused", message)
+                delivery = {**delivery, "status": "pending", "error": message, "attempts": delivery.get("attempts", 0) + 1,
+                            "last_attempt": now.isoformat()}
+            else:
+                log("Ticket %s %s %s %s", record["ticket_id"], result["status"], target["backend"], result["key"])
+                delivery = {**delivery, **result, "error": None, "attempts": delivery.get("attempts", 0) + 1,
+                            "last_attempt": now.isoformat(), "delivered_at": now.isoformat()}
+            attempted.append(local.set_delivery(record["ticket_id"], delivery))
+    return attempted
+
+
+# ------------------------------------------------------------------------------------ the local backend
+
+
 class LocalTicketBackend:
-    """Tickets as files: ``<dir>/<id>.md`` (the ticket) and ``<dir>/<id>.json`` (its fields)."""
+    """Tickets as files: ``<dir>/<id>.md`` (the ticket) and ``<dir>/<id>.json`` (its fields and delivery).
+
+    ``delivery`` says where the ticket went: ``{"backend": "local", "status": "local"}``, or for a ticket
+    system ``{"backend": "jira", "status": "pending" | "filed" | "commented", "key", "url", "error",
+    "attempts", "target": {...}}``.
+    """
 
     def __init__(self, directory: Path | None = None):
         self.directory = directory or tickets_dir()
@@ -122,17 +296,54 @@ class LocalTicketBackend:
             fh.write(text)
         os.replace(tmp, path)
 
-    def file(self, ticket: Ticket, created_at: str) -> Path:
-        """Create or update the ticket; the creation time of an existing ticket is kept."""
+    def _meta_path(self, ticket_id: str) -> Path:
+        return self.directory / f"{ticket_id}.json"
+
+    def _read_meta(self, ticket_id: str) -> dict[str, Any] | None:
+        path = self._meta_path(ticket_id)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        self._write(self._meta_path(meta["ticket_id"]), json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock over the directory's deliveries (``flock``; other processes wait)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        meta_path = self.directory / f"{ticket.ticket_id}.json"
-        if meta_path.exists():
-            created_at = json.loads(meta_path.read_text()).get("created_at", created_at)
-        self._write(self.directory / f"{ticket.ticket_id}.md", ticket.body)
-        meta = {**ticket.to_dict(), "created_at": created_at, "path": str(self.directory / f"{ticket.ticket_id}.md")}
+        with open(self.directory / ".delivery.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def file(self, ticket: Ticket, created_at: str, target: dict[str, Any] | None = None) -> Path:
+        """Create or update the ticket; the creation time of an existing ticket is kept, and so is its
+        delivery once a ticket system has it (a rerun never delivers it twice). With a ``target``, a ticket
+        not yet delivered is marked pending for it (:func:`deliver_pending` delivers it)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        previous = self._read_meta(ticket.ticket_id) or {}
+        created_at = previous.get("created_at", created_at)
+        delivery = previous.get("delivery") or {}
+        if target is None:
+            delivery = delivery if delivery.get("status") in DELIVERED else {"backend": "local", "status": "local"}
+        elif not (delivery.get("status") in DELIVERED and delivery.get("backend") == target["backend"]):
+            delivery = {"backend": target["backend"], "status": "pending", "target": target,
+                        "attempts": delivery.get("attempts", 0), "error": delivery.get("error")}
+        path = self.directory / f"{ticket.ticket_id}.md"
+        self._write(path, ticket.body)
+        meta = {**ticket.to_dict(), "created_at": created_at, "path": str(path), "delivery": delivery}
         meta.pop("body")
-        self._write(meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str))
-        return self.directory / f"{ticket.ticket_id}.md"
+        self._write_meta(meta)
+        return path
+
+    def set_delivery(self, ticket_id: str, delivery: dict[str, Any]) -> dict[str, Any]:
+        meta = self._read_meta(ticket_id)
+        if meta is None:
+            raise KeyError(ticket_id)
+        meta["delivery"] = delivery
+        self._write_meta(meta)
+        return meta
 
     def list(self) -> list[dict[str, Any]]:
         if not self.directory.exists():
@@ -140,10 +351,23 @@ class LocalTicketBackend:
         tickets = [json.loads(p.read_text()) for p in self.directory.glob("RCA-*.json")]
         return sorted(tickets, key=lambda t: t.get("created_at", ""), reverse=True)
 
+    def pending(self) -> list[dict[str, Any]]:
+        """Tickets waiting for their ticket system, oldest first."""
+        waiting = [t for t in self.list() if (t.get("delivery") or {}).get("status") == "pending"]
+        return sorted(waiting, key=lambda t: (t.get("created_at", ""), t["ticket_id"]))
+
     def get(self, ticket_id: str) -> dict[str, Any] | None:
-        meta = self.directory / f"{ticket_id}.json"
-        if not meta.exists():
+        data = self._read_meta(ticket_id)
+        if data is None:
             return None
-        data = json.loads(meta.read_text())
         data["body"] = (self.directory / f"{ticket_id}.md").read_text()
         return data
+
+    def ticket(self, ticket_id: str) -> Ticket:
+        """The stored ticket as a :class:`Ticket` (to deliver it)."""
+        data = self.get(ticket_id)
+        if data is None:
+            raise KeyError(ticket_id)
+        fields = {k: v for k, v in data.items()
+                  if k not in ("ticket_id", "title", "body", "created_at", "path", "delivery")}
+        return Ticket(ticket_id=ticket_id, title=data["title"], body=data["body"], fields=fields)

@@ -9,6 +9,7 @@ What a service file's ``schedule:`` section says, parsed and checked once: the t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,14 +119,19 @@ def parse_lateness(value: Any) -> timedelta:
     """``"30m"``, seconds or a timedelta; None is the default, 30 minutes."""
     if value is None:
         return DEFAULT_MAX_LATENESS
-    if isinstance(value, timedelta):
-        lateness = value
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        lateness = timedelta(seconds=value)
-    elif isinstance(value, str) and DURATION_RE.fullmatch(value.strip()):
-        lateness = parse_duration(value)
-    else:
-        raise InvalidInputError(f"max_lateness: {value!r} is not a duration; use e.g. '30m', '2h' or a timedelta")
+    try:
+        if isinstance(value, timedelta):
+            lateness = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise InvalidInputError(f"max_lateness: {value!r} is not a finite number of seconds")
+            lateness = timedelta(seconds=value)
+        elif isinstance(value, str) and DURATION_RE.fullmatch(value.strip()):
+            lateness = parse_duration(value)
+        else:
+            raise InvalidInputError(f"max_lateness: {value!r} is not a duration; use e.g. '30m', '2h' or a timedelta")
+    except OverflowError:
+        raise InvalidInputError(f"max_lateness: {value!r} is too long a duration") from None
     if lateness < timedelta(0):
         raise InvalidInputError(f"max_lateness: {value!r} must not be negative")
     return lateness

@@ -15,7 +15,12 @@ v1.3.0    needs a setting only the replica has: does not start in production    
 v1.4.0    a synchronous audit call adds 150 ms to every request                    canary analysis
 v1.5.0    the bulk discount is applied twice                                       unit tests
 v1.6.0    a new test for a bug production already has (case-sensitive search)      pre-existing failure
+v1.7.0    its lock file pins jinja2 3.1.4, which a (lab) advisory rates high       dependency audit
 ========  =======================================================================  ===================
+
+Every version ships its lock file, ``requirements.txt`` (pinned packages the audit stage checks);
+v1.7.0's comes from ``include/demo/history/requirements-v1.7.0.txt``, and its advisory from
+``include/demo/advisories.json``, which the lab's OSV server (:mod:`conveyor_lab.osv`) serves.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ HISTORY: tuple[Step, ...] = (
          release={"CART_DISCOUNT_BUG": True}),
     Step("v1.6.0", "v1.1.0", CHLOE, "2026-11-10T10:00:00+00:00", "Search: test lowercase queries",
          files={"tests/integration/test_search.py": "test_search.py"}),
+    Step("v1.7.0", "v1.1.0", BEN, "2026-11-11T10:00:00+00:00", "Reports: render order summaries with Jinja2",
+         files={"requirements.txt": "requirements-v1.7.0.txt"}),
 )
 
 

@@ -105,3 +105,172 @@ def test_filing_twice_updates_one_ticket(ledger, tmp_path):
     assert listed["hosts_touched"] == ["prod-1"] and listed["rollback_status"] == "rolled back"
     assert json.loads((tmp_path / "tickets" / f"{ticket_id_for(RID)}.json").read_text())["service"] == "demo_shop"
     assert "Metric comparison" in backend.get(ticket_id_for(RID))["body"]
+
+
+# --------------------------------------------------------------- the rollback's outcome, from the ledger
+
+
+def test_a_failed_rollback_is_read_from_the_ledger_when_its_task_left_no_xcom(ledger):
+    from conveyor.evidence import rollback_outcome
+
+    record_canary_failure(ledger, failing_verdict())
+    ledger.upsert_rollback(RID, "prod-2", from_version="v1.2.0", to_version="v1.0.0",
+                           status="failed: cannot switch back to v1.0.0: prod-2: exit 4", at=AT)
+    # what RollbackOperator's ledger_stage block and the failure callback leave behind
+    ledger.upsert_stage(RID, "rollback", status="running", started_at=AT, detail={
+        "rolled_back": ["prod-1"], "touched": ["prod-1", "prod-2"], "status": "rollback incomplete",
+        "failed": {"prod-2": "cannot switch back to v1.0.0: prod-2: exit 4"}})
+    ledger.upsert_stage(RID, "rollback", status="failed", error="RollbackError: rollback incomplete: prod-2: ...")
+
+    outcome = rollback_outcome(ledger.get_release(RID), None)
+    assert outcome["status"] == "failed" and outcome["action_required"]
+    assert outcome["rolled_back"] == ["prod-1"] and outcome["touched"] == ["prod-1", "prod-2"]
+    assert outcome["failed"] == {"prod-2": "cannot switch back to v1.0.0: prod-2: exit 4"}
+    # A later successful rerun of the rollback (its XCom) is the truth: every host it had to move is back.
+    assert rollback_outcome(ledger.get_release(RID), {"status": "nothing to roll back", "rolled_back": []}) == {
+        "status": "nothing to roll back", "rolled_back": [], "error": None, "failed": {}, "action_required": False}
+
+
+@pytest.mark.parametrize(("stage", "rows", "hosts", "expected"), [
+    ("running", [], ["deployed"], "did not finish"),  # killed mid-rollback: the stage never ended
+    (None, [], ["deployed"], "did not run"),  # hosts changed, no rollback recorded at all
+    (None, [], [], "not needed"),  # nothing reached production
+    (None, ["rolled back"], ["deployed"], "rolled back"),
+    (None, ["failed: boom"], ["deployed"], "failed"),
+    ("success", ["rolled back"], ["deployed"], "rolled back"),
+])
+def test_the_rollback_outcome_without_xcom(ledger, stage, rows, hosts, expected):
+    from conveyor.evidence import rollback_outcome
+
+    ledger.upsert_release(RID, service="demo_shop", status="failed")
+    for status in hosts:
+        ledger.upsert_host_deployment(RID, "prod-1", environment="production", wave="wave-1",
+                                      from_version="v1.0.0", to_version="v1.2.0", status=status, at=AT)
+    for status in rows:
+        ledger.upsert_rollback(RID, "prod-1", from_version="v1.2.0", to_version="v1.0.0", status=status, at=AT)
+    if stage:
+        ledger.upsert_stage(RID, "rollback", status=stage, started_at=AT,
+                            detail={"status": "rolled back"} if stage == "success" else None)
+    outcome = rollback_outcome(ledger.get_release(RID), None)
+    assert outcome["status"] == expected
+    assert outcome["action_required"] == (expected in ("failed", "did not finish", "did not run"))
+
+
+def test_host_states_say_which_host_is_back():
+    from conveyor.evidence import describe_hosts, host_states
+
+    states = host_states({"prod-1": "v1.0.0", "prod-2": "v1.2.0", "prod-3": "v0.9.0", "prod-4": "v1.2.0"},
+                         {"prod-5": "NoValidConnectionsError: Unable to connect to port 22"},
+                         {"prod-1": "v1.0.0", "prod-2": "v1.0.0", "prod-3": "v1.0.0", "prod-4": None,
+                          "prod-5": "v1.0.0"}, "v1.2.0")
+    assert [(s["host"], s["ok"]) for s in states] == [
+        ("prod-1", True), ("prod-2", False), ("prod-3", False), ("prod-4", True), ("prod-5", False)]
+    assert describe_hosts([s for s in states if not s["ok"]]) == (
+        "prod-2 on v1.2.0 (still the release's version; it ran v1.0.0 before), "
+        "prod-3 on v0.9.0 (neither its version before the release (v1.0.0) nor the release's), "
+        "prod-5 unreachable: NoValidConnectionsError: Unable to connect to port 22")
+
+
+# ------------------------------------------------------------------------------- failure signatures
+
+
+def test_the_same_failure_in_two_releases_has_one_signature():
+    from conveyor.evidence import error_kind, failure_signature
+
+    a = failure_signature("demo_shop", "wave_1.analysis", "AnalysisFailed: wave-1: error rate 5.1% vs 1.0%")
+    b = failure_signature("demo_shop", "wave_1.analysis", "AnalysisFailed: wave-1: error rate 7.3% vs 0.9%")
+    assert a == b and len(a) == 12
+    assert a != failure_signature("demo_shop", "wave_2.analysis", "AnalysisFailed: wave-2: error rate 5%")
+    assert a != failure_signature("demo_shop", "wave_1.analysis", "HealthCheckError: prod-1 did not answer")
+    assert a != failure_signature("other", "wave_1.analysis", "AnalysisFailed: wave-1: error rate 5.1% vs 1.0%")
+    assert error_kind("conveyor.exceptions.DeployError: boom") == "DeployError"
+    assert error_kind("no class here") == error_kind(None) == "unknown"
+
+
+def test_a_ticket_carries_its_signature_and_says_when_a_person_must_act(ledger):
+    from conveyor.evidence import host_states, rollback_outcome
+
+    record_canary_failure(ledger, failing_verdict())
+    ledger.upsert_rollback(RID, "prod-2", from_version="v1.2.0", to_version="v1.0.0", status="failed: exit 4", at=AT)
+    release = ledger.get_release(RID)
+    states = host_states({"prod-1": "v1.0.0", "prod-2": "v1.2.0"}, {}, {"prod-1": "v1.0.0", "prod-2": "v1.0.0"},
+                         "v1.2.0")
+    evidence = gather_evidence(release, rollback_outcome(release, None), states)
+    ticket = render_ticket(ticket_id_for(RID), evidence)
+    assert ticket.fields["signature"] == evidence["signature"] and ticket.fields["error_kind"] == "AnalysisFailed"
+    assert f"| failure signature | `{evidence['signature']}`" in ticket.body
+    assert ticket.fields["rollback_status"] == "failed"
+    assert ticket.fields["host_versions"] == {"prod-1": "v1.0.0", "prod-2": "v1.2.0"}
+    assert ticket.fields["action_required"] == (
+        "a person must act: the rollback did not put every host back "
+        "(prod-2 on v1.2.0 (still the release's version; it ran v1.0.0 before))")
+    assert ticket.body.index("## A person must act") < ticket.body.index("## What happened")
+
+
+# ------------------------------------------------------------------------------------ local copies
+
+
+def test_a_ticket_for_a_ticket_system_is_pending_until_delivered_and_stays_delivered(ledger, tmp_path):
+    from conveyor.tickets import target_for
+
+    record_canary_failure(ledger, failing_verdict())
+    ticket = render_ticket(ticket_id_for(RID), gather_evidence(ledger.get_release(RID), None))
+    backend = LocalTicketBackend(tmp_path / "tickets")
+    target = {"backend": "github", "conn_id": "github_default", "repository": "acme/shop", "labels": [],
+              "dedup_window_s": 604800}
+    backend.file(ticket, created_at="2026-11-22T10:06:00", target=target)
+    assert [t["ticket_id"] for t in backend.pending()] == [ticket.ticket_id]
+    backend.set_delivery(ticket.ticket_id, {"backend": "github", "status": "filed", "key": "7", "url": "u"})
+    backend.file(ticket, created_at="2026-11-22T11:00:00", target=target)  # a rerun of the ticket task
+    assert backend.pending() == [] and backend.get(ticket.ticket_id)["delivery"]["key"] == "7"
+    assert backend.ticket(ticket.ticket_id) == ticket  # what a later pass delivers is what was rendered
+    backend.file(ticket, created_at="2026-11-22T11:00:00", target=None)
+    assert backend.get(ticket.ticket_id)["delivery"]["status"] == "filed"  # never forgets where it went
+
+    from conveyor.config import load_service
+
+    assert target_for(load_service("demo_shop").tickets) is None  # the demo files locally
+
+
+# ---------------------------------------------------------------------------- the rollback_failed alert
+
+
+def test_the_alert_reaches_slack_and_a_slack_that_is_down_only_logs(monkeypatch, tmp_path):
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    from conveyor.notifiers import alert, read_notifications
+
+    received: list[dict] = []
+
+    class Slack(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slack)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path))
+    for name, port in (("SLACK_UP", server.server_port), ("SLACK_DOWN", closed)):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{name}", json.dumps(
+            {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{port}/services", "password": "T0/B0/X"}))
+    context = {"dag_run": SimpleNamespace(dag_id="release_demo_shop", run_id="r1")}
+    try:
+        text = "Release v1.2.0 of demo_shop: ROLLBACK FAILED, a person must act: prod-2 on v1.2.0"
+        assert alert(context, event="rollback_failed", text=text, slack_webhook_conn_id="slack_up") is None
+        assert received == [{"text": text}]
+        error = alert(context, event="rollback_failed", text=text, slack_webhook_conn_id="slack_down")
+        assert error and "Connection" in error  # said, not raised
+    finally:
+        server.shutdown()
+    assert [n["event"] for n in read_notifications()] == ["rollback_failed", "rollback_failed"]  # both logged

@@ -65,16 +65,21 @@ def test_release_dag_shape_and_policies(forbid_connections):
     assert "reason" in first.params
 
 
-def _validate_conf(conf: dict):
+def _validate_conf(conf: dict, dag_id: str = "release_demo_shop"):
     """What triggering does with a run's conf: copy the DAG's params, apply the conf, validate."""
-    dag = _bag(ROOT / "dags").dags["release_demo_shop"]
+    dag = _bag(ROOT / "dags").dags[dag_id]
     params = copy.deepcopy(dag.params)
     params.update(conf)
     return params.validate()
 
 
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
 @pytest.mark.parametrize("bad_ref", ["v1.1.0; rm -rf /", "$(id)", "`id`", "v1 .0", "-rf", "a..b", "x|y", "",
-                                     "v1.1.0\nid", "main&&id", "refs/../../etc"])
+                                     "v1.1.0\nid", "main&&id", "refs/../../etc",
+                                     # a JSON-schema "$" also matches before a final newline (re.search)
+                                     "v1.1.0\n", "main\n", f"{SHA}\n", "v1.1.0\n\n", "\nv1.1.0"])
 def test_git_ref_param_refuses_shell_metacharacters(bad_ref):
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -85,6 +90,39 @@ def test_git_ref_param_refuses_shell_metacharacters(bad_ref):
 @pytest.mark.parametrize("good_ref", ["v1.1.0", "main", "release/2026-11", "0123abcd", "v2.0.0-rc.1+build.5"])
 def test_git_ref_param_accepts_real_refs(good_ref):
     assert _validate_conf({"git_ref": good_ref})["git_ref"] == good_ref
+
+
+@pytest.mark.parametrize("bad_commit", [f"{SHA}\n", "abc1234\n", f"{SHA}; id", SHA.upper()])
+def test_ci_commit_param_refuses_anything_but_a_sha(bad_commit):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        _validate_conf({"commit": bad_commit}, "ci_demo_shop")
+    assert _validate_conf({"commit": SHA}, "ci_demo_shop")["commit"] == SHA
+
+
+def test_param_patterns_also_hold_in_javascript():
+    """The trigger form may check a Param's pattern in the browser: the same pattern must compile as an
+    ECMAScript regex (no ``\\Z``, no Python-only syntax) and refuse the trailing newline there too."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    import json
+    import subprocess
+
+    dags = _bag(ROOT / "dags").dags
+    patterns = {"git_ref": dags["release_demo_shop"].params.get_param("git_ref").schema["pattern"],
+                "commit": dags["ci_demo_shop"].params.get_param("commit").schema["pattern"]}
+    cases = {"git_ref": {"v1.1.0": True, "main": True, "v1.1.0\n": False, "main\n": False},
+             "commit": {SHA: True, f"{SHA}\n": False}}
+    script = ("const [patterns, cases] = JSON.parse(process.argv[1]); const out = {};"
+              "for (const k in patterns) { const re = new RegExp(patterns[k], 'u'); out[k] = {};"
+              "  for (const v in cases[k]) out[k][v] = re.test(v); }"
+              "console.log(JSON.stringify(out));")
+    result = subprocess.run([node, "-e", script, json.dumps([patterns, cases])], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == cases
 
 
 def test_change_param_is_an_enum():

@@ -3,8 +3,10 @@
 ``airflow_server`` (module scope) starts the four components as subprocesses, the way
 ``airflow standalone`` does (LocalExecutor, SQLite), in a private ``AIRFLOW_HOME`` with its own
 database, this project's ``dags/`` and ``plugins/``, SimpleAuthManager with the users
-``admin, dev, qa1, qa2, qa3, ops`` (passwords written beforehand to the file named by
-``[core] simple_auth_manager_passwords_file``), on a free port, and the e2e environment of
+``admin, dev, qa1, qa2, qa3, ops`` and the read-only service user ``conveyor`` (passwords written
+beforehand to the file named by ``[core] simple_auth_manager_passwords_file``), on a free port, the
+``conveyor_airflow_api`` connection (the production gate reads the run's Required Actions through
+this very API as ``conveyor``, as ``make run`` sets it up), and the e2e environment of
 ``release_env``: the fleet's SSH connection, ``CONVEYOR_HOME`` and a copy of the fast service files
 (``CONVEYOR_SERVICES_DIR``; every component reads it, the dag-processor at parse time and the task
 processes at run time). Scheduler intervals are shortened so runs move quickly. The API server
@@ -38,7 +40,9 @@ from conveyor_lab.fleet.spec import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "release_demo_shop"
-USERS = {"admin": "admin", "dev": "user", "qa1": "user", "qa2": "user", "qa3": "user", "ops": "user"}
+USERS = {"admin": "admin", "dev": "user", "qa1": "user", "qa2": "user", "qa3": "user", "ops": "user",
+         "conveyor": "viewer"}  # conveyor: the production gate's service user (reads Required Actions)
+GATE_USER = "conveyor"
 EARLY_COMPONENTS = ("api-server", "dag-processor")  # need neither the fleet nor its connection
 LATE_COMPONENTS = ("scheduler", "triggerer")  # run the tasks and triggers: need the fleet's connection
 COMPONENTS = ("scheduler", "triggerer", "dag-processor", "api-server")  # stopped in reverse order
@@ -287,8 +291,11 @@ def prepare_airflow_server(base: Path, services_src: Path) -> AirflowServer:
     passwords_file = home / "simple_auth_manager_passwords.json"
     passwords_file.write_text(json.dumps(passwords))
     [port] = free_ports(1)
-    server = AirflowServer(home=home, port=port, env=server_env(home, port, services_dir, passwords_file),
-                           services_dir=services_dir, passwords=passwords)
+    env = server_env(home, port, services_dir, passwords_file)
+    # The production gate cross-checks the sign-off with Airflow's own records through this API.
+    env["AIRFLOW_CONN_CONVEYOR_AIRFLOW_API"] = json.dumps({
+        "conn_type": "http", "host": f"http://127.0.0.1:{port}", "login": GATE_USER, "password": passwords[GATE_USER]})
+    server = AirflowServer(home=home, port=port, env=env, services_dir=services_dir, passwords=passwords)
     server.airflow("db", "migrate")
     return server
 

@@ -25,12 +25,23 @@ FAST = {
 
 
 @pytest.fixture(scope="session")
-def e2e_services(session_dir) -> Path:
+def lab_osv():
+    """The lab's OSV server with the demo's advisories (v1.7.0's lock file has a high one), on a free port."""
+    from conveyor_lab.osv import DEMO_ADVISORIES, OsvServer
+
+    with OsvServer(DEMO_ADVISORIES) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def e2e_services(session_dir, lab_osv) -> Path:
     services = session_dir / "services"
     services.mkdir(exist_ok=True)
     spec = yaml.safe_load((ROOT / "include" / "services" / "demo_shop.yaml").read_text())
     for section, values in FAST.items():
         spec[section] = {**spec.get(section, {}), **values}
+    # the audit asks the session's lab OSV server (`make run` serves the same advisories on a fixed port)
+    spec["audit"] = {**spec["audit"], "osv_url": lab_osv.query_url}
     (services / "demo_shop.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return services
 

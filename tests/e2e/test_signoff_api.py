@@ -1,9 +1,12 @@
-"""QA sign-off through a real Airflow: its REST API, its login, its assignment check (issue 4).
+"""QA sign-off through a real Airflow: its REST API, its login, its assignment check (issue 4), and the
+gates a click cannot skip (issue 10): the production gate, who may release, the required reason.
 
 One Airflow (scheduler, dag-processor, triggerer, API server; LocalExecutor on SQLite) serves the
 whole module (``airflow_server``); runs are triggered as ``dev`` through ``POST .../dagRuns`` and
 answered through ``PATCH .../hitlDetails`` (or ``conveyor approve|reject``), so the 403s below are
-Airflow's own. Each test starts with every host of the local fleet on ``v1.0.0``.
+Airflow's own. The ``conveyor_airflow_api`` connection is defined, so the production gate
+cross-checks every approval with Airflow's Required Actions through this same API. Each test starts
+with every host of the local fleet on ``v1.0.0``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.operators.signoff import REASON_MISSING
 from conveyor.signoff_client import SignoffError, settle_delay
 from tests.e2e.airflow_server import DAG_ID, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
 from tests.e2e.harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
@@ -38,11 +42,11 @@ def fleet_on_v1_0_0(airflow_server):  # noqa: F811
     return state
 
 
-def trigger(server: AirflowServer, git_ref: str, user: str = "dev") -> str:
+def trigger(server: AirflowServer, git_ref: str, user: str = "dev", **conf) -> str:
     # SQLite under a busy scheduler can answer "database is locked" (HTTP 500, nothing created): retry.
     for attempt in range(3):
         try:
-            run = server.client(user).trigger(DAG_ID, {"git_ref": git_ref})
+            run = server.client(user).trigger(DAG_ID, {"git_ref": git_ref, **conf})
             break
         except SignoffError as e:
             if e.status != 500 or attempt == 2:
@@ -98,12 +102,18 @@ def wait_for_approval(server: AirflowServer, run_id: str, task_id: str, timeout:
 
 
 def answer(server: AirflowServer, user: str, run_id: str, task_id: str, option: str,
-           reason: str | None = None) -> tuple[int, dict]:
+           reason: str | None = None, params_input: dict | None = None) -> tuple[int, dict]:
     """``PATCH .../hitlDetails`` as ``user``; returns Airflow's status and body."""
+    if params_input is None:
+        params_input = {"reason": reason} if reason else {}
     return server.client(user).request(
         "PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-        {"chosen_options": [option], "params_input": {"reason": reason} if reason else {}},
+        {"chosen_options": [option], "params_input": params_input},
     )
+
+
+def stage_error(run_id: str, stage: str) -> str:
+    return next(s for s in release_record(run_id)["stages"] if s["stage"] == stage)["error"] or ""
 
 
 def conveyor(server: AirflowServer, user: str, *args: str) -> subprocess.CompletedProcess:
@@ -132,12 +142,14 @@ def test_two_distinct_qa_members_approve_and_the_release_reaches_production(airf
     first = wait_for_approval(server, run_id, APPROVAL_1)
     assert assigned(first) == {"qa1", "qa2", "qa3"}
     assert "v1.1.0" in first["subject"]
+    form = first["params"]["reason"]["schema"]  # a required field: Airflow's form will not submit without it
+    assert (form["type"], form["minLength"]) == ("string", 1)
     for outsider in ("dev", "ops", "admin"):  # the author, a user outside QA, even an admin
         status, body = answer(server, outsider, run_id, APPROVAL_1, "Approve")
         assert status == 403, (outsider, status, body)
         assert f"User={outsider}" in body["detail"]
         assert "not a respondent" in body["detail"]
-    status, body = answer(server, "qa1", run_id, APPROVAL_1, "Approve")
+    status, body = answer(server, "qa1", run_id, APPROVAL_1, "Approve", "Checked the cart")
     assert status == 200, body
     assert body["responded_by"]["id"] == "qa1"
     assert body["chosen_options"] == ["Approve"]
@@ -148,12 +160,17 @@ def test_two_distinct_qa_members_approve_and_the_release_reaches_production(airf
     assert status == 403, body
     status, body = answer(server, "dev", run_id, APPROVAL_2, "Approve")
     assert status == 403, body
-    status, body = answer(server, "qa2", run_id, APPROVAL_2, "Approve")
+    status, body = answer(server, "qa2", run_id, APPROVAL_2, "Approve")  # no reason: counts, no comment
     assert status == 200, body
     status, body = answer(server, "qa3", run_id, APPROVAL_2, "Approve")
     assert status == 409, body  # one answer per approval
 
     assert wait_for_run(server, run_id) == "success", diagnose(server, run_id)
+    for wave in ("wave_1.deploy", "wave_4.deploy"):  # the gate read Airflow's records, as the service user
+        log = server.task_log(run_id, wave)
+        assert "Cross-checked with Airflow's Required Actions: qa1 approved qa_signoff.approval_1 (try 1); qa2 " \
+               "approved qa_signoff.approval_2 (try 1)" in log, log
+        assert "conveyor_airflow_api is not defined" not in log
     assert versions("production") == {name: "v1.1.0" for name in PROD}
     release = release_record(run_id)
     assert release["status"] == "success"
@@ -164,6 +181,7 @@ def test_two_distinct_qa_members_approve_and_the_release_reaches_production(airf
     assert approvals["qa1"]["at"] is not None
     assert approvals["qa2"]["at"] is not None
     assert approvals["qa1"]["at"] <= approvals["qa2"]["at"]
+    assert (approvals["qa1"]["comment"], approvals["qa2"]["comment"]) == ("Checked the cart", None)
     assert ticket_for(run_id) is None
 
 
@@ -284,7 +302,7 @@ def test_a_second_trigger_waits_for_the_first_release_to_end(airflow_server, fle
     server = airflow_server
     admin = server.client("admin")
     first = trigger(server, "v1.5.0")
-    second = trigger(server, "v1.5.0", user="qa3")
+    second = trigger(server, "v1.5.0", user="ops")
     deadline = time.monotonic() + 120
     while admin.dag_run(DAG_ID, first)["state"] != "running" and time.monotonic() < deadline:
         time.sleep(1)
@@ -295,3 +313,79 @@ def test_a_second_trigger_waits_for_the_first_release_to_end(airflow_server, fle
     first_run, second_run = admin.dag_run(DAG_ID, first), admin.dag_run(DAG_ID, second)
     assert second_run["start_date"] >= first_run["end_date"], (first_run, second_run)
     assert task_states(server, second)["tests"] == "failed"
+
+
+# ------------------------------------------------------------------------------- issue 10: gates
+
+
+def test_an_approval_marked_success_through_the_api_does_not_reach_production(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    """The author sets the second approval to success by hand (what "Mark success" does): ``plan`` runs,
+    and the first production wave refuses, naming what is missing; no production host changes."""
+    server = airflow_server
+    before = fleet_state("production")
+    run_id = trigger(server, "v1.1.0")
+    wait_for_approval(server, run_id, APPROVAL_1)
+    status, body = answer(server, "qa1", run_id, APPROVAL_1, "Approve", "Checked the cart")
+    assert status == 200, body
+    wait_for_approval(server, run_id, APPROVAL_2)
+
+    status, body = server.client("dev").request(
+        "PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{APPROVAL_2}", {"new_state": "success"})
+    assert status == 200, body  # Airflow lets the author set a task's state
+
+    assert wait_for_run(server, run_id) == "failed"
+    states = task_states(server, run_id)
+    assert (states[APPROVAL_2], states["plan"]) == ("success", "success"), diagnose(server, run_id)
+    assert states["wave_1.deploy"] == "failed"
+    assert states["wave_2.deploy"] == "upstream_failed"
+    assert unchanged(before, fleet_state("production")) == {}
+    missing = "sign-off missing: 1 of 2 required approval(s); counted: qa1"
+    assert missing in stage_error(run_id, "wave_1.deploy")
+    release = release_record(run_id)
+    assert [(a["approver"], a["decision"]) for a in release["approvals"]] == [("qa1", "approved")]
+    assert [h for h in release["hosts"] if h["environment"] == "production"] == []
+    ticket = ticket_for(run_id)
+    assert ticket["failed_stage"] == "wave_1.deploy"
+    assert missing in ticket["error"]
+    assert ticket["hosts_touched"] == []
+
+
+def test_a_rejection_without_a_reason_through_the_api_stops_the_release_and_says_so(airflow_server,  # noqa: F811
+                                                                                    fleet_on_v1_0_0):
+    server = airflow_server
+    before = fleet_state("production")
+    run_id = trigger(server, "v1.1.0")
+    wait_for_approval(server, run_id, APPROVAL_1)
+
+    status, body = answer(server, "qa1", run_id, APPROVAL_1, "Reject", params_input={"reason": "  "})
+    assert status == 200, body  # the API does not check the form's fields
+
+    assert wait_for_run(server, run_id) == "failed"
+    assert task_states(server, run_id)[APPROVAL_1] == "failed", diagnose(server, run_id)
+    assert unchanged(before, fleet_state("production")) == {}
+    [approval] = release_record(run_id)["approvals"]
+    assert (approval["approver"], approval["decision"], approval["comment"]) == ("qa1", "rejected", REASON_MISSING)
+    ticket = ticket_for(run_id)
+    assert "QA sign-off rejected by qa1 without the required reason" in ticket["error"]
+    assert "qa1: rejected at" in ticket["body"] and REASON_MISSING in ticket["body"]
+    assert "(no reason given)" not in ticket["body"]
+
+
+def test_only_allowed_users_release_and_only_operations_declare_an_emergency(airflow_server,  # noqa: F811
+                                                                              fleet_on_v1_0_0):
+    server = airflow_server
+    before = fleet_state()
+    refused = {
+        trigger(server, "v1.1.0", user="qa1"): "qa1 may not release demo_shop: release.allowed in ",
+        trigger(server, "v1.1.0", user="dev", emergency=True, reason="checkout is down"):
+            "dev may not declare an emergency for demo_shop: release.emergency in ",
+    }
+    for run_id, why in refused.items():
+        assert wait_for_run(server, run_id) == "failed"
+        states = task_states(server, run_id)
+        assert (states["validate"], states["build"]) == ("failed", "upstream_failed"), diagnose(server, run_id)
+        assert why in stage_error(run_id, "validate")
+        release = release_record(run_id)
+        assert (release["version"], release["hosts"], release["approvals"]) == (None, [], [])
+        assert why in ticket_for(run_id)["error"]
+    assert unchanged(before, fleet_state()) == {}

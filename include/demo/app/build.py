@@ -1,8 +1,9 @@
 """Build the shop's release artifact: ``python build.py --out DIR``.
 
 Checks the sources compile, then copies what a host needs (``shop/``, ``populate.py``, ``tests/``)
-into DIR with ``shop/BUILD_INFO.json`` (version and commit from ``CONVEYOR_VERSION`` and
-``CONVEYOR_COMMIT``, set by Conveyor's build stage).
+and the lock file (``requirements.txt``, which Conveyor's audit stage checks) into DIR, with
+``shop/BUILD_INFO.json`` (version and commit from ``CONVEYOR_VERSION`` and ``CONVEYOR_COMMIT``, set
+by Conveyor's build stage).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def main() -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("shop", "tests"):
         shutil.copytree(ROOT / name, args.out / name, ignore=ignore, dirs_exist_ok=True)
-    shutil.copy2(ROOT / "populate.py", args.out / "populate.py")
+    for name in ("populate.py", "requirements.txt"):
+        shutil.copy2(ROOT / name, args.out / name)
     info = {"version": version, "commit": os.environ.get("CONVEYOR_COMMIT", "unknown")}
     (args.out / "shop" / "BUILD_INFO.json").write_text(json.dumps(info, sort_keys=True) + "\n")
     print(f"built shop {version} into {args.out}")

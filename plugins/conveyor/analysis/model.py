@@ -109,7 +109,8 @@ class AnalysisSettings(BaseModel):
         and on the slow-request ratio).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # No NaN or infinity: every comparison with NaN is false, so a NaN window or alpha never decides.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     window_s: float = Field(300.0, ge=0)
     min_requests: int = Field(200, ge=0)

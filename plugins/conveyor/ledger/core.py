@@ -12,15 +12,23 @@ task that runs twice leaves the same rows. Updates merge rather than overwrite:
 * a final status (:data:`~conveyor.ledger.schema.TERMINAL_STATUSES`) is not replaced by a non-final one,
   so a late "running" cannot hide a "success"; a no-op status (:data:`~conveyor.ledger.schema.WEAK_STATUSES`,
   a host that already ran the version on a rerun) never replaces a recorded one;
-* a stage recorded as ``success`` loses the error of an earlier failed attempt (a successful rerun);
+* a stage recorded as ``success`` loses the error of an earlier failed attempt (a successful rerun), and
+  a ticket whose ``delivery`` is ``filed``, ``commented`` or ``local`` loses its earlier ``delivery_error``;
 * ``reset=True`` turns all of this off for the fields passed: they are written exactly as given. That
   is how a deliberate rerun re-opens a stage.
+
+Every value fits its column on both dialects, so a write never fails on what it carries: a string longer
+than its column is cut with a marker (:func:`fit_text`), a NUL byte (which PostgreSQL refuses in text and
+JSON) becomes U+FFFD, and a JSON float that is not finite (which JSON and PostgreSQL's JSONB refuse)
+becomes the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,6 +48,8 @@ log = logging.getLogger(__name__)
 _TOUCHED_HOST_STATUSES = ("deploying", "deployed", "failed", "rolled_back")
 # Merge policy per column; anything not listed is "latest" (the new value unless it is None).
 _FIRST_WINS = frozenset({"started_at", "deployed_at", "created_at", "from_version"})
+# Error columns written together with a status: a status among these clears the error.
+_CLEARED_BY = {"error": ("status", ("success",)), "delivery_error": ("delivery", ("filed", "commented", "local"))}
 
 
 def _make_engine(url: str | URL) -> Engine:
@@ -70,6 +80,51 @@ def _make_engine(url: str | URL) -> Engine:
 
 def _as_dicts(result) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in result]
+
+
+# What a cut value ends with: an ellipsis and the start of the full value's SHA-1, so that two long values
+# with the same beginning (two parametrized tests, say) stay two different keys.
+_CUT_MARK_LENGTH = 10
+
+
+def fit_text(value: str, length: int) -> str:
+    """``value`` if it has at most ``length`` characters, else its start, ``…#`` and 8 hex digits of its
+    SHA-1 (``length`` characters in all): the same value always cuts the same way."""
+    if len(value) <= length:
+        return value
+    digest = hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()[:_CUT_MARK_LENGTH - 2]
+    return value[: max(0, length - _CUT_MARK_LENGTH)] + "…#" + digest[: min(8, length - 2)]
+
+
+def _no_nul(value: str) -> str:
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _json_safe(value: Any) -> Any:
+    """A JSON value both dialects store: no NUL in strings or keys, no NaN or infinity."""
+    if isinstance(value, str):
+        return _no_nul(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {_no_nul(str(k)) if not isinstance(k, int | float) else k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fit(column: sa.Column, value: Any) -> Any:
+    """``value`` as the column can store it (see the module docs)."""
+    if isinstance(column.type, sa.JSON):
+        return _json_safe(value)
+    if not isinstance(value, str):
+        return value
+    value = _no_nul(value)
+    length = getattr(column.type, "length", None)
+    if length is not None and len(value) > length:
+        log.warning("Ledger: %s.%s is %d characters, cut to %d", column.table.name, column.name, len(value), length)
+        value = fit_text(value, length)
+    return value
 
 
 class Ledger:
@@ -162,8 +217,11 @@ class Ledger:
         unknown = set(fields) - (set(table.c.keys()) - set(key_names))
         if unknown:
             raise ValueError(f"unknown {table.name} field(s): {', '.join(sorted(unknown))}")
+        key = {name: _fit(table.c[name], value) for name, value in key.items()}
+        fields = {name: _fit(table.c[name], value) for name, value in fields.items()}
+        defaults = {name: _fit(table.c[name], value) for name, value in (insert_defaults or {}).items()}
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = insert(table).values({**(insert_defaults or {}), **key, **fields})
+        stmt = insert(table).values({**defaults, **key, **fields})
         excluded = stmt.excluded
         updates: dict[str, Any] = {}
         for name in fields:
@@ -179,10 +237,12 @@ class Ledger:
                     (sa.and_(current.is_not(None), new.in_(sorted(schema.WEAK_STATUSES))), current),
                     else_=sa.func.coalesce(new, current),
                 )
-            elif name == "error" and "status" in fields:
-                # A stage that ends in success drops the error of an earlier failed attempt.
+            elif name in _CLEARED_BY and _CLEARED_BY[name][0] in fields:
+                # A stage that ends in success drops the error of an earlier failed attempt; a ticket that
+                # reached its system drops the error of an earlier failed delivery.
+                status, done = _CLEARED_BY[name]
                 updates[name] = sa.case(
-                    (excluded["status"] == "success", new), else_=sa.func.coalesce(new, current)
+                    (excluded[status].in_(done), new), else_=sa.func.coalesce(new, current)
                 )
             else:
                 updates[name] = sa.func.coalesce(new, current)
@@ -291,6 +351,7 @@ class Ledger:
     def get_release(self, release_id: str) -> dict[str, Any] | None:
         """The release row with ``stages``, ``hosts``, ``approvals``, ``tests``, ``rollbacks``, ``tickets``."""
         t = schema
+        release_id = _fit(t.releases.c.release_id, release_id)  # the key as a write stored it
         with self._read() as conn:
             row = conn.execute(sa.select(t.releases).where(t.releases.c.release_id == release_id)).first()
             if row is None:
@@ -471,3 +532,4 @@ class Ledger:
                     )
         result = compute_dora(releases, commit_rows, now=now, days=days)
         return {"service": service, **result}
+

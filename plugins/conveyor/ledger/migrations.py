@@ -55,10 +55,52 @@ def _add_commit_ci_detail(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE commits ADD COLUMN ci_detail TEXT"))
 
 
+# Columns that migration 4 widens: (table, column, new type). Release ids hold Airflow's 250-character run
+# ids after the service; stages are task ids; hosts are RFC 1035 names; free text is TEXT.
+_WIDER_V4 = (
+    *((table, "release_id", "VARCHAR(400)") for table in ("releases", "stages", "host_deployments", "approvals",
+                                                          "test_results", "rollbacks", "tickets")),
+    ("releases", "author", "TEXT"),
+    ("commits", "author", "TEXT"),
+    ("rollbacks", "status", "TEXT"),
+    ("stages", "stage", "VARCHAR(250)"),
+    ("host_deployments", "host", "VARCHAR(255)"),
+    ("rollbacks", "host", "VARCHAR(255)"),
+)
+
+
+def _widen_text_columns(conn: Connection) -> None:
+    # SQLite does not enforce a VARCHAR's length (a column's type is only an affinity), so there is nothing to
+    # change there; PostgreSQL widens a VARCHAR or turns it into TEXT without rewriting the table.
+    if conn.dialect.name != "postgresql":
+        return
+    for table, column, kind in _WIDER_V4:
+        conn.execute(sa.text(f'ALTER TABLE {table} ALTER COLUMN "{column}" TYPE {kind}'))
+
+
+_TICKET_DELIVERY_V5 = (
+    ("backend", "VARCHAR(30)"),
+    ("external_key", "VARCHAR(250)"),
+    ("signature", "VARCHAR(64)"),
+    ("delivery", "VARCHAR(30)"),
+    ("delivery_error", "TEXT"),
+)
+
+
+def _add_ticket_delivery(conn: Connection) -> None:
+    # Migration 1 creates tables from the current schema, so a new database already has the columns.
+    present = {c["name"] for c in sa.inspect(conn).get_columns("tickets")}
+    for column, kind in _TICKET_DELIVERY_V5:
+        if column not in present:
+            conn.execute(sa.text(f"ALTER TABLE tickets ADD COLUMN {column} {kind}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _create_core_tables),
     Migration(2, "indexes for service/time queries", _add_query_indexes),
     Migration(3, "commits.ci_detail: why CI judged a commit red", _add_commit_ci_detail),
+    Migration(4, "wider text columns: long run ids, authors, stage names, rollback errors", _widen_text_columns),
+    Migration(5, "tickets: backend, external key, failure signature and delivery status", _add_ticket_delivery),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

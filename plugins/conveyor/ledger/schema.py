@@ -6,6 +6,12 @@ migration there (``ALTER TABLE ...``) so that existing ledgers follow.
 
 Times are stored in UTC (:class:`UTCDateTime`): SQLite has no time zone type, so values are kept as naive
 UTC there and handed back as aware UTC datetimes on both dialects.
+
+Every column takes what the code writes into it (PostgreSQL refuses a ``VARCHAR(n)`` overflow where
+SQLite does not): free text (errors, statuses with their error, authors) is ``TEXT``; a bounded column is
+as wide as the largest value its source can give (``RELEASE_ID_LENGTH``: a service id and Airflow's
+250-character run id); anything still longer is cut by :func:`conveyor.ledger.core.fit_text`, with a
+marker and a digest so that two long keys stay two rows.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ WEAK_STATUSES = frozenset({"unchanged"})
 # Release statuses that count as a failed change for DORA's change failure rate.
 FAILED_RELEASE_STATUSES = frozenset({"failed", "rolled_back"})
 PRODUCTION = "production"
+# ``<service>/<run_id>``: a service id (up to 63 characters) and Airflow's run id (VARCHAR(250)), with room.
+RELEASE_ID_LENGTH = 400
+# A stage is a task id (with its task group), which Airflow allows up to 250 characters.
+STAGE_LENGTH = 250
+# A host name (RFC 1035: up to 253 characters) or a cloud instance id.
+HOST_LENGTH = 255
 
 
 def to_utc(value: dt.datetime | str | None) -> dt.datetime | None:
@@ -79,7 +91,7 @@ schema_version = sa.Table(
 releases = sa.Table(
     "releases",
     metadata,
-    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
     sa.Column("service", sa.String(100), nullable=False),
     sa.Column("version", sa.String(100)),
     sa.Column("commit_sha", sa.String(64)),
@@ -87,7 +99,7 @@ releases = sa.Table(
     sa.Column("change_kind", sa.String(20)),
     sa.Column("emergency", sa.Boolean),
     sa.Column("reason", sa.Text),
-    sa.Column("author", sa.String(250)),
+    sa.Column("author", sa.Text),  # Airflow's triggering user name (up to 512 characters)
     sa.Column("run_id", sa.String(250)),
     sa.Column("dag_id", sa.String(250)),
     sa.Column("status", sa.String(30)),
@@ -103,8 +115,8 @@ releases = sa.Table(
 stages = sa.Table(
     "stages",
     metadata,
-    sa.Column("release_id", sa.String(250), primary_key=True),
-    sa.Column("stage", sa.String(100), primary_key=True),
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
+    sa.Column("stage", sa.String(STAGE_LENGTH), primary_key=True),
     sa.Column("status", sa.String(30), nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
@@ -115,8 +127,8 @@ stages = sa.Table(
 host_deployments = sa.Table(
     "host_deployments",
     metadata,
-    sa.Column("release_id", sa.String(250), primary_key=True),
-    sa.Column("host", sa.String(250), primary_key=True),
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
+    sa.Column("host", sa.String(HOST_LENGTH), primary_key=True),
     sa.Column("environment", sa.String(50)),
     sa.Column("wave", sa.String(50)),
     sa.Column("from_version", sa.String(100)),
@@ -128,7 +140,7 @@ host_deployments = sa.Table(
 approvals = sa.Table(
     "approvals",
     metadata,
-    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
     sa.Column("approver", sa.String(250), primary_key=True),
     sa.Column("decision", sa.String(30), nullable=False),
     sa.Column("comment", sa.Text),
@@ -138,7 +150,7 @@ approvals = sa.Table(
 test_results = sa.Table(
     "test_results",
     metadata,
-    sa.Column("release_id", sa.String(250), primary_key=True),
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
     sa.Column("suite", sa.String(250), primary_key=True),
     sa.Column("test", sa.String(500), primary_key=True),
     sa.Column("outcome", sa.String(30), nullable=False),
@@ -149,11 +161,11 @@ test_results = sa.Table(
 rollbacks = sa.Table(
     "rollbacks",
     metadata,
-    sa.Column("release_id", sa.String(250), primary_key=True),
-    sa.Column("host", sa.String(250), primary_key=True),
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
+    sa.Column("host", sa.String(HOST_LENGTH), primary_key=True),
     sa.Column("from_version", sa.String(100)),
     sa.Column("to_version", sa.String(100)),
-    sa.Column("status", sa.String(30)),
+    sa.Column("status", sa.Text),  # "rolled back", or "failed: <the error>"
     sa.Column("at", UTCDateTime),
 )
 
@@ -161,12 +173,20 @@ tickets = sa.Table(
     "tickets",
     metadata,
     sa.Column("ticket_id", sa.String(250), primary_key=True),
-    sa.Column("release_id", sa.String(250)),
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH)),
     sa.Column("service", sa.String(100)),
     sa.Column("path", sa.Text),
     sa.Column("url", sa.Text),
     sa.Column("title", sa.Text),
     sa.Column("created_at", UTCDateTime),
+    # Added by migration 5: where the ticket went (local, jira, github), its key there, the failure signature
+    # it was deduplicated on, and the delivery: "local", "filed", "commented" (on an open ticket of the same
+    # signature) or "pending" (the tracker was down; kept locally and retried, delivery_error says why).
+    sa.Column("backend", sa.String(30)),
+    sa.Column("external_key", sa.String(250)),
+    sa.Column("signature", sa.String(64)),
+    sa.Column("delivery", sa.String(30)),
+    sa.Column("delivery_error", sa.Text),
 )
 
 commits = sa.Table(
@@ -174,7 +194,7 @@ commits = sa.Table(
     metadata,
     sa.Column("service", sa.String(100), primary_key=True),
     sa.Column("commit_sha", sa.String(64), primary_key=True),
-    sa.Column("author", sa.String(250)),
+    sa.Column("author", sa.Text),  # git's author name: any length
     sa.Column("message", sa.Text),
     sa.Column("committed_at", UTCDateTime),
     sa.Column("ci_status", sa.String(30)),

@@ -103,8 +103,14 @@ class InconclusiveDecisionOperator(HITLOperator):
     (too little traffic, too noisy), it waits in **Required Actions** with the evidence; "Roll back"
     (or no answer within the timeout) fails the task, which rolls the release back.
 
+    The run's author never decides: when the task starts it is assigned to ``assigned`` minus the
+    author (so Airflow's API answers 403 to the author), and it rolls back at once, saying why, when
+    nobody is left. An answer by the author (possible only when nobody is assigned, or written around
+    the API) or by someone outside ``assigned`` does not count: the release rolls back.
+
     :param analysis_task_id: the analysis task whose verdict this follows.
-    :param assigned: user ids who may decide (empty: anyone allowed to act on the DAG).
+    :param assigned: user ids who may decide (the pipeline passes ``analysis.deciders``, by default the
+        QA group); empty: anyone allowed to act on the DAG but the author.
     :param timeout: how long to wait before rolling back.
     """
 
@@ -132,12 +138,27 @@ class InconclusiveDecisionOperator(HITLOperator):
         )
         self.analysis_task_id = analysis_task_id
         self.service_id = service_id
+        self.deciders = list(dict.fromkeys(assigned))
 
     def execute(self, context: Context):
         verdict = context["ti"].xcom_pull(task_ids=self.analysis_task_id) or {}
         if verdict.get("decision") != "inconclusive":
             self.log.info("Analysis %s: %s; no decision needed", verdict.get("label"), verdict.get("decision"))
             return {"decision": verdict.get("decision"), "asked": False}
+        author = getattr(context["dag_run"], "triggering_user_name", None)
+        if self.deciders:
+            eligible = [u for u in self.deciders if u != author]
+            if not eligible:
+                raise AnalysisInconclusive(
+                    f"analysis {verdict.get('label')} inconclusive and nobody may decide: the deciders "
+                    f"({', '.join(self.deciders)}) minus the run's author {author!r} leave nobody; rolling back"
+                )
+            self.assigned_users = [{"id": u, "name": u} for u in eligible]
+            self.log.info("Asking %s to continue or roll back (author %s excluded)", ", ".join(eligible),
+                          author or "none")
+        else:
+            self.log.warning("No deciders configured: anyone allowed to act on the DAG may answer, but an "
+                             "answer by the author (%s) rolls back", author or "none")
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
@@ -147,6 +168,16 @@ class InconclusiveDecisionOperator(HITLOperator):
             raise ConveyorError(f"decision failed: {event.get('error')}")
         result = super().execute_complete(context=context, event=event)
         who = responder_id(event.get("responded_by_user"))
+        author = getattr(context["dag_run"], "triggering_user_name", None)
+        if who:
+            # Only reachable when Airflow's assignment check did not apply (nobody assigned, or an
+            # answer written around the API): such an answer does not count, and the release rolls back.
+            if author and who == author:
+                raise AnalysisInconclusive(f"analysis inconclusive; the decision by {who} does not count: the "
+                                           "run's author cannot decide; rolling back")
+            if self.deciders and who not in self.deciders:
+                raise AnalysisInconclusive(f"analysis inconclusive; the decision by {who} does not count: not "
+                                           f"one of the deciders ({', '.join(self.deciders)}); rolling back")
         if result["chosen_options"] == [self.ROLL_BACK]:
             raise AnalysisInconclusive(f"analysis inconclusive; {who or 'a human'} chose to roll back")
         self.log.info("Analysis inconclusive; %s chose to continue", who)

@@ -117,16 +117,23 @@ class ConveyorOperator(BaseOperator):
         except TaskDeferred:
             raise  # still running: the resumed task closes the stage
         except AirflowSkipException as skip:
-            self.ledger.upsert_stage(release_id, self.stage_name, status="skipped", finished_at=utcnow(),
-                                     error=str(skip))
+            self._record_quietly(release_id, status="skipped", finished_at=utcnow(), error=str(skip))
             raise
         except BaseException:
             if record.detail is not None:  # the evidence; record_failure marks the stage failed
-                self.ledger.upsert_stage(release_id, self.stage_name, status="running",
-                                         detail=_summary(record.detail))
+                self._record_quietly(release_id, status="running", detail=_summary(record.detail))
             raise
         self.ledger.upsert_stage(release_id, self.stage_name, status=record.status, finished_at=utcnow(),
                                  detail=_summary(record.detail or {}))
+
+
+    def _record_quietly(self, release_id: str, **fields: Any) -> None:
+        """A stage write on the way out of a failed or skipped block: a ledger that is down must never
+        replace the task's own error (it is logged; record_failure tries again)."""
+        try:
+            self.ledger.upsert_stage(release_id, self.stage_name, **fields)
+        except Exception:
+            self.log.exception("could not record stage %s of %s in the ledger", self.stage_name, release_id)
 
 
 def _summary(detail: dict[str, Any]) -> dict[str, Any]:
@@ -152,9 +159,12 @@ class FleetOperator(ConveyorOperator):
 
     @cached_property
     def fleet(self) -> FleetHook:
+        """The fleet's SSH sessions, every remote step bounded by the service's ``deploy.timeouts``."""
         from conveyor.hooks.fleet import FleetHook
 
-        return FleetHook(self.service.deploy.ssh_conn_id)
+        deploy = self.service.deploy
+        return FleetHook(deploy.ssh_conn_id, connect_s=deploy.timeouts.connect_s, command_s=deploy.timeouts.command_s,
+                         upload_s=deploy.timeouts.upload_s, probe_timeout_s=deploy.health.probe_timeout_s)
 
     def on_each_host(self, hosts: Sequence[Host], step: Callable[[FleetSession], T]) -> tuple[
         dict[str, T], dict[str, Exception]
@@ -176,7 +186,8 @@ class FleetOperator(ConveyorOperator):
 
         health = self.service.deploy.health
         results, errors = for_each_host(
-            hosts, lambda h: wait_healthy(h, version, timeout_s=health.timeout_s, interval_s=health.interval_s),
+            hosts, lambda h: wait_healthy(h, version, timeout_s=health.timeout_s, interval_s=health.interval_s,
+                                          probe_timeout_s=health.probe_timeout_s),
             max_parallel=self.service.deploy.max_parallel,
         )
         if errors:

@@ -56,6 +56,12 @@ class DeployOperator(FleetOperator):
         from conveyor.artifacts import ArtifactInfo, ArtifactStore
 
         with self.ledger_stage(context) as stage:
+            if self.environment == "production":
+                # The gate, where it acts: every wave, before any host changes, checks the sign-off in
+                # the records (task states can be set by hand). Raises "sign-off missing: ...".
+                from conveyor.operators.signoff import verify_production_signoff
+
+                verify_production_signoff(self, context)
             info = ArtifactInfo.from_dict(self.artifact)
             hosts = self._hosts()
             if not hosts:
@@ -118,7 +124,7 @@ class PopulateReplicaOperator(FleetOperator):
 
             def populate_one(session: FleetSession) -> str:
                 command = populate.command.format(release_dir=f"{session.host.app_root}/releases/{version}")
-                result = session.run_shell(command)
+                result = session.run_shell(command, step="populate")
                 if not result.ok:
                     raise DeployError(f"populate failed: {result.describe()}")
                 return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
@@ -241,18 +247,32 @@ class RollbackOperator(FleetOperator):
         health = self.service.deploy.health
         _, errors = for_each_host(
             hosts, lambda h: wait_healthy(h, original[h.name], timeout_s=health.timeout_s,
-                                          interval_s=health.interval_s),
+                                          interval_s=health.interval_s, probe_timeout_s=health.probe_timeout_s),
             max_parallel=self.service.deploy.max_parallel,
         )
         return errors
 
     def _record(self, context: Context, original: dict[str, str | None], touched: dict[str, Any],
                 errors: dict[str, Exception]) -> None:
+        """One ``rollbacks`` row per host: ``rolled back``, or ``failed: <error>``.
+
+        A write that fails never replaces the rollback's own error: when hosts failed to roll back, the
+        :class:`RollbackError` raised next is the task's error and the ledger's is logged; when every host
+        rolled back, the ledger's error fails the task (a retry records the rows again, the rollback being
+        a no-op on hosts already back).
+        """
         release_id = self.release_id(context)
-        for name, res in touched.items():
-            if name not in errors:
-                self.ledger.upsert_rollback(release_id, name, from_version=res["from"], to_version=res["to"],
-                                            status="rolled back", at=utcnow())
-        for name, err in errors.items():
-            self.ledger.upsert_rollback(release_id, name, from_version=(touched.get(name) or {}).get("from"),
-                                        to_version=original.get(name), status=f"failed: {err}"[:500], at=utcnow())
+        rows = [(name, {"from_version": res["from"], "to_version": res["to"], "status": "rolled back"})
+                for name, res in touched.items() if name not in errors]
+        rows += [(name, {"from_version": (touched.get(name) or {}).get("from"), "to_version": original.get(name),
+                         "status": f"failed: {err}"[:4000]}) for name, err in errors.items()]
+        unrecorded: list[Exception] = []
+        for name, fields in rows:
+            try:
+                self.ledger.upsert_rollback(release_id, name, at=utcnow(), **fields)
+            except Exception as exc:  # reported below, never instead of the rollback's error
+                self.log.error("Could not record the rollback of %s in the ledger (%s): %s: %s", name,
+                               fields["status"], type(exc).__name__, exc)
+                unrecorded.append(exc)
+        if unrecorded and not errors:
+            raise unrecorded[0]

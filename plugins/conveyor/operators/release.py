@@ -21,6 +21,14 @@ class ValidateReleaseOperator(ConveyorOperator):
     The Params' JSON schema already refuses bad input at trigger time; this re-checks at run time
     (a rerun after the service file changed, or conf from an older API client) and fails before
     anything else happens.
+
+    It also decides who may do what, before the release is opened (refusals are
+    :class:`InvalidInputError` with the reason): the user who triggered the run
+    (``dag_run.triggering_user_name``) must be in ``release.allowed`` when it is set; an emergency
+    needs the user in ``release.emergency`` (empty: emergencies are refused); a manual non-emergency
+    run while the line is stopped (the newest commit CI judged on the release branch is red) is refused
+    with ``line stopped at <commit>``. Scheduled runs have no user and are not checked here: the CI
+    gate (:func:`conveyor.operators.gate.release_gate`) picks their commit.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -39,7 +47,9 @@ class ValidateReleaseOperator(ConveyorOperator):
             raise InvalidInputError("an emergency release needs a reason")
         service = self.service  # raises ServiceConfigError naming the file and field
         dag_run = context["dag_run"]
+        self._check_user(context, emergency)
         self._check_window(context, emergency, reason)
+        self._check_line(context, emergency)
         from conveyor.operators.gate import release_gate
 
         gated = release_gate(context, service, self.ledger)  # scheduled runs: the newest green commit, or skip
@@ -65,6 +75,48 @@ class ValidateReleaseOperator(ConveyorOperator):
         self.log.info("Release %s of %s at %s (%s change%s)", release["release_id"], service.id, ref,
                       params["change"], ", EMERGENCY: " + reason if emergency else "")
         return release
+
+    def _check_user(self, context: Context, emergency: bool) -> None:
+        """``release.allowed`` and ``release.emergency``: who may release, who may declare an emergency."""
+        from conveyor.operators.gate import is_scheduled
+
+        if is_scheduled(context):
+            return
+        service = self.service
+        user = getattr(context["dag_run"], "triggering_user_name", None)
+        allowed = service.people(service.release.allowed)
+        if allowed and user not in allowed:
+            raise InvalidInputError(
+                f"{user or 'a run without a triggering user'} may not release {service.id}: release.allowed in "
+                f"{service.path} is {', '.join(service.release.allowed)} ({', '.join(allowed)})")
+        if not emergency:
+            return
+        declarers = service.people(service.release.emergency)
+        if not declarers:
+            raise InvalidInputError(
+                f"emergency releases of {service.id} are refused: nobody may declare one (set release.emergency "
+                f"in {service.path} to the users or @groups who may)")
+        if user not in declarers:
+            raise InvalidInputError(
+                f"{user or 'a run without a triggering user'} may not declare an emergency for {service.id}: "
+                f"release.emergency in {service.path} is {', '.join(service.release.emergency)} "
+                f"({', '.join(declarers)})")
+
+    def _check_line(self, context: Context, emergency: bool) -> None:
+        """A manual non-emergency run while the line is stopped (CI's newest verdict on the branch is red)."""
+        from conveyor.ci import LINE_STOPPED, release_candidate
+        from conveyor.exceptions import BuildError
+        from conveyor.operators.gate import is_scheduled
+
+        if emergency or is_scheduled(context):  # scheduled runs: release_gate skips them on a red line
+            return
+        try:
+            decision, _, message = release_candidate(self.service, self.ledger)
+        except BuildError as e:
+            raise BuildError(f"cannot tell whether the line is stopped: {e}") from None
+        if decision == LINE_STOPPED:
+            raise InvalidInputError(f"{message}: a manual release waits until CI judges a newer commit green "
+                                    "(or is declared an emergency)")
 
     def _check_window(self, context: Context, emergency: bool, reason: str) -> None:
         """Freezes and release windows: refuse a normal manual run in a freeze, skip a stale slot."""
@@ -192,24 +244,33 @@ class FinalizeReleaseOperator(FleetOperator):
 class ReleaseFailedOperator(ConveyorOperator):
     """Runs only when a task of the release failed: marks the release failed in the ledger.
 
-    It succeeds itself (so rollback and ticket run after it); the run still ends failed because
-    the failure path ends in :class:`ReleaseOutcomeOperator`. It records no stage of its own.
+    It succeeds itself, even when the ledger cannot be written (the rollback after it must run whatever
+    the ledger does; :class:`ReleaseOutcomeOperator` records the status again); the run still ends
+    failed because the failure path ends in :class:`ReleaseOutcomeOperator`. It records no stage of its
+    own.
     """
 
     ui_color = "#fbe3e3"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        self.ledger.upsert_release(self.release_id(context), status="failed", finished_at=utcnow())
-        return {"status": "failed"}
+        try:
+            self.ledger.upsert_release(self.release_id(context), status="failed", finished_at=utcnow())
+        except Exception as exc:  # never stop the rollback for the ledger's sake
+            self.log.error("Could not mark release %s failed in the ledger (fail_run tries again): %s: %s",
+                           self.release_id(context), type(exc).__name__, exc)
+            return {"status": "failed", "recorded": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": "failed", "recorded": True}
 
 
 class ReleaseOutcomeOperator(ConveyorOperator):
     """The failure path's last task: fails, so that a failed release is a failed run.
 
-    Its message sums the failure up: the failed stage and error, the rollback and the ticket.
+    Its message sums the failure up: the failed stage and error, the rollback (from its XCom, or from the
+    ledger when the rollback task failed), the ticket, and, when hosts were left off their version, which
+    host runs which version (as the ticket task read them) and that a person must act.
 
-    :param rollback_task_id: the rollback task (its XCom says how the rollback went).
-    :param ticket_task_id: the ticket task (its XCom names the ticket).
+    :param rollback_task_id: the rollback task (its XCom, or its ledger stage, says how the rollback went).
+    :param ticket_task_id: the ticket task (its XCom names the ticket and the hosts' versions).
     """
 
     ui_color = "#fbe3e3"
@@ -220,13 +281,33 @@ class ReleaseOutcomeOperator(ConveyorOperator):
         self.ticket_task_id = ticket_task_id
 
     def execute(self, context: Context) -> None:
-        failed = failed_stages(self.ledger.get_release(self.release_id(context)) or {})
+        from conveyor.evidence import ACTION_REQUIRED, describe_rollback, rollback_outcome
+
         ti = context["ti"]
-        rollback = ti.xcom_pull(task_ids=self.rollback_task_id) or {}
+        try:
+            release = self.ledger.get_release(self.release_id(context)) or {}
+            if release.get("status") not in ("failed", "rolled_back"):  # release_failed could not write it
+                self.ledger.upsert_release(self.release_id(context), status="failed", finished_at=utcnow())
+            unread = ""
+        except Exception as exc:  # the run still fails with what XCom says; the ledger's error is named
+            release, unread = {}, f" (the ledger could not be read: {type(exc).__name__}: {exc})"
+        failed = failed_stages(release)
+        # A failed rollback task leaves no XCom: its outcome is then the ledger's (its stage and rows).
+        rollback = rollback_outcome(release, ti.xcom_pull(task_ids=self.rollback_task_id),
+                                    stage=self.rollback_task_id)
         ticket = ti.xcom_pull(task_ids=self.ticket_task_id) or {}
-        where = f"{failed[0]['stage']}: {failed[0].get('error')}" if failed else "an unknown stage"
-        raise ReleaseFailed(f"release failed at {where}; rollback: {rollback.get('status', 'did not run')}; "
-                            f"ticket: {ticket.get('ticket_id', 'not filed')}")
+        if not ticket and release.get("tickets"):
+            ticket = {"ticket_id": release["tickets"][0]["ticket_id"]}
+        where = f"{failed[0]['stage']}: {failed[0].get('error')}" if failed else f"an unknown stage{unread}"
+        message = f"release failed at {where}; rollback: {describe_rollback(rollback)}"
+        if rollback["action_required"] or ticket.get("action_required"):
+            hosts = ticket.get("host_versions") or {}
+            now = ", ".join(f"{h} on {v}" if not str(v).startswith("unreachable") else f"{h} {v}"
+                            for h, v in sorted(hosts.items()))
+            message += "; " + (ticket.get("action_required") or f"{ACTION_REQUIRED}: the rollback {rollback['status']}, "
+                               "hosts may be left on the release's version")
+            message += f"; hosts now: {now}" if now else "; what each host runs now: see the ticket"
+        raise ReleaseFailed(f"{message}; ticket: {ticket.get('ticket_id', 'not filed')}")
 
 
 __all__ = ["BuildOperator", "FinalizeReleaseOperator", "ReleaseFailed", "ReleaseFailedOperator", "ReleaseOutcomeOperator",

@@ -13,7 +13,8 @@ Airflow UI's navigation (``external_views``):
 Every route needs the same login as the rest of the UI: Airflow's own ``get_user`` dependency checks
 the JWT from an ``Authorization: Bearer`` header or the ``_token`` cookie that the UI login sets, and
 the user must be allowed to see the website (``AccessView.WEBSITE``). Without a valid login the API
-answers 401 (JSON) and the pages answer 401 with a link to the login page.
+answers 401 (JSON) and the pages answer 401 with a link to the login page. The API's description,
+``/conveyor/api/openapi.json``, needs the same login; there are no docs pages.
 
 Importing this module is cheap and touches neither Airflow's database nor the ledger: the auth
 manager and the ledger connection are looked up per request.
@@ -170,6 +171,21 @@ EndQuery = Annotated[
 ]
 
 
+def _check_period(end: dt.datetime | None, days: int) -> None:
+    """A 422 for a period the calendar cannot hold (it starts before 0001-01-01 or ends after 9999-12-31)."""
+    if end is None:
+        return
+    try:
+        utc = end.replace(tzinfo=dt.UTC) if end.tzinfo is None else end.astimezone(dt.UTC)
+        utc.date() - dt.timedelta(days=days - 1)
+    except OverflowError:
+        raise _outside_calendar(end, days) from None
+
+
+def _outside_calendar(end: dt.datetime | None, days: int) -> HTTPException:
+    shown = end.isoformat() if end is not None else "now"
+    return HTTPException(status_code=422, detail=f"end={shown} with days={days} reaches outside the calendar: "
+                                                 "the period must lie between 0001-01-01 and 9999-12-31 (UTC)")
 
 
 def get_ledger(request: Request) -> Ledger:
@@ -190,7 +206,7 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
         description="Release ledger views: DORA metrics, releases, changelogs.",
         docs_url=None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,  # served below, behind the same login as every other route
     )
     app.state.ledger_factory = ledger_factory or airflow_ledger
 
@@ -229,15 +245,23 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
 
     def _dora(ledger: Ledger, service: str | None, days: int, end: dt.datetime | None) -> dict[str, Any]:
         service = _check_service(service)
+        _check_period(end, days)
         known = ledger.services()
         if service is not None and service not in known:
             raise HTTPException(
                 status_code=404,
                 detail=f"no releases are recorded for service {service!r}; known: {', '.join(known) or 'none'}",
             )
-        return ledger.dora(service, days=days, now=end)
+        try:
+            return ledger.dora(service, days=days, now=end)
+        except OverflowError:  # a day of the period past 9999-12-31 that _check_period did not foresee
+            raise _outside_calendar(end, days) from None
 
     # -- JSON --------------------------------------------------------------------------------------
+
+    @app.get("/api/openapi.json", include_in_schema=False, dependencies=[ApiUser])
+    def api_description() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/api/dora", dependencies=[ApiUser])
     def api_dora(ledger: LedgerDep, service: ServiceQuery = None, days: DaysQuery = 30,

@@ -8,7 +8,10 @@ Each host is a real SSH server (asyncssh) on its own loopback address:
   environment (:func:`conveyor_lab.fleet.layout.host_env`); stdin, stdout, stderr and the exit status
   (or signal) pass through unchanged, and a command whose client disconnects is killed;
 - SFTP is chrooted to the host's home, so relative paths are relative to the login directory and
-  ``..`` cannot leave it.
+  ``..`` cannot leave it;
+- faults injected with :meth:`conveyor_lab.fleet.Fleet.inject` (``fleet/faults/<host>``): ``exec-stall``
+  holds every command before it starts, ``sftp-stall`` every SFTP write before it is done, for as
+  long as the fault lasts or the client stays connected (a hung host, a host that stops reading).
 
 The daemon writes ``daemon.ready`` once every server listens, and on SIGTERM closes the servers,
 kills the commands still running and exits.
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import asyncssh
 
-from conveyor_lab.fleet.layout import FleetPaths, host_env, load_spec, write_atomic
+from conveyor_lab.fleet.layout import FleetPaths, host_env, host_faults, load_spec, write_atomic
 from conveyor_lab.fleet.procs import DAEMON_MODULE
 from conveyor_lab.fleet.spec import FleetSpec, HostSpec
 from conveyor_lab.fleet.traffic import TrafficGenerator
@@ -38,6 +41,31 @@ log = logging.getLogger(DAEMON_MODULE)
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CHUNK = 65536
+_FAULT_POLL_S = 0.2
+
+
+async def stalled(paths: FleetPaths, host: HostSpec, fault: str, channel) -> bool:
+    """Wait while ``fault`` is injected into ``host`` and the client is connected; True if it stalled."""
+    if fault not in host_faults(paths, host):
+        return False
+    log.info("%s: %s: holding the request", host.name, fault)
+    while fault in host_faults(paths, host) and not channel.is_closing():
+        await asyncio.sleep(_FAULT_POLL_S)
+    return True
+
+
+class HostSFTPServer(asyncssh.SFTPServer):
+    """SFTP chrooted to the host's home; a write waits while the host has the ``sftp-stall`` fault."""
+
+    def __init__(self, chan, *, paths: FleetPaths, host: HostSpec) -> None:
+        super().__init__(chan, chroot=str(paths.host_home(host)).encode())
+        self._paths = paths
+        self._host = host
+
+    async def write(self, file_obj, offset: int, data: bytes) -> int:
+        if await stalled(self._paths, self._host, "sftp-stall", self._chan) and self._chan.is_closing():
+            raise asyncssh.SFTPConnectionLost("the client went away")
+        return super().write(file_obj, offset, data)
 
 
 class HostSSHServer(asyncssh.SSHServer):
@@ -76,6 +104,7 @@ class HostCommands:
 
     def __init__(self, paths: FleetPaths, spec: FleetSpec, host: HostSpec):
         self.host = host
+        self.paths = paths
         self.home = paths.host_home(host)
         self.env = host_env(paths, spec, host)
         self.running: set[asyncio.subprocess.Process] = set()
@@ -92,6 +121,8 @@ class HostCommands:
 
     async def handle(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command
+        if await stalled(self.paths, self.host, "exec-stall", process.channel) and process.channel.is_closing():
+            return  # the client gave up on a command that never started
         argv = ["bash", "-c", command] if command is not None else ["bash"]
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -177,7 +208,7 @@ async def serve(paths: FleetPaths, spec: FleetSpec) -> int:
             server = await asyncssh.create_server(
                 partial(HostSSHServer, host, spec.username, client_key), host.address, host.ssh_port,
                 server_host_keys=[host_key], process_factory=handler.handle,
-                sftp_factory=partial(asyncssh.SFTPServer, chroot=str(home).encode()),
+                sftp_factory=partial(HostSFTPServer, paths=paths, host=host),
                 encoding=None, allow_scp=False, agent_forwarding=False, x11_forwarding=False,
                 reuse_address=True, login_timeout=30, keepalive_interval=0,
             )

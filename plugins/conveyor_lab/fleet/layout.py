@@ -27,6 +27,11 @@ RESTART = "bin/restart"
 SHIM_DIR = "bin-shim"
 #: Set in the environment of every process the fleet starts, so ``fleet down`` can find stragglers.
 MARKER_ENV = "CONVEYOR_FLEET_HOME"
+#: Faults the daemon can inject into one host's SSH server (``Fleet.inject``; ``fleet/faults/<host>``):
+#: ``sftp-stall``: SFTP writes are never answered (an upload hangs once the SSH window is full), as if
+#: the host stopped reading; ``exec-stall``: commands are accepted but never start (a hung host).
+#: The daemon re-reads the file on every request, so a fault can be injected and healed any time.
+FAULTS = ("sftp-stall", "exec-stall")
 
 
 class FleetError(ConveyorError):
@@ -81,6 +86,22 @@ class FleetPaths:
 
     def host_home(self, host: HostSpec | str) -> Path:
         return self.hosts / (host if isinstance(host, str) else host.name)
+
+    @property
+    def faults(self) -> Path:
+        return self.home / "faults"
+
+    def fault_file(self, host: HostSpec | str) -> Path:
+        """The faults injected into ``host``'s SSH server, one name a line (outside the host's home)."""
+        return self.faults / (host if isinstance(host, str) else host.name)
+
+
+def host_faults(paths: FleetPaths, host: HostSpec | str) -> set[str]:
+    """The faults injected into ``host`` right now (see :data:`FAULTS`)."""
+    try:
+        return set(paths.fault_file(host).read_text().split()) & set(FAULTS)
+    except OSError:
+        return set()
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

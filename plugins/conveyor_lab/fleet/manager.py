@@ -100,6 +100,25 @@ class Fleet:
                 out[host.name] = pid
         return out
 
+    # ------------------------------------------------------------------------------ faults
+
+    def inject(self, name: str, fault: str) -> None:
+        """Make host ``name`` misbehave as ``fault`` says (:data:`conveyor_lab.fleet.layout.FAULTS`),
+        until :meth:`heal`; the running daemon picks it up at the host's next request."""
+        host = self.spec.host(name)
+        if fault not in layout.FAULTS:
+            raise FleetError(f"unknown fault {fault!r}: the fleet can inject {', '.join(layout.FAULTS)}")
+        faults = layout.host_faults(self.paths, host) | {fault}
+        layout.write_atomic(self.paths.fault_file(host), "".join(f"{f}\n" for f in sorted(faults)))
+
+    def heal(self, name: str | None = None) -> None:
+        """Remove every fault of host ``name`` (of every host when None)."""
+        for host in self.hosts() if name is None else [self.spec.host(name)]:
+            self.paths.fault_file(host).unlink(missing_ok=True)
+
+    def faults(self, name: str) -> set[str]:
+        return layout.host_faults(self.paths, self.spec.host(name))
+
     def leftover_processes(self) -> list[int]:
         """Processes carrying this fleet's marker in their environment (should be none after ``down``)."""
         return procs.marked_processes(layout.MARKER_ENV, str(self.home))
@@ -176,6 +195,7 @@ class Fleet:
             self.spec = saved
         self.home.mkdir(parents=True, exist_ok=True)
         self._stop_leftovers()  # a daemon or apps of a previous run that died uncleanly
+        self.heal()  # a fleet starts healthy
         layout.save_spec(self.paths, self.spec)
         layout.ensure_keys(self.paths)
         hosts = self.hosts()

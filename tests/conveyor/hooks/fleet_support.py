@@ -14,6 +14,8 @@ Import the fixtures where they are needed, as with ``local_fleet``::
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,30 @@ SEED = "v1.0.0"
 #: The demo service, made quick to fail: a short health timeout and a short list of kept releases.
 FAST_DEPLOY = {"health": {"timeout_s": 6, "interval_s": 0.2}, "keep_releases": 2, "max_parallel": 4}
 
+#: A call that has not returned after this long never will (the faults of these tests last for ever).
+GUARD_S = 60
+
 _artifacts: dict[str, Any] = {}
+
+
+def returns(call: Callable[[], Any], within: float = GUARD_S) -> Any:
+    """``call()``'s result (or its exception), or a test failure if it is still running after ``within``
+    seconds: the hang guard of the tests of wall-clock bounds (a guard, not a timing assertion)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # handed to the test below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(within)
+    assert not thread.is_alive(), f"still waiting after {within} s: the call has no wall-clock bound"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def write_service(directory: Path, **deploy: Any) -> Path:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conveyor.hooks.fleet_support import calls, fleet_env, fleet_on_v1_0_0, local_fleet  # noqa: F401
 from tests.conveyor.operators.operator_support import LEDGER_CONN_ID, SERVICE_ID
+from tests.conveyor.operators.signoff_support import record_signoff
 
 
 class XComs:
@@ -46,6 +47,7 @@ def ledger(ledger_path, release_id, run_id):
     ledger = Ledger(f"sqlite:///{ledger_path}")
     ledger.upsert_release(release_id, service=SERVICE_ID, git_ref="main", change_kind="minor", emergency=False,
                           author="dev", run_id=run_id, dag_id=f"release_{SERVICE_ID}", status="running")
+    record_signoff(ledger, release_id)  # qa1 and qa2 approved, the tests passed: production waves may deploy
     yield ledger
     ledger.dispose()
 

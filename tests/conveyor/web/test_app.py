@@ -212,6 +212,27 @@ def test_bad_queries_get_a_clear_error(client, query, status, message):
     assert message in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["end=0001-01-01&days=3650", "service=shop&end=0001-01-01&days=2", "end=0001-01-01T00:00:00%2B01:00&days=1",
+     "end=9999-12-31T23:00:00-05:00&days=1"],
+)
+def test_a_period_outside_the_calendar_is_a_clear_422(client, query):
+    """Issue 10: end=0001-01-01&days=3650 answered 500 (OverflowError); any end/days that overflow is 422."""
+    response = client.get(f"/conveyor/api/dora?{query}")
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "outside the calendar" in detail and "0001-01-01" in detail and "9999-12-31" in detail
+    page = client.get(f"/conveyor/dora?{query}")
+    assert page.status_code == 422
+    assert "outside the calendar" in page.text
+
+
+def test_the_first_and_last_days_of_the_calendar_still_answer(client):
+    assert client.get("/conveyor/api/dora?end=0001-01-03&days=3").status_code == 200
+    assert client.get("/conveyor/api/dora?end=9999-12-31T12:00:00&days=1").status_code == 200
+
+
 def test_the_changelog_endpoint(client):
     response = client.get(f"/conveyor/api/releases/{quote(RID, safe='/:')}/changelog")
     assert response.status_code == 200, response.text
@@ -235,6 +256,21 @@ def test_every_route_needs_a_login(anonymous, path):
     else:
         assert "Login required" in response.text
         assert 'href="/auth/login?next=' in response.text
+
+
+@pytest.mark.parametrize("path", ["/conveyor/api/openapi.json", "/conveyor/openapi.json", "/conveyor/docs",
+                                  "/conveyor/redoc", "/conveyor/api/docs"])
+def test_the_api_description_needs_a_login_too(anonymous, path):
+    """Issue 10: the app's openapi.json was served without login."""
+    response = anonymous.get(path)
+    assert response.status_code in (401, 404), (path, response.status_code)
+    assert "/conveyor/api/dora" not in response.text and "/api/dora" not in response.text
+
+
+def test_a_logged_in_user_gets_the_api_description(client):
+    response = client.get("/conveyor/api/openapi.json")
+    assert response.status_code == 200
+    assert "/api/dora" in response.json()["paths"]
 
 
 def test_a_forged_token_is_refused(anonymous):

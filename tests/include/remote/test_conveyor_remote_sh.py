@@ -176,3 +176,116 @@ def test_bad_input_exits_2_and_changes_nothing(home, args):
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr
     assert list(home.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ full disks, leftovers
+def big_tarball(home: Path, version: str, size: int) -> tuple[str, str]:
+    """An artifact whose unpacked size is ``size`` bytes (random bytes: gzip cannot shrink them)."""
+    path = home / f"shop-{version}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        data = os.urandom(size)
+        info = tarfile.TarInfo("shop/blob.bin")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("VERSION")
+        info.size, info.mode = len(version), 0o644
+        tar.addfile(info, io.BytesIO(version.encode()))
+    return path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def visible(directory: Path) -> list[str]:
+    """What a directory holds, apart from the filler that makes its disk full."""
+    from tests.include.remote.disk_support import FILLER
+
+    return sorted(p.name for p in directory.iterdir() if p.name != FILLER)
+
+
+def test_stage_on_a_full_disk_exits_5_not_3_and_leaves_nothing(home):
+    from tests.include.remote.disk_support import free_bytes, full_disk
+
+    tarball, sha = big_tarball(home, "v2.0.0", 512 * 1024)  # the tarball itself is on a roomy disk
+    releases = home / "app" / "releases"
+    with full_disk(releases, free=64 * 1024):
+        before = free_bytes(releases)
+        result = remote(home, "stage", "app", "v2.0.0", sha, tarball)
+        assert result.returncode == 5, (result.returncode, result.stderr)
+        assert "no space left on device" in result.stderr
+        assert "corrupted" not in result.stderr and "checksum" not in result.stderr
+        assert visible(releases) == []  # no staging directory, no error file
+        assert free_bytes(releases) == before  # everything it wrote is gone
+    assert (home / tarball).is_file()  # the input is the caller's to remove
+
+
+def test_activate_on_a_full_disk_exits_5_and_keeps_current(home, artifacts):
+    from tests.include.remote.disk_support import full_disk
+
+    for v in ("v1.0.0", "v1.1.0"):
+        assert stage(home, artifacts, v).returncode == 0
+    assert remote(home, "activate", "app", "v1.0.0").returncode == 0
+    app = home / "app"
+    with full_disk(app, free=0):
+        result = remote(home, "activate", "app", "v1.1.0")
+        assert result.returncode == 5, (result.returncode, result.stderr)
+        assert "no space left on device" in result.stderr
+        assert os.readlink(app / "current") == "releases/v1.0.0"
+        assert visible(app) == ["current", "previous", "releases"]  # no half-written temporary files
+
+
+def age(path: Path, hours: float) -> None:
+    """Make ``path`` look ``hours`` old (its mtime)."""
+    import time
+
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_prune_removes_leftovers_older_than_an_hour(home, artifacts):
+    for v in ("v1.0.0", "v1.1.0"):
+        stage(home, artifacts, v)
+    remote(home, "activate", "app", "v1.1.0")
+    incoming = home / ".conveyor" / "incoming"
+    incoming.mkdir(parents=True)
+    app, releases = home / "app", home / "app" / "releases"
+    old = {
+        incoming / "shop-v0.9.tar.gz": "file", incoming / "shop-v1.2.tar.gz.part": "file",
+        releases / ".staging-v1.2.0.AbC123": "dir", releases / ".staging-v1.2.0.AbC123.err": "file",
+        app / ".current.4242": "link", app / ".previous.4242": "file",
+    }
+    fresh = {incoming / "shop-v1.3.tar.gz.part": "file", releases / ".staging-v1.3.0.XyZ789": "dir"}
+    for path, kind in {**old, **fresh}.items():
+        if kind == "dir":
+            path.mkdir()
+            (path / "half-unpacked.py").write_text("x = 1\n")
+        elif kind == "link":
+            path.symlink_to("releases/v1.0.0")
+        else:
+            path.write_bytes(b"\0" * 1000)
+    for path in old:
+        if path.is_dir() and not path.is_symlink():
+            age(path / "half-unpacked.py", 2)
+        age(path, 2)
+
+    result = remote(home, "prune", "app", "5", ".conveyor/incoming")
+
+    assert result.returncode == 0, result.stderr
+    assert [p for p in old if p.exists() or p.is_symlink()] == []
+    assert all(p.exists() for p in fresh)  # maybe a stage or an upload in progress: left alone
+    assert sorted(p.name for p in releases.iterdir() if not p.name.startswith(".")) == ["v1.0.0", "v1.1.0"]
+    assert os.readlink(app / "current") == "releases/v1.1.0"
+    assert result.stdout.strip().splitlines()[-1].endswith("pruned 0, removed 6 leftover(s)")
+
+
+def test_prune_without_leftovers_says_what_it_kept(home, artifacts):
+    stage(home, artifacts, "v1.0.0")
+    remote(home, "activate", "app", "v1.0.0")
+    result = remote(home, "prune", "app", "5", ".conveyor/incoming")  # no incoming directory at all
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "kept 0 (+ current v1.0.0, previous none), pruned 0"
+
+
+@pytest.mark.parametrize("incoming", ["../elsewhere", "-rf", "in coming", "/tmp/$(id)"])
+def test_prune_refuses_a_bad_incoming_directory(home, artifacts, incoming):
+    stage(home, artifacts, "v1.0.0")
+    result = remote(home, "prune", "app", "1", incoming)
+    assert result.returncode == 2, result.stderr
+    assert "invalid incoming" in result.stderr
