@@ -259,3 +259,15 @@ def test_an_oversized_or_too_deep_file_is_refused(tmp_path):
     huge_int = DEMO.read_text().replace("max_parallel: 4", "max_parallel: " + "9" * 5000)
     with pytest.raises(ServiceConfigError, match="deploy.max_parallel|not valid YAML"):
         load_service(_load_text(tmp_path, huge_int))
+
+
+def test_the_readme_service_file_example_is_valid(tmp_path):
+    """The example in README.md ("Configuring a service") is a service file the model accepts."""
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## Configuring a service", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "shop.yaml"
+    path.write_text(example)
+    service = load_service(path)
+    assert service.id == "shop"
+    assert service.people(service.qa.group) == ("qa1", "qa2", "qa3")
+    assert service.people(service.release.emergency) == ("ops1", "ops2")
