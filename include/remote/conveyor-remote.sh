@@ -9,8 +9,9 @@
 #                                                                        leftovers older than an hour
 # Layout: <app_root>/releases/<version>/ (complete once .conveyor-sha256 exists),
 #         <app_root>/current -> releases/<version>, <app_root>/previous (text: the version before the switch).
-# Exit codes: 0 ok, 1 another failure, 2 usage / invalid argument, 3 checksum mismatch or corrupted artifact,
-#             4 unknown version, 5 no space left on the device (ENOSPC, or EDQUOT: the disk quota is used up).
+# Exit codes: 0 ok, 1 another failure, 2 usage / invalid argument, 3 checksum mismatch, corrupted or
+#             unsafe artifact (an absolute or ".." member, a link), 4 unknown version,
+#             5 no space left on the device (ENOSPC, or EDQUOT: the disk quota is used up).
 # A stage or activate that fails leaves nothing of its own behind (no staging directory, no temporary
 # file); the uploaded tarball is the caller's to remove. prune's leftovers: staging directories of a
 # stage that was killed, the switch's temporary links, and files in <incoming> (uploads and their .part).
@@ -102,6 +103,26 @@ current_of() {
   fi
 }
 
+# check_members <tarball> <name as given>: an artifact is plain files and directories inside its own
+# directory. Refuse (exit 3) absolute names, ".." components and links before anything is unpacked:
+# tar would strip or skip some of them, but an artifact that carries them was not built by Conveyor.
+check_members() {
+  local names types name line
+  names=$(tar -tzPf "$1" 2>&1) || die 3 "corrupted artifact '$2': $(one_line "$names")"
+  while IFS= read -r name; do
+    case /$name/ in
+      //*) die 3 "unsafe artifact '$2': member '$name' has an absolute path" ;;
+      */../*) die 3 "unsafe artifact '$2': member '$name' leaves the release directory ('..')" ;;
+    esac
+  done <<<"$names"
+  types=$(tar -tvzPf "$1" 2>&1) || die 3 "corrupted artifact '$2': $(one_line "$types")"
+  while IFS= read -r line; do
+    case ${line:0:1} in
+      l | h) die 3 "unsafe artifact '$2': links are not allowed ($(one_line "$line"))" ;;
+    esac
+  done <<<"$types"
+}
+
 cmd_stage() {
   (($# == 4)) || usage
   check_path app_root "$1"; local app_root=$REPLY
@@ -125,6 +146,8 @@ cmd_stage() {
   actual=$(sha256sum -- "$tarball") || die 3 "cannot read tarball '$4'"
   actual=${actual%% *}
   [[ $actual == "$sha" ]] || die 3 "checksum mismatch for '$4': expected $sha, got $actual"
+
+  check_members "$tarball" "$4"
 
   local out
   out=$(mkdir -p -- "$releases" 2>&1) || failed 1 "cannot create $releases" "$out"

@@ -20,6 +20,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,20 +202,33 @@ class ArtifactStore:
     def path(self, key: str):
         return self.root() / key
 
+    @contextmanager
+    def _reaching(self, what: str) -> Iterator[None]:
+        """The store's own failures (unreachable endpoint, refused credentials, a missing driver) as an
+        :class:`ArtifactError` naming the store and what was being done."""
+        try:
+            yield
+        except ArtifactError:
+            raise
+        except Exception as e:
+            raise ArtifactError(f"artifact store {self.url} could not {what}: {type(e).__name__}: {e}") from e
+
     def manifest(self, service: str, version: str) -> dict[str, Any] | None:
-        path = self.root() / service / version / "manifest.json"
-        if not path.exists():
-            return None
-        return json.loads(path.read_text())
+        with self._reaching(f"read the manifest of {service} {version}"):
+            path = self.root() / service / version / "manifest.json"
+            if not path.exists():
+                return None
+            return json.loads(path.read_text())
 
     def put(self, local_tarball: Path, key: str, sha256: str, manifest: dict[str, Any]) -> str:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(local_tarball, "rb") as src, target.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        (target.parent / (target.name + ".sha256")).write_text(f"{sha256}  {target.name}\n")
-        (target.parent / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        return str(target)
+        with self._reaching(f"store {key}"):
+            target = self.path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(local_tarball, "rb") as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            (target.parent / (target.name + ".sha256")).write_text(f"{sha256}  {target.name}\n")
+            (target.parent / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            return str(target)
 
     def info(self, manifest: dict[str, Any], ref: str | None = None) -> ArtifactInfo:
         """The stored artifact a manifest describes (``ref``: the ref it was asked for, if not the manifest's)."""
@@ -229,16 +244,17 @@ class ArtifactStore:
         Other stores copy it into ``dest_dir`` (default: the service's downloads in the workspace).
         """
         dest_dir = dest_dir or workspace_dir() / info.service / "downloads"
-        src = self.path(info.key)
-        if not src.exists():
-            raise ArtifactError(f"artifact {info.key} is missing from {self.url}")
-        if self.url.startswith("file://"):
-            local = Path(self.url[len("file://"):]) / info.key
-        else:
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            local = dest_dir / Path(info.key).name
-            with src.open("rb") as s, open(local, "wb") as d:
-                shutil.copyfileobj(s, d, 1 << 20)
+        with self._reaching(f"fetch {info.key}"):
+            src = self.path(info.key)
+            if not src.exists():
+                raise ArtifactError(f"artifact {info.key} is missing from {self.url}")
+            if self.url.startswith("file://"):
+                local = Path(self.url[len("file://"):]) / info.key
+            else:
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                local = dest_dir / Path(info.key).name
+                with src.open("rb") as s, open(local, "wb") as d:
+                    shutil.copyfileobj(s, d, 1 << 20)
         actual = sha256_file(local)
         if actual != info.sha256:
             raise ArtifactError(

@@ -40,7 +40,9 @@ def pytest_runtest_makereport(item, call):
     row = _outcomes.setdefault(key, {"name": key, "guarantee": guarantee, "held": True, "why": ""})
     if report.failed:
         row["held"] = False
-        row["why"] = (report.longreprtext or "").strip().splitlines()[-1][:120] if report.longreprtext else "failed"
+        crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+        text = getattr(crash, "message", None) or (report.longreprtext or "failed").strip().splitlines()[-1]
+        row["why"] = " ".join(str(text).split())[:160]
     elif report.skipped and report.when in ("setup", "call"):
         row["held"] = False
         row["why"] = "skipped: " + str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)

@@ -36,6 +36,17 @@ class Scrape:
     latency_count: float
     start_time: float | None = None
 
+    @property
+    def usable(self) -> bool:
+        """Whether this scrape says anything: it counted requests, and every count is a finite number.
+
+        A page that is not the service's metrics (garbage, another exporter, an error page answered
+        200) parses to no request counter at all, and a broken exporter can answer NaN; either is no
+        data (never a zero-traffic host the canary could be compared with).
+        """
+        counts = [*self.requests.values(), *self.latency_buckets.values(), self.latency_sum, self.latency_count]
+        return bool(self.requests) and all(isinstance(v, int | float) and math.isfinite(v) for v in counts)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form (for XCom and triggers): infinite bucket bounds as the string ``"+Inf"``."""
         return {

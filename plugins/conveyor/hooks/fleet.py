@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 REMOTE_SCRIPT = REMOTE_DIR / "conveyor-remote.sh"
 REMOTE_SCRIPT_PATH = ".conveyor/conveyor-remote.sh"  # relative to the login directory (docs/interfaces.md)
 INCOMING_DIR = ".conveyor/incoming"  # where artifacts are uploaded (relative to the login directory)
-CORRUPTED = 3  # conveyor-remote.sh's exit code for a checksum mismatch or an unreadable artifact
+CORRUPTED = 3  # conveyor-remote.sh: checksum mismatch, an artifact tar cannot read, or an unsafe member
 NO_SPACE = 5  # conveyor-remote.sh's exit code for a full disk (ENOSPC or EDQUOT)
 OUTPUT_LIMIT = 1 << 20  # bytes of each output stream a command keeps (its end): a command may print for ever
 _CHUNK = 32768
@@ -370,7 +370,9 @@ class FleetSession:
             self._discard(incoming, f"{incoming}.part")  # the script removed its staging directory
             if staged.exit_status == NO_SPACE:
                 raise NoSpaceLeft(self.host.name, f"staging {version}: {staged.describe()}")
-            kind = "corrupted artifact (checksum mismatch)" if staged.exit_status == CORRUPTED else "staging failed"
+            kind = "staging failed"
+            if staged.exit_status == CORRUPTED:
+                kind = "unsafe artifact" if "unsafe artifact" in staged.describe() else "corrupted artifact"
             raise DeployError(f"{kind}: {staged.describe()}")
         activated = self.remote("activate", self.host.app_root, version)
         if not activated.ok:
@@ -439,7 +441,9 @@ class FleetHook(BaseHook):
         return SSHHook(
             ssh_conn_id=self.ssh_conn_id, remote_host=host.address, port=host.ssh_port, conn_timeout=connect_s,
             banner_timeout=connect_s, auth_timeout=connect_s, cmd_timeout=None, keepalive_interval=0,
-            conn_retry_attempts=2,
+            # One attempt: the provider retries every error after a pause (a refused key or a changed
+            # host key too), so a retry would only hide the real cause behind "connect timed out".
+            conn_retry_attempts=1,
         )
 
     def _connect(self, host: Host) -> Any:

@@ -50,8 +50,9 @@ class MetricsHook(BaseHook):
         text = self.fetch(host)
         if text is None:
             return None
-        return parse_prometheus(text, time.time(), requests_metric=self.requests_metric,
-                                latency_metric=self.latency_metric)
+        scrape = parse_prometheus(text, time.time(), requests_metric=self.requests_metric,
+                                  latency_metric=self.latency_metric)
+        return scrape if scrape.usable else None  # garbage or NaN counters: no data
 
     def scrape_dict(self, host: Host) -> dict[str, Any] | None:
         scrape = self.scrape(host)

@@ -25,9 +25,10 @@ from sqlalchemy.types import TypeDecorator
 # A status in this set is final: a later upsert with a non-final status (say "running") does not replace
 # it unless the caller asks for it with ``reset=True``.
 TERMINAL_STATUSES = frozenset({"success", "failed", "rolled_back", "rejected", "cancelled", "skipped"})
-# A "nothing happened" status: it is recorded when there is no status yet, but never replaces one (a rerun
-# finds the host already on the version and must not forget that the first run deployed it).
-WEAK_STATUSES = frozenset({"unchanged"})
+# Statuses recorded only when there is no status yet, never replacing one: "unchanged" (a rerun finds the
+# host already on the version and must not forget that the first run deployed it) and "deploying" (written
+# before a host changes, so a task killed halfway leaves a row; a rerun's must not hide the outcome).
+WEAK_STATUSES = frozenset({"unchanged", "deploying"})
 # Release statuses that count as a failed change for DORA's change failure rate.
 FAILED_RELEASE_STATUSES = frozenset({"failed", "rolled_back"})
 PRODUCTION = "production"

@@ -72,6 +72,9 @@ class ConveyorOperator(BaseOperator):
     """
 
     ui_color = "#e8f1fb"
+    #: False for tasks that must act whatever the ledger does (the rollback): their stage writes are
+    #: logged when the ledger is down, never a reason to stop.
+    ledger_required = True
 
     def __init__(self, *, service_id: str, stage: str | None = None,
                  ledger_conn_id: str = DEFAULT_LEDGER_CONN_ID, **kwargs: Any) -> None:
@@ -108,9 +111,9 @@ class ConveyorOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
 
         release_id = self.release_id(context)
+        write = self.ledger.upsert_stage if self.ledger_required else self._record_quietly_stage
         if not resumed:
-            self.ledger.upsert_stage(release_id, self.stage_name, status="running", started_at=utcnow(),
-                                     finished_at=None, error=None)
+            write(release_id, self.stage_name, status="running", started_at=utcnow(), finished_at=None, error=None)
         record = StageRecord()
         try:
             yield record
@@ -123,8 +126,11 @@ class ConveyorOperator(BaseOperator):
             if record.detail is not None:  # the evidence; record_failure marks the stage failed
                 self._record_quietly(release_id, status="running", detail=_summary(record.detail))
             raise
-        self.ledger.upsert_stage(release_id, self.stage_name, status=record.status, finished_at=utcnow(),
-                                 detail=_summary(record.detail or {}))
+        write(release_id, self.stage_name, status=record.status, finished_at=utcnow(),
+              detail=_summary(record.detail or {}))
+
+    def _record_quietly_stage(self, release_id: str, stage: str, **fields: Any) -> None:
+        self._record_quietly(release_id, **fields)
 
 
     def _record_quietly(self, release_id: str, **fields: Any) -> None:

@@ -71,6 +71,7 @@ class DeployOperator(FleetOperator):
             tarball = ArtifactStore.for_service(self.service).fetch(info)  # verifies sha256
             label = "replica" if self.environment == "replica" else f"wave-{self.wave + 1}"
             self.log.info("Deploying %s to %s: %s", info.version, label, ", ".join(h.name for h in hosts))
+            self._record_start(context, label, info.version, hosts)
             results, errors = self.on_each_host(hosts, lambda s: s.deploy(info, tarball))
             self._record(context, label, info.version, results, errors)
             if errors:
@@ -81,15 +82,39 @@ class DeployOperator(FleetOperator):
             stage.detail = {"hosts": sorted(results), "changed": changed, "health": health, "wave": label}
         return stage.detail
 
+    def _original(self) -> dict[str, str | None]:
+        """What each production host ran before this release (the plan's record); nothing for the replica."""
+        return (self.plan or {}).get("original", {}) if self.environment == "production" else {}
+
+    def _record_start(self, context: Context, label: str, version: str, hosts: list[Host]) -> None:
+        """Production hosts are recorded as ``deploying`` before any of them changes: a task killed
+        halfway leaves a row for every host it may have touched (the rollback and the ticket read them).
+        ``deploying`` never replaces what an earlier try recorded."""
+        if self.environment != "production":
+            return
+        original = self._original()
+        for host in hosts:
+            if original.get(host.name) == version:
+                continue  # nothing will change there
+            self.ledger.upsert_host_deployment(
+                self.release_id(context), host.name, environment=self.environment, wave=label,
+                from_version=original.get(host.name), to_version=version, status="deploying", at=utcnow(),
+            )
+
     def _record(self, context: Context, label: str, version: str, results: dict[str, Any],
                 errors: dict[str, Exception]) -> None:
+        """One row per host. In production the change is measured against the plan (the version the host
+        ran before the release), not against what this try found: a rerun after a try that was killed
+        halfway still records the hosts that try changed as ``deployed``, from their original version."""
         release_id = self.release_id(context)
+        original = self._original()
         for name, res in results.items():
+            before = original[name] if name in original else res["from"]
+            changed = res["changed"] or (self.environment == "production" and before != res["to"])
             self.ledger.upsert_host_deployment(
-                release_id, name, environment=self.environment, wave=label, from_version=res["from"],
-                to_version=res["to"], status="deployed" if res["changed"] else "unchanged", at=utcnow(),
+                release_id, name, environment=self.environment, wave=label, from_version=before,
+                to_version=res["to"], status="deployed" if changed else "unchanged", at=utcnow(),
             )
-        original = (self.plan or {}).get("original", {}) if self.environment == "production" else {}
         for name in errors:
             self.ledger.upsert_host_deployment(
                 release_id, name, environment=self.environment, wave=label, from_version=original.get(name),
@@ -199,6 +224,10 @@ class RollbackOperator(FleetOperator):
         super().__init__(**kwargs)
         self.plan_task_id = plan_task_id
 
+    #: The rollback runs whatever the ledger does: a ledger that is down is logged, never a reason to
+    #: leave hosts on the release's version.
+    ledger_required = False
+
     def execute(self, context: Context) -> dict[str, Any]:
         from conveyor.hosts import Host
 
@@ -209,8 +238,12 @@ class RollbackOperator(FleetOperator):
                 stage.detail = {"rolled_back": [], "touched": [], "status": "nothing to roll back"}
                 return stage.detail
             hosts = [Host.from_dict(h) for h in plan["hosts"]]
+            deployed = self._deployed(context)
             results, errors = self.on_each_host(hosts, lambda s: self._back(s, plan["original"].get(s.host.name)))
-            touched = {n: r for n, r in results.items() if r["changed"]}
+            # Touched: moved back now, or recorded as deployed by this release (an earlier try of the
+            # rollback, killed halfway, may already have put it back).
+            touched = {n: {**r, "from": deployed.get(n, r["from"])}
+                       for n, r in results.items() if r["changed"] or n in deployed}
             if not touched and not errors:
                 self.log.info("Every production host still runs its original version: nothing to roll back")
                 stage.detail = {"rolled_back": [], "touched": [], "status": "nothing to roll back"}
@@ -228,6 +261,17 @@ class RollbackOperator(FleetOperator):
             if errors:
                 raise RollbackError("rollback incomplete: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
         return stage.detail
+
+    def _deployed(self, context: Context) -> dict[str, str | None]:
+        """Production hosts this release recorded as (being) deployed, with the version it put there."""
+        try:
+            release = self.ledger.get_release(self.release_id(context)) or {}
+        except Exception as exc:  # the rollback goes on from what the hosts say
+            self.log.error("Could not read the release's host records: %s: %s", type(exc).__name__, exc)
+            return {}
+        return {h["host"]: h.get("to_version") for h in release.get("hosts", [])
+                if h.get("environment") == "production" and h.get("status") in ("deploying", "deployed")
+                and h.get("to_version") != h.get("from_version")}
 
     @staticmethod
     def _back(session: FleetSession, original: str | None) -> dict[str, Any]:

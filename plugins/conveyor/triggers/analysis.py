@@ -62,8 +62,12 @@ class CanaryAnalysisTrigger(BaseTrigger):
             resp = await client.get(url, timeout=self.scrape_timeout)
             if resp.status_code != 200:
                 return None
-            return parse_prometheus(resp.text, time.time(), requests_metric=self.requests_metric,
-                                    latency_metric=self.latency_metric)
+            scrape = parse_prometheus(resp.text, time.time(), requests_metric=self.requests_metric,
+                                      latency_metric=self.latency_metric)
+            if not scrape.usable:
+                self.log.info("%s: %s answered no usable request counters (no data)", self.label, url)
+                return None
+            return scrape
         except Exception as e:  # a host that does not answer is missing data, not an error
             self.log.info("%s: no metrics from %s: %s", self.label, url, e)
             return None

@@ -87,7 +87,44 @@ def test_corrupted_tarball_with_matching_checksum_exits_3_and_leaves_nothing(hom
     sha = hashlib.sha256(bad.read_bytes()).hexdigest()
     result = remote(home, "stage", "app", "v9", sha, "bad.tar.gz")
     assert result.returncode == 3, result.stderr
-    assert list((home / "app" / "releases").iterdir()) == []
+    assert "corrupted artifact" in result.stderr
+    releases = home / "app" / "releases"
+    assert not releases.exists() or list(releases.iterdir()) == []  # refused before anything was made
+
+
+@pytest.mark.parametrize(("member", "kind", "why"), [
+    ("../../evil.txt", "file", "leaves the release directory"),
+    ("/tmp/evil.txt", "file", "absolute path"),
+    ("escape", "symlink", "links are not allowed"),
+    ("hard", "hardlink", "links are not allowed"),
+])
+def test_an_unsafe_member_is_refused_before_anything_is_unpacked(home, tmp_path, member, kind, why):
+    """Tar slip: an artifact whose members could write outside its release directory, even with a
+    matching checksum (a tampered store with its checksums rewritten), is refused as a whole."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        ok = tarfile.TarInfo("shop/ok.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"ok"))
+        info = tarfile.TarInfo(member)
+        if kind == "file":
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        else:
+            info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+            info.linkname = str(tmp_path) if kind == "symlink" else "shop/ok.txt"
+            tar.addfile(info)
+    (home / "slip.tar.gz").write_bytes(buf.getvalue())
+    sha = hashlib.sha256(buf.getvalue()).hexdigest()
+    result = remote(home, "stage", "app", "v9", sha, "slip.tar.gz")
+    assert result.returncode == 3, result.stderr
+    assert "unsafe artifact" in result.stderr and why in result.stderr
+    releases = home / "app" / "releases"
+    assert not releases.exists() or list(releases.iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists() and not list(home.parent.glob("evil.txt"))
 
 
 def test_restaging_a_version_with_other_bytes_is_refused(home, artifacts):
