@@ -292,6 +292,123 @@ class Deploy(Section):
     keep_releases: Annotated[int, Field(ge=2)] = 5  # release directories kept per host (plus current, previous)
 
 
+METRIC_NAME_RE = strict(r"[A-Za-z_:][A-Za-z0-9_:]{0,199}")
+LABEL_NAME_RE = strict(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+# Label matchers appended to every metric name: ``{job="shop",env=~"prod.*"}`` (one pair of braces).
+SELECTOR_RE = strict(r"\{[^{}\x00-\x1f\x7f]{0,1000}\}")
+MetricName = _pattern(METRIC_NAME_RE)
+LabelName = _pattern(LABEL_NAME_RE)
+PROMQL_PLACEHOLDERS = ("host_label", "status_label", "selector")
+
+
+def _needs_host_label(value: Any) -> Any:
+    """A query that does not keep the host label cannot say which host a number belongs to."""
+    if isinstance(value, str) and "{host_label}" not in value:
+        raise ValueError(f"{_short(value)} has no {{host_label}} placeholder: the query must keep the host label, "
+                         "e.g. sum by ({host_label}, ...) (...)")
+    return value
+
+
+PromQL = Annotated[Text, _placeholders(*PROMQL_PLACEHOLDERS), AfterValidator(_needs_host_label)]
+
+
+class MetricNames(Section):
+    """The service's metrics as Prometheus names (sources ``scrape`` and ``prometheus``)."""
+
+    requests: MetricName = "shop_http_requests_total"  # a counter of requests, by ``status_label``
+    status_label: LabelName = "status"  # the HTTP status code's label on ``requests``
+    latency: MetricName | None = "shop_http_request_duration_seconds"  # a histogram's base name (None: none)
+    process_start: MetricName | None = "process_start_time_seconds"  # epoch seconds (None: restarts are seen
+    # only as counters going down)
+
+
+class PromQueries(Section):
+    """Full PromQL templates instead of names; each answers cumulative values (no ``rate()``), keeps
+    ``{host_label}`` and may use ``{status_label}`` and ``{selector}``. A literal brace is doubled."""
+
+    requests: PromQL  # by {host_label} and {status_label}
+    latency_buckets: PromQL | None = None  # by {host_label} and le
+    latency_sum: PromQL | None = None  # by {host_label}
+    process_start: PromQL | None = None  # by {host_label}
+
+
+class PrometheusSettings(Section):
+    """A Prometheus server's HTTP API (``/api/v1/query``), through an Airflow ``http`` connection."""
+
+    conn_id: ConnId  # host/port/schema; login/password (basic auth) or extra ``{"token": ...}`` (bearer)
+    selector: _pattern(SELECTOR_RE) | None = None  # label matchers added to every metric name
+    host_label: LabelName = "instance"  # the label that names the host in Prometheus
+    # How a host_label value maps to an inventory host: its ``name``, its ``address``, or
+    # ``address_port``: address:port of the host's metrics_url (Prometheus' default ``instance``).
+    host_match: Literal["name", "address", "address_port"] = "address_port"
+    queries: PromQueries | None = None  # None: built from ``metrics`` and ``selector``
+
+
+CloudWatchStatistic = Literal["Sum", "SampleCount", "Average", "Minimum", "Maximum"]
+
+
+class CloudWatchMetric(Section):
+    """One CloudWatch metric, per host: the host's dimension (``InstanceId``) is added to ``dimensions``."""
+
+    namespace: Text
+    metric_name: Text
+    dimensions: dict[Text, Text] = {}
+    statistic: CloudWatchStatistic = "Sum"
+
+
+class CloudWatchLatency(Section):
+    """Latency in seconds as a histogram: per bound ``b``, the trimmed count ``TC(:b)`` of every period
+    (real CloudWatch only: moto cannot compute it), plus ``Sum`` and ``SampleCount``."""
+
+    namespace: Text
+    metric_name: Text
+    dimensions: dict[Text, Text] = {}
+    bounds: Annotated[tuple[Annotated[float, Field(gt=0)], ...], BeforeValidator(_as_tuple), Field(min_length=1,
+                                                                                                   max_length=30)]
+    unit: Literal["seconds", "milliseconds"] = "seconds"
+
+    @field_validator("bounds")
+    @classmethod
+    def _ascending(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if list(value) != sorted(set(value)):
+            raise ValueError(f"bounds must be strictly ascending, got {list(value)}")
+        return value
+
+
+class CloudWatchSettings(Section):
+    """CloudWatch ``GetMetricData`` through the amazon provider; per-period sums made cumulative."""
+
+    aws_conn_id: ConnId = "aws_default"
+    region: _pattern(strict(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")) | None = None
+    dimension: Text = "InstanceId"  # its value is the host's name (EC2 inventories name hosts by instance id)
+    period_s: Annotated[int, Field(ge=1, le=86400)] = 60
+    requests: CloudWatchMetric  # every request
+    errors: CloudWatchMetric  # the failed ones (counted under the status ``error_status``)
+    error_status: _pattern(strict(r"[1-5]([0-9][0-9]|xx)")) = "5xx"
+    latency: CloudWatchLatency | None = None  # None: judge with ``metrics: [errors]``
+
+
+class MetricsSource(Section):
+    """Where the judge's numbers come from: ``scrape`` (each host's metrics_url), ``prometheus`` or
+    ``cloudwatch``. Every kind gives the judge the same cumulative per-host readings."""
+
+    kind: Literal["scrape", "prometheus", "cloudwatch"] = "scrape"
+    metrics: MetricNames = MetricNames()  # scrape and prometheus
+    timeout_s: Seconds = 3  # one look: one host's scrape, one Prometheus query, one AWS call
+    prometheus: PrometheusSettings | None = None
+    cloudwatch: CloudWatchSettings | None = None
+
+    @model_validator(mode="after")
+    def _kind_configured(self) -> MetricsSource:
+        for kind in ("prometheus", "cloudwatch"):
+            given = getattr(self, kind) is not None
+            if self.kind == kind and not given:
+                raise ValueError(f"{kind}: required when kind is {kind!r}")
+            if self.kind != kind and given:
+                raise ValueError(f"{kind}: given but kind is {self.kind!r}; set kind: {kind} or remove it")
+        return self
+
+
 class Analysis(AnalysisSettings):
     """The canary judge of every wave: its settings, how often it scrapes, and who decides when it cannot."""
 
@@ -301,6 +418,7 @@ class Analysis(AnalysisSettings):
     interval_s: Seconds = 10
     deciders: Items[Person] = ()  # who answers "continue or roll back?" on an inconclusive verdict (empty: anyone)
     decision_timeout: Duration = timedelta(minutes=30)
+    source: MetricsSource = MetricsSource()  # also the watch's
 
     def judge(self) -> AnalysisSettings:
         return AnalysisSettings.from_dict(self.to_dict())
@@ -453,6 +571,12 @@ class ServiceConfig(Section):
             unknown = [p for p in people if p.startswith("@") and p[1:] not in self.groups]
             if unknown:
                 raise ValueError(f"{where}: unknown group(s) {', '.join(unknown)}; define them under groups:")
+        source = self.analysis.source
+        if source.kind == "cloudwatch" and source.cloudwatch.latency is None:
+            for where, settings in (("analysis", self.judge()), ("watch", self.judge(watch=True))):
+                if "latency" in settings.metrics:
+                    raise ValueError(f"{where}.metrics: judges latency but analysis.source.cloudwatch has no latency "
+                                     "buckets: set metrics: [errors], or give analysis.source.cloudwatch.latency")
         members = len(self.people(self.qa.group))
         if self.qa.group and self.qa.required_approvals > members:
             raise ValueError(f"qa.required_approvals: {self.qa.required_approvals} approvals required but the QA "

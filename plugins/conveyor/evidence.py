@@ -191,11 +191,11 @@ def gather_evidence(release: dict[str, Any], rollback: dict[str, Any] | None,
     elif rollback.get("action_required"):  # no host read, or every host read is back: the rollback still failed
         action = (f"{ACTION_REQUIRED}: the rollback {rollback.get('status')}; check the hosts it names "
                   "(a host back on its version may still be unhealthy)")
-    analysis = None
+    analysis = analysis_stage = None
     for s in failed + stages:
         detail = s.get("detail") or {}
         if isinstance(detail, dict) and detail.get("decision") in ("fail", "inconclusive"):
-            analysis = detail
+            analysis, analysis_stage = detail, s.get("stage")
             break
     tests = release.get("tests", [])
     commits = (release.get("commit_range") or {}).get("commits", [])
@@ -209,6 +209,7 @@ def gather_evidence(release: dict[str, Any], rollback: dict[str, Any] | None,
                           if t.get("outcome") == "failed" and not t.get("pre_existing")],
         "pre_existing_tests": [f"{t['suite']}::{t['test']}" for t in tests if t.get("pre_existing")],
         "analysis": analysis,
+        "analysis_stage": analysis_stage,  # its ledger stage: the chart's name and URL
         "commits": commits,
         "hosts_touched": [h for h in release.get("hosts", [])
                           if h.get("environment") == "production" and h.get("status") in ("deploying", "deployed",

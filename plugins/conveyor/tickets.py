@@ -1,7 +1,8 @@
 """Root-cause tickets: rendering, the local backend, and delivery to a ticket system. Pure, no Airflow.
 
 A ticket is pre-filled with the evidence a five-whys review starts from: the failed stage and its
-error, failing tests, the metric comparison, the commit range, the hosts touched and the rollback
+error, failing tests, the metric comparison (a per-metric table, the metrics source's graph link, and a
+chart of canary vs baseline attached or linked), the commit range, the hosts touched and the rollback
 outcome (and, when the rollback left hosts off their version, what each host runs now and that a person
 must act), and a link to the Airflow run. Its id is derived from the release id, so filing it again
 (a rerun of the ticket task) updates the same ticket instead of opening a second one.
@@ -29,7 +30,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,10 +43,14 @@ DELIVERED = ("filed", "commented")
 
 @dataclass(frozen=True)
 class Ticket:
+    """A rendered ticket. ``attachments``: file name -> text (the analysis' SVG chart), stored beside the
+    local copy and attached where the ticket system takes files (Jira)."""
+
     ticket_id: str
     title: str
     body: str
     fields: dict[str, Any]
+    attachments: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ticket_id": self.ticket_id, "title": self.title, "body": self.body, **self.fields}
@@ -77,16 +82,7 @@ def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
     rollback = evidence.get("rollback") or {}
     states = evidence.get("host_states") or []
     action = evidence.get("action_required")
-    analysis = evidence.get("analysis")
-    analysis_text = "- no metric comparison ran"
-    if analysis:
-        rows = [f"- {analysis.get('label', 'analysis')}: **{analysis.get('decision')}** — {analysis.get('reason', '')}"]
-        for m in analysis.get("metrics", []):
-            rows.append(
-                f"  - {m.get('metric')}: {m.get('decision')}; effect {m.get('effect')}, interval "
-                f"{m.get('interval')}, statistic {m.get('statistic')}, samples {json.dumps(m.get('samples'))}"
-            )
-        analysis_text = "\n".join(rows)
+    analysis_text, attachments = _analysis_section(ticket_id, evidence)
     failing = evidence.get("failing_tests") or []
     pre_existing = evidence.get("pre_existing_tests") or []
     approvals = evidence.get("approvals") or []
@@ -157,7 +153,25 @@ and say so on this ticket.
                    "rollback_status": rollback.get("status", "not needed"), "action_required": action,
                    "host_versions": {s["host"]: s["version"] if s["version"] is not None else s["note"]
                                      for s in states}})
-    return Ticket(ticket_id=ticket_id, title=title, body=body, fields=fields)
+    return Ticket(ticket_id=ticket_id, title=title, body=body, fields=fields, attachments=attachments)
+
+
+def _analysis_section(ticket_id: str, evidence: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The metric comparison (table, links, each metric's reason and statistic) and the chart to attach."""
+    from conveyor.analysis.evidence_view import analysis_markdown, chart_file_name, chart_svg
+
+    analysis = evidence.get("analysis")
+    if not isinstance(analysis, dict):
+        return "- no metric comparison ran", {}
+    stage = evidence.get("analysis_stage") or "analysis"
+    chart = chart_svg(analysis)
+    name = chart_file_name(ticket_id, stage) if chart is not None else None
+    text = analysis_markdown(analysis, chart_url=evidence.get("chart_url"), chart_file=name)
+    lines = [f"- {m.get('metric')}: {m.get('decision')} — {m.get('reason', '')}; statistic {m.get('statistic')}"
+             for m in analysis.get("metrics", []) if isinstance(m, dict)]
+    if lines:
+        text += "\n\n" + "\n".join(lines)
+    return text, ({name: chart} if name is not None and chart is not None else {})
 
 
 # ------------------------------------------------------------------------------------ ticket systems
@@ -192,6 +206,10 @@ class TicketTracker(Protocol):
 
     def comment(self, key: str, text: str) -> None:
         """Add a comment to the ticket ``key``."""
+
+    def attach(self, key: str, name: str, content: bytes, content_type: str) -> bool:
+        """Attach a file to the ticket ``key``; False when the system takes no files (GitHub issues: the
+        ticket links the release page's copy instead)."""
 
 
 def signature_label(signature: str) -> str:
@@ -233,9 +251,27 @@ def deliver(ticket: Ticket, tracker: TicketTracker, *, signature: str, window: d
     existing = tracker.find_open(signature, now - window)
     if existing is not None:
         tracker.comment(existing.key, recurrence_comment(ticket))
-        return {"status": "commented", "key": existing.key, "url": existing.url}
-    created = tracker.file(ticket, signature)
-    return {"status": "filed", "key": created.key, "url": created.url}
+        result = {"status": "commented", "key": existing.key, "url": existing.url}
+    else:
+        created = tracker.file(ticket, signature)
+        result = {"status": "filed", "key": created.key, "url": created.url}
+    if ticket.attachments:
+        result.update(attach_files(ticket, tracker, result["key"]))
+    return result
+
+
+def attach_files(ticket: Ticket, tracker: TicketTracker, key: str) -> dict[str, Any]:
+    """Attach the ticket's files to ``key``: ``{"attached": [names]}``, plus ``attach_error`` when the system
+    did not take one. The ticket itself is delivered either way (its text links the chart), so a refused
+    attachment never makes it pending, which would file or comment it a second time."""
+    attached: list[str] = []
+    for name, text in sorted(ticket.attachments.items()):
+        try:
+            if tracker.attach(key, name, text.encode(), "image/svg+xml"):
+                attached.append(name)
+        except TicketDeliveryError as exc:
+            return {"attached": attached, "attach_error": str(exc)}
+    return {"attached": attached}
 
 
 def deliver_pending(local: LocalTicketBackend, tracker_for: Callable[[dict[str, Any]], TicketTracker], *,
@@ -280,7 +316,8 @@ def deliver_pending(local: LocalTicketBackend, tracker_for: Callable[[dict[str, 
 
 
 class LocalTicketBackend:
-    """Tickets as files: ``<dir>/<id>.md`` (the ticket) and ``<dir>/<id>.json`` (its fields and delivery).
+    """Tickets as files: ``<dir>/<id>.md`` (the ticket), ``<dir>/<id>.json`` (its fields and delivery) and its
+    attachments beside them (``<dir>/<id>.<stage>.svg``, the analysis' chart; named in the ``.json``).
 
     ``delivery`` says where the ticket went: ``{"backend": "local", "status": "local"}``, or for a ticket
     system ``{"backend": "jira", "status": "pending" | "filed" | "commented", "key", "url", "error",
@@ -298,6 +335,12 @@ class LocalTicketBackend:
 
     def _meta_path(self, ticket_id: str) -> Path:
         return self.directory / f"{ticket_id}.json"
+
+    def _attachment_path(self, name: str) -> Path:
+        """A file beside the tickets; a name that would leave the directory is refused."""
+        if not name or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"attachment names are plain file names, got {name!r}")
+        return self.directory / name
 
     def _read_meta(self, ticket_id: str) -> dict[str, Any] | None:
         path = self._meta_path(ticket_id)
@@ -331,8 +374,11 @@ class LocalTicketBackend:
             delivery = {"backend": target["backend"], "status": "pending", "target": target,
                         "attempts": delivery.get("attempts", 0), "error": delivery.get("error")}
         path = self.directory / f"{ticket.ticket_id}.md"
+        for name, text in sorted(ticket.attachments.items()):
+            self._write(self._attachment_path(name), text)
         self._write(path, ticket.body)
-        meta = {**ticket.to_dict(), "created_at": created_at, "path": str(path), "delivery": delivery}
+        meta = {**ticket.to_dict(), "created_at": created_at, "path": str(path), "delivery": delivery,
+                "attachments": sorted(ticket.attachments)}
         meta.pop("body")
         self._write_meta(meta)
         return path
@@ -369,5 +415,11 @@ class LocalTicketBackend:
         if data is None:
             raise KeyError(ticket_id)
         fields = {k: v for k, v in data.items()
-                  if k not in ("ticket_id", "title", "body", "created_at", "path", "delivery")}
-        return Ticket(ticket_id=ticket_id, title=data["title"], body=data["body"], fields=fields)
+                  if k not in ("ticket_id", "title", "body", "created_at", "path", "delivery", "attachments")}
+        attachments = {}
+        for name in data.get("attachments") or []:
+            path = self._attachment_path(name)
+            if path.exists():
+                attachments[name] = path.read_text()
+        return Ticket(ticket_id=ticket_id, title=data["title"], body=data["body"], fields=fields,
+                      attachments=attachments)

@@ -38,8 +38,9 @@ def ledger(tmp_path):
     ledger.dispose()
 
 
-def record_canary_failure(ledger: Ledger, verdict: Verdict) -> None:
-    """validate, build, tests, sign-off, wave 1 and its failed analysis: the operators' own calls."""
+def record_canary_failure(ledger: Ledger, verdict: Verdict, detail: dict | None = None) -> None:
+    """validate, build, tests, sign-off, wave 1 and its failed analysis: the operators' own calls (``detail``:
+    the analysis' recorded detail, when the test builds it)."""
     ledger.upsert_release(RID, service="demo_shop", git_ref="v1.2.0", change_kind="minor", emergency=False,
                           author="dev", run_id="manual__1", dag_id="release_demo_shop", status="running",
                           started_at=AT)
@@ -54,8 +55,8 @@ def record_canary_failure(ledger: Ledger, verdict: Verdict) -> None:
     for host, env, wave in (("prod-1", "production", "wave-1"), ("replica-1", "replica", "replica")):
         ledger.upsert_host_deployment(RID, host, environment=env, wave=wave, from_version="v1.0.0",
                                       to_version="v1.2.0", status="deployed", at=AT + dt.timedelta(minutes=3))
-    detail = {"label": "wave-1", "canary": ["prod-1"], "baseline": ["prod-2", "prod-3", "prod-4"],
-              "elapsed_s": verdict.elapsed_s, **verdict.to_dict()}
+    detail = detail or {"label": "wave-1", "canary": ["prod-1"], "baseline": ["prod-2", "prod-3", "prod-4"],
+                        "elapsed_s": verdict.elapsed_s, **verdict.to_dict()}
     ledger.upsert_stage(RID, "wave_1.analysis", status="running", started_at=AT + dt.timedelta(minutes=4))
     ledger.upsert_stage(RID, "wave_1.analysis", status="running", detail=detail)
     ledger.upsert_stage(RID, "wave_1.analysis", status="failed", finished_at=AT + dt.timedelta(minutes=5),
@@ -205,6 +206,73 @@ def test_a_ticket_carries_its_signature_and_says_when_a_person_must_act(ledger):
         "a person must act: the rollback did not put every host back "
         "(prod-2 on v1.2.0 (still the release's version; it ran v1.0.0 before))")
     assert ticket.body.index("## A person must act") < ticket.body.index("## What happened")
+
+
+# ----------------------------------------------------------------------- the metric comparison, as evidence
+
+CHART_URL = "http://airflow.example/conveyor/releases/demo_shop/manual__1/charts/wave_1.analysis.svg"
+GRAPH = "http://127.0.0.1:9090/graph?g0.expr=sum%28rate%28shop_http_requests_total%5B1m%5D%29%29"
+
+
+def analysed_ticket(ledger: Ledger, **extra):
+    """The ticket of a release whose wave-1 analysis failed on the error rate (a real verdict and its timeline)."""
+    from tests.conveyor.analysis.evidence_support import failing_errors
+
+    detail, _ = failing_errors(**extra)
+    record_canary_failure(ledger, failing_verdict(), detail=detail)
+    evidence = gather_evidence(ledger.get_release(RID), {"status": "rolled back", "rolled_back": ["prod-1"]})
+    evidence["chart_url"] = CHART_URL
+    return detail, evidence, render_ticket(ticket_id_for(RID), evidence)
+
+
+def test_the_ticket_shows_the_metric_table_the_graph_and_the_chart(ledger):
+    from conveyor.analysis.evidence_view import chart_svg, markdown_table
+
+    detail, evidence, ticket = analysed_ticket(ledger, source="prometheus", graph_url=GRAPH)
+    assert evidence["analysis_stage"] == "wave_1.analysis"
+    section = ticket.body.split("## Metric comparison")[1].split("\n## ")[0]
+    assert markdown_table(detail) in section
+    assert "| error rate | 5.00% | 1.00% |" in section
+    assert f"[Prometheus graph](<{GRAPH}>)" in section
+    name = f"{ticket.ticket_id}.wave_1.analysis.svg"
+    assert f"[chart of canary vs baseline](<{CHART_URL}>) (file `{name}`)" in section
+    assert ticket.attachments == {name: chart_svg(detail)}  # the chart, drawn from the recorded detail
+    assert "errors: fail" in section  # each metric's own line, as the judge named it
+
+
+def test_a_ticket_without_a_timeline_has_its_table_but_no_chart(ledger):
+    _, evidence, _ = analysed_ticket(ledger)
+    del evidence["analysis"]["details"]["timeline"]  # an analysis recorded before timelines
+    ticket = render_ticket(ticket_id_for(RID), evidence)
+    assert ticket.attachments == {}
+    assert "| error rate | 5.00% | 1.00% |" in ticket.body and ".svg" not in ticket.body
+
+
+def test_the_local_backend_stores_the_chart_beside_the_ticket(ledger, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    _, _, ticket = analysed_ticket(ledger)
+    backend = LocalTicketBackend(tmp_path / "tickets")
+    path = backend.file(ticket, created_at="2026-11-22T10:06:00")
+    [name] = ticket.attachments
+    chart = path.parent / name
+    assert chart.read_text() == ticket.attachments[name]
+    assert ET.fromstring(chart.read_text()).tag == "{http://www.w3.org/2000/svg}svg"
+    assert name in path.read_text()  # the ticket's text names the file beside it
+    assert backend.get(ticket.ticket_id)["attachments"] == [name]
+    assert backend.ticket(ticket.ticket_id) == ticket  # a later delivery pass attaches the same chart
+    assert [t["ticket_id"] for t in backend.list()] == [ticket.ticket_id]  # a chart is no ticket
+
+
+@pytest.mark.parametrize("name", ["../evil.svg", "a/b.svg", ".hidden.svg", ""])
+def test_the_local_backend_refuses_an_attachment_name_that_leaves_its_directory(tmp_path, name):
+    from conveyor.tickets import Ticket
+
+    backend = LocalTicketBackend(tmp_path / "tickets")
+    ticket = Ticket(ticket_id="RCA-1", title="t", body="b", fields={}, attachments={name: "<svg/>"})
+    with pytest.raises(ValueError, match="plain file names"):
+        backend.file(ticket, created_at="2026-11-22T10:06:00")
+    assert not (tmp_path / "evil.svg").exists() and backend.list() == []
 
 
 # ------------------------------------------------------------------------------------ local copies

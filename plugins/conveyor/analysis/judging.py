@@ -52,6 +52,16 @@ _MIN_TAU_COUNT = 50  # baseline latency observations needed to choose the latenc
 _ERROR_HOST_SPREAD = (0.5, 1.0)
 _LATENCY_HOST_SPREAD = (0.15, 0.3)
 _LATENCY_CV = 1.0  # assumed coefficient of variation of one request's latency (for the sampling sd)
+# Overdispersion (see stats.dispersion). The canary is one more host drawn from the fleet: its lasting
+# difference from the pool has sd tau * sqrt(1/C + 1/H) (C canary, H baseline hosts). Against live hosts
+# that difference is added to the test's variance (_host_phi); against a snapshot the null ratio is
+# widened by _TAU_Z such sds. With too few live baseline hosts to estimate them, typical fleet values
+# are assumed: host rates 10% apart, interval counts 1.5x as variable as binomial (fail safe).
+_TAU_Z = 2.0
+_TAU_FALLBACK = 0.10
+_PHI_FALLBACK = 1.5
+_TAU_PRIOR_DF = 4.0  # pseudo-hosts of the typical spread behind the measured one
+_PHI_SAFETY = 1.5  # the measured bursts' excess over binomial, counted 1.5 times (their tails are heavy)
 
 
 @dataclass
@@ -70,6 +80,7 @@ class _Data:
     restarts: int = 0
     interval_ends: np.ndarray = field(default_factory=lambda: np.zeros(0))
     start: float = 0.0  # time of the first round (the analysis's time zero)
+    warming: int = 0  # host intervals left out as warm-up (the host's process had just started)
 
 
 def _fmt_rate(p: float | None) -> str:
@@ -117,27 +128,56 @@ def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
             static[n] = h
         else:
             empty_b.append(n)
+    warmup = settings.warmup_s
     if live:
         used = with_data + list(live.values())
         bounds = common_bounds(used)
         ends = rounds(used, spacing)
-        c_cum = sum(select_bounds(h, bounds, align(h, ends)) for h in with_data)
-        b_cum = np.stack([select_bounds(h, bounds, align(h, ends)) for h in live.values()])
-        return _Data("live", np.diff(c_cum, axis=0), np.diff(b_cum, axis=1), b_cum, bounds,
+        c_inc, c_warm = _judged(with_data, bounds, ends, warmup)
+        b_inc, b_warm = _judged(list(live.values()), bounds, ends, warmup)
+        b_cum = np.concatenate([np.zeros((b_inc.shape[0], 1, b_inc.shape[2])), np.cumsum(b_inc, axis=1)], axis=1)
+        return _Data("live", c_inc.sum(axis=0), b_inc, b_cum, bounds,
                      [h.name for h in with_data], list(live), empty_c, empty_b + list(static),
-                     restarts + sum(h.restarts for h in live.values()), ends[1:], float(ends[0]))
+                     restarts + sum(h.restarts for h in live.values()), ends[1:], float(ends[0]), c_warm + b_warm)
     if static:
         bounds = common_bounds(with_data + list(static.values()))
         ends = rounds(with_data, spacing)
-        c_cum = sum(select_bounds(h, bounds, align(h, ends)) for h in with_data)
+        c_inc, c_warm = _judged(with_data, bounds, ends, warmup)
         totals = np.stack([select_bounds(h, bounds, h.values)[-1] for h in static.values()])
-        return _Data("static", np.diff(c_cum, axis=0), totals, np.zeros((0, 0, 0)), bounds,
+        return _Data("static", c_inc.sum(axis=0), totals, np.zeros((0, 0, 0)), bounds,
                      [h.name for h in with_data], list(static), empty_c, empty_b, restarts, ends[1:],
-                     float(ends[0]))
+                     float(ends[0]), c_warm)
     ends = rounds(with_data, spacing)
-    c_cum = sum(align(h, ends)[:, :4] for h in with_data)
-    return _Data("none", np.diff(c_cum, axis=0), np.zeros((0, 0, 4)), np.zeros((0, 0, 4)), (),
-                 [h.name for h in with_data], [], empty_c, empty_b, restarts, ends[1:], float(ends[0]))
+    c_inc, c_warm = _judged(with_data, (), ends, warmup)
+    return _Data("none", c_inc.sum(axis=0)[:, :4], np.zeros((0, 0, 4)), np.zeros((0, 0, 4)), (),
+                 [h.name for h in with_data], [], empty_c, empty_b, restarts, ends[1:], float(ends[0]), c_warm)
+
+
+def _judged(hosts: list[HostCounts], bounds: tuple[float, ...], ends: np.ndarray,
+            warmup: float) -> tuple[np.ndarray, int]:
+    """Each host's counts per interval (H x I x C), zero in the intervals that began within its warm-up.
+
+    An interval is judged when it begins ``warmup`` seconds or more after the process that counted
+    it started (its start time at the interval's end; unknown: judged). So a restart mid-window
+    warms up again. Also returns how many host intervals were left out.
+    """
+    out = []
+    warming = 0
+    for h in hosts:
+        cum = select_bounds(h, bounds, align(h, ends)) if bounds else align(h, ends)[:, :4]
+        inc = np.diff(cum, axis=0)
+        if warmup > 0 and h.starts is not None and len(h.times) and inc.shape[0]:
+            idx = np.searchsorted(h.times, ends[1:], side="right") - 1
+            start = np.where(idx >= 0, h.starts[np.maximum(idx, 0)], np.nan)
+            at = np.where(idx >= 0, h.times[np.maximum(idx, 0)], -np.inf)
+            start = np.where(start <= at, start, np.nan)  # a start after its own scrape is not credible
+            with np.errstate(invalid="ignore"):
+                cold = ends[:-1] < start + warmup  # NaN start: False (judged)
+            cold &= inc[:, _REQ] + inc[:, _CNT] > 0
+            warming += int(cold.sum())
+            inc[cold] = 0.0
+        out.append(inc)
+    return np.stack(out), warming
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -250,13 +290,15 @@ class _Budget:
     """
 
     def __init__(self, settings: AnalysisSettings, static: bool, metric: str) -> None:
-        """The metric's share of ``alpha``; half of it for the baseline's bound if the baseline is static."""
+        """The metric's share of ``alpha`` (latency's split between its quantiles); half for a static bound."""
         if len(settings.metrics) == 1:
             per_metric = settings.alpha
         elif metric == "errors":
             per_metric = settings.alpha * settings.errors_alpha_share
         else:
             per_metric = settings.alpha * (1.0 - settings.errors_alpha_share)
+        if metric == "latency":
+            per_metric /= len(settings.latency_quantiles)
         self.ucb = per_metric / 2 if static else 0.0  # spent on the baseline's upper confidence bound
         self.test = per_metric - self.ucb
         self.settings = settings
@@ -317,6 +359,74 @@ def _errors(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdic
     return (_errors_live if data.mode == "live" else _errors_static)(data, settings, over)
 
 
+@dataclass
+class _Widening:
+    """How the tests are widened for overdispersion, per interval (fixed before it) and at the end."""
+
+    phi: np.ndarray  # I: the counts' variance over a binomial's (the tests run on counts / phi)
+    factor: np.ndarray  # I: the null ratio's multiplier for the canary host's own lasting difference
+    phi_end: float
+    tau_end: float | None  # the hosts' spread (sd of log rates) estimated at the end; None: assumed
+    hosts: int
+    tau2: np.ndarray = field(default_factory=lambda: np.zeros(0))  # I: the spread used (0: none)
+    base_hosts: np.ndarray = field(default_factory=lambda: np.ones(0))  # I: baseline hosts behind it
+
+    def describe(self) -> dict[str, float | int | None]:
+        return {"overdispersion": float(self.phi_end), "host_spread": self.tau_end,
+                "null_widened_by": float(self.factor[-1]) if self.factor.size else 1.0,
+                "spread_hosts": self.hosts}
+
+
+def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None = None,
+              exposure: np.ndarray | None = None, keep: np.ndarray | None = None) -> _Widening:
+    """Overdispersion and host spread from the live baseline hosts' counts (H x I), or assumed values.
+
+    ``None`` counts (a static baseline) or too few hosts: the fallback values (a typical fleet's).
+    """
+    if not settings.overdispersion:
+        return _Widening(np.ones(n_int), np.ones(n_int), 1.0, None, 0, np.zeros(n_int), np.ones(n_int))
+    if events is None or exposure is None:
+        phi = np.full(n_int + 1, _PHI_FALLBACK)
+        tau2 = np.full(n_int + 1, _TAU_FALLBACK**2)
+        hosts = np.zeros(n_int + 1)
+        measured_tau = False
+    else:
+        d = stats.dispersion(events, exposure, keep)
+        phi = np.where(np.isfinite(d.phi), 1.0 + _PHI_SAFETY * (d.phi - 1.0), _PHI_FALLBACK)
+        measured_tau = bool(np.isfinite(d.tau2[-1]))
+        tau2 = np.where(np.isfinite(d.tau2), d.tau2, _TAU_FALLBACK**2)
+        hosts = d.hosts
+    tau_end = float(math.sqrt(tau2[-1])) if measured_tau else None
+    if events is None:  # a snapshot: no live hosts to add variance for, the null ratio is widened instead
+        factor = np.exp(_TAU_Z * np.sqrt(tau2 * (1.0 + 1.0 / np.maximum(hosts, 1))))
+        return _Widening(phi[:-1], factor[:-1], float(phi[-1]), tau_end, int(hosts[-1]), np.zeros(n_int),
+                         np.ones(n_int))
+    # A few hosts say little about their spread (DerSimonian-Laird often says 0 for hosts 15% apart):
+    # the estimate is shrunk towards the typical fleet's, weighted by its degrees of freedom.
+    df = np.maximum(np.asarray(hosts, dtype=float) - 1.0, 0.0)
+    tau2 = (df * tau2 + _TAU_PRIOR_DF * _TAU_FALLBACK**2) / (df + _TAU_PRIOR_DF)
+    return _Widening(phi[:-1], np.ones(n_int), float(phi[-1]), tau_end, int(hosts[-1]), tau2[:-1],
+                     np.maximum(np.asarray(hosts, dtype=float)[:-1], 1.0))
+
+
+def _host_phi(wide: _Widening, theta: np.ndarray, m: np.ndarray, canary_hosts: int) -> tuple[np.ndarray, float]:
+    """Per interval, the variance of the canary's count over a binomial's, with the canary's own lasting
+    difference from the pool (sd tau, as one more host of the fleet) added to the bursts' ``phi``.
+
+    A shared effect ``u`` on the canary's log rate moves its cumulative count by ``u * V`` (``V``: the
+    binomial variance summed so far), so the cumulative variance is ``V * (phi + tau_eff^2 * V)``; giving
+    interval ``i`` the factor ``phi + tau_eff^2 * (2 V_<i + v_i)`` makes every look's total match it.
+    """
+    th = np.where(np.isfinite(theta), theta, 0.0)
+    v = np.asarray(m, dtype=float) * th * (1.0 - th)
+    before = np.concatenate([[0.0], np.cumsum(v)[:-1]])
+    teff2 = wide.tau2 * (1.0 / max(canary_hosts, 1) + 1.0 / wide.base_hosts)
+    phi = wide.phi + teff2 * (2.0 * before + v)
+    total = float(v.sum())
+    end = wide.phi_end + (float(teff2[-1]) * total if teff2.size else 0.0)
+    return phi, end
+
+
 def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
     """Errors vs live baseline hosts: does the canary err over (1 + tolerance) x their rate, and the floor?"""
     budget = _Budget(settings, False, "errors")
@@ -328,21 +438,29 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
     nb_h, xb_h = data.baseline[:, :, _REQ], data.baseline[:, :, _ERR]
     nb, xb = _pooled(nb_h, keep[:, :-1]), _pooled(xb_h, keep[:, :-1])
     nb_f, xb_f = _pooled(nb_h, keep[:, -1:]), _pooled(xb_h, keep[:, -1:])
+    wide = _widening(settings, nc.size, xb_h, nb_h, keep)
     spend = budget.spend(data, over)
-    tests = [stats.sequential_test(xc, xc + xb, stats.null_share(r0, nc, nb), spend)]
+    sx, sy = stats.scaled_counts(xc, xb, wide.phi)  # quasi-binomial counts, for the early pass's e-process
+    theta = stats.null_share(r0 * wide.factor, nc, nb)
+    phi_i, phi_end = _host_phi(wide, theta, xc + xb, len(data.canary_hosts))
+    tests = [stats.sequential_test(xc, xc + xb, theta, spend, phi_i)]
     if tests[0].first is not None:
         # intersection-union: a regression must also be above the absolute floor, each at full level
-        tests.append(stats.sequential_test(xc, nc, np.full(nc.size, settings.error_floor), spend))
+        tests.append(stats.sequential_test(xc, nc, np.full(nc.size, settings.error_floor), spend, wide.phi))
     out = _Outcome(tests, _first_rejection(tests, nc, settings), dropped)
     total_nc, total_xc = float(nc.sum()), float(xc.sum())
     if (over or out.first is not None) and total_nc > 0:
-        p_ratio = stats.poisson_binomial_sf(total_xc, xc + xb_f, stats.null_share(r0, nc, nb_f, missing=0.0))
-        p_floor = (stats.binom_sf(total_xc, total_nc, settings.error_floor) if settings.error_floor > 0
+        phi, r_end = phi_end, r0 * (wide.factor[-1] if wide.factor.size else 1.0)
+        p_ratio = stats.poisson_binomial_sf(total_xc / phi, (xc + xb_f) / phi,
+                                            stats.null_share(r_end, nc, nb_f, missing=0.0))
+        p_floor = (stats.binom_sf(total_xc / phi, total_nc / phi, settings.error_floor) if settings.error_floor > 0
                    else 0.0 if total_xc > 0 else 1.0)
         out.p_value = max(p_ratio, p_floor)
-    out.early = budget.early_pass(over, xc, xb, nc, nb, settings.early_pass_margin)
-    null_desc = f"> x{r0:g} baseline and > {_fmt_rate(settings.error_floor)}"
-    return _errors_verdict(data, settings, over, out, float(nb_f.sum()), float(xb_f.sum()), r0, null_desc)
+    out.early = budget.early_pass(over, sx, sy, nc, nb, settings.early_pass_margin * wide.factor)
+    widened = f", x{wide.factor[-1]:.2f} for host spread" if wide.factor.size and wide.factor[-1] > 1.005 else ""
+    null_desc = f"> x{r0:g} baseline{widened} and > {_fmt_rate(settings.error_floor)}"
+    return _errors_verdict(data, settings, over, out, float(nb_f.sum()), float(xb_f.sum()), r0, null_desc,
+                           wide.describe())
 
 
 def _errors_static(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
@@ -354,19 +472,22 @@ def _errors_static(data: _Data, settings: AnalysisSettings, over: bool) -> Metri
     total_nb = float(data.baseline[keep[:, 0], _REQ].sum())
     total_xb = float(data.baseline[keep[:, 0], _ERR].sum())
     ucb = stats.binom_upper(total_xb, total_nb, budget.ucb) if total_nb > 0 else 1.0
-    p_ref = max(r0 * ucb, settings.error_floor)
-    tests = [stats.sequential_test(xc, nc, np.full(nc.size, p_ref), budget.spend(data, over))]
+    # no live hosts to measure the spread on: the canary is compared with the fleet's assumed one
+    wide = _widening(settings, nc.size)
+    factor = float(wide.factor[0]) if wide.factor.size else 1.0
+    p_ref = min(max(r0 * ucb * factor, settings.error_floor), 1.0)
+    tests = [stats.sequential_test(xc, nc, np.full(nc.size, p_ref), budget.spend(data, over), wide.phi)]
     out = _Outcome(tests, _first_rejection(tests, nc, settings), dropped)
     total_nc, total_xc = float(nc.sum()), float(xc.sum())
     if (over or out.first is not None) and total_nc > 0:
-        out.p_value = stats.binom_sf(total_xc, total_nc, p_ref)
+        out.p_value = stats.binom_sf(total_xc / wide.phi_end, total_nc / wide.phi_end, p_ref)
     floor = _fmt_rate(settings.error_floor)
-    null_desc = f"> {_fmt_rate(p_ref)} (x{r0:g} the baseline's upper bound, floor {floor})"
-    return _errors_verdict(data, settings, over, out, total_nb, total_xb, r0, null_desc)
+    null_desc = f"> {_fmt_rate(p_ref)} (x{r0 * factor:.3g} the baseline's upper bound, floor {floor})"
+    return _errors_verdict(data, settings, over, out, total_nb, total_xb, r0, null_desc, wide.describe())
 
 
 def _errors_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _Outcome, total_nb: float,
-                    total_xb: float, r0: float, null_desc: str) -> MetricVerdict:
+                    total_xb: float, r0: float, null_desc: str, widening: dict | None = None) -> MetricVerdict:
     """The errors decision from the test's outcome, with the rates, effect and interval that explain it."""
     nc = data.canary[:, _REQ]
     total_nc, total_xc = float(nc.sum()), float(data.canary[:, _ERR].sum())
@@ -387,8 +508,8 @@ def _errors_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _O
                "baseline_requests": total_nb, "baseline_errors": total_xb, "intervals": nc.size,
                "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
                "baseline_hosts_dropped": out.dropped, "no_data": data.empty_canary + data.empty_baseline,
-               "restarts": data.restarts, "regression_if": null_desc,
-               "alpha_spent": max(t.spent for t in out.tests)}
+               "restarts": data.restarts, "warmup_intervals_skipped": data.warming, "regression_if": null_desc,
+               "alpha_spent": max(t.spent for t in out.tests), **(widening or {})}
     if out.first is not None:
         samples["decided_after_s"] = float(data.interval_ends[out.first] - data.start)
     events, limit = out.tests[0].at(out.first)
@@ -398,13 +519,19 @@ def _errors_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _O
                    threshold=r0, events=events, boundary=limit, p_value=out.p_value, samples=samples)
 
 
-def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
-    """The latency verdict: wait for data and shared buckets, else test against live hosts or the snapshot."""
-    if data.mode == "none" or data.canary.shape[0] == 0:
-        return _no_data("latency", data, over)
-    if not data.bounds:
-        return _no_data("latency", data, over, "no latency histogram buckets shared by all hosts")
-    return (_latency_live if data.mode == "live" else _latency_static)(data, settings, over)
+def _latency(data: _Data, settings: AnalysisSettings, over: bool) -> list[MetricVerdict]:
+    """One latency verdict per quantile: wait for data and shared buckets, else test against live hosts or the snapshot."""
+    out = []
+    for q in settings.latency_quantiles:
+        if data.mode == "none" or data.canary.shape[0] == 0:
+            v = _no_data("latency", data, over)
+        elif not data.bounds:
+            v = _no_data("latency", data, over, "no latency histogram buckets shared by all hosts")
+        else:
+            v = (_latency_live if data.mode == "live" else _latency_static)(data, settings, over, q)
+        v.samples["quantile"] = q
+        out.append(v)
+    return out
 
 
 @dataclass
@@ -420,42 +547,53 @@ class _Slow:
     intervals: int  # intervals with a threshold
     base: np.ndarray  # the pooled baseline's cumulative counts at the end (C)
     interval: tuple[float, float] | None = None  # of the ratio of slow shares (live baseline only)
+    widening: dict = field(default_factory=dict)  # overdispersion and host spread (see _Widening)
 
 
-def _latency_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
-    """Latency vs live baseline hosts: more slow canary requests than theirs at (1 + tolerance) x latency?"""
+def _latency_live(data: _Data, settings: AnalysisSettings, over: bool, q: float) -> MetricVerdict:
+    """Latency vs live baseline hosts: more canary requests over the baseline's ~``q`` quantile than
+    theirs would be at (1 + tolerance) x latency?"""
     budget = _Budget(settings, False, "latency")
     bounds = np.array(data.bounds)
     keep, dropped = _pool_hosts(data, data.base_cum, settings, "latency")
     # As for errors: the hosts chosen before each interval for the sequential test, the final choice after.
     before = _pooled(data.base_cum[:, :-1], keep[:, :-1])  # I x C: the pool's totals before each interval
-    taus, ratio0 = _thresholds(bounds, before, settings.latency_quantile, lambda tau: _slack(settings, tau))
+    taus, ratio0 = _thresholds(bounds, before, q, lambda tau: _slack(settings, tau))
     used = taus >= 0
     idx = np.where(used, taus, 0)
     # nc and nb are 0 where no threshold was set yet (``used`` false): those intervals carry no data
     nc, x = _timed_and_slow(data.canary, used, idx)
-    nb, y = _timed_and_slow(_pooled(data.baseline, keep[:, :-1]), used, idx)
-    nb_f, y_f = _timed_and_slow(_pooled(data.baseline, keep[:, -1:]), used, idx)
-    tests = [stats.sequential_test(x, x + y, stats.null_share(ratio0, nc, nb), budget.spend(data, over))]
+    per_host = [_timed_and_slow(data.baseline[h], used, idx) for h in range(data.baseline.shape[0])]
+    nb_h = np.array([t for t, _ in per_host])
+    yb_h = np.array([sl for _, sl in per_host])
+    nb, y = _pooled(nb_h, keep[:, :-1]), _pooled(yb_h, keep[:, :-1])
+    nb_f, y_f = _pooled(nb_h, keep[:, -1:]), _pooled(yb_h, keep[:, -1:])
+    wide = _widening(settings, nc.size, yb_h, nb_h, keep)
+    null = np.where(used, ratio0, np.nan) * wide.factor
+    sx, sy = stats.scaled_counts(x, y, wide.phi)
+    theta = stats.null_share(null, nc, nb)
+    phi_i, phi_end = _host_phi(wide, theta, x + y, len(data.canary_hosts))
+    wide.phi_end = phi_end
+    tests = [stats.sequential_test(x, x + y, theta, budget.spend(data, over), phi_i)]
     out = _Outcome(tests, _first_rejection(tests, data.canary[:, _CNT], settings), dropped)
     used_x, used_nc = float(x[used].sum()), float(nc[used].sum())
     used_y, used_nb = float(y_f[used].sum()), float(nb_f[used].sum())
     if (over or out.first is not None) and used.any():
-        theta = stats.null_share(ratio0, nc, nb_f, missing=0.0)
-        out.p_value = stats.poisson_binomial_sf(used_x, x + y_f, theta)
-    margin = settings.early_pass_margin * np.where(used, ratio0, 1.0)
-    out.early = bool(used.any()) and budget.early_pass(over, x, y, nc, nb, margin)
+        theta = stats.null_share(np.where(used, null, 1.0), nc, nb_f, missing=0.0)
+        out.p_value = stats.poisson_binomial_sf(used_x / wide.phi_end, (x + y_f) / wide.phi_end, theta)
+    margin = settings.early_pass_margin * np.where(used, null, 1.0)
+    out.early = bool(used.any()) and budget.early_pass(over, sx, sy, nc, nb, margin)
     interval = None
     if used_nb > 0 and used_nc > 0 and (over or out.early or out.first is not None):
         interval = stats.ratio_interval(used_x, used_y, used_nc, used_nb, settings.alpha)
     slow = _Slow(float(bounds[taus[used][-1]]) if used.any() else None,
-                 float(ratio0[used][-1]) if used.any() else None, used_x, used_nc,
+                 float(null[used][-1]) if used.any() else None, used_x, used_nc,
                  used_y / used_nb if used_nb > 0 else None, used_y, int(used.sum()),
-                 _pooled(data.base_cum[:, -1:], keep[:, -1:])[0], interval)
-    return _latency_verdict(data, settings, over, out, slow)
+                 _pooled(data.base_cum[:, -1:], keep[:, -1:])[0], interval, wide.describe())
+    return _latency_verdict(data, settings, over, out, slow, q)
 
 
-def _latency_static(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
+def _latency_static(data: _Data, settings: AnalysisSettings, over: bool, q: float) -> MetricVerdict:
     """Latency vs the snapshot: more slow canary requests than its bound at (1 + tolerance) x latency?"""
     budget = _Budget(settings, True, "latency")
     bounds = np.array(data.bounds)
@@ -463,28 +601,31 @@ def _latency_static(data: _Data, settings: AnalysisSettings, over: bool) -> Metr
     keep, dropped = _pool_hosts(data, data.baseline[:, None, :], settings, "latency")
     base = data.baseline[keep[:, 0]].sum(axis=0)
     total = float(base[_CNT])
-    j = _choose_tau(bounds, base[4:], total, settings.latency_quantile)
+    j = _choose_tau(bounds, base[4:], total, q)
     if j is None:  # no threshold: no test
         no_test = stats.SequentialTest(None, np.zeros(n_int), np.full(n_int, math.inf), 0.0)
         return _latency_verdict(data, settings, over, _Outcome([no_test], None, dropped),
-                                _Slow(None, None, 0.0, 0.0, None, None, 0, base))
+                                _Slow(None, None, 0.0, 0.0, None, None, 0, base), q)
     tau = float(bounds[j])
-    p_ref = _survival_upper(bounds, base, total, float(_slack(settings, tau)), budget.ucb / 2)
+    wide = _widening(settings, n_int)
+    factor = float(wide.factor[0]) if wide.factor.size else 1.0
+    p_ref = min(_survival_upper(bounds, base, total, float(_slack(settings, tau)), budget.ucb / 2) * factor, 1.0)
     nc, x = _timed_and_slow(data.canary, np.ones(n_int, dtype=bool), np.full(n_int, j))
-    tests = [stats.sequential_test(x, nc, np.full(n_int, min(p_ref, 1.0)), budget.spend(data, over))]
+    tests = [stats.sequential_test(x, nc, np.full(n_int, p_ref), budget.spend(data, over), wide.phi)]
     out = _Outcome(tests, _first_rejection(tests, data.canary[:, _CNT], settings), dropped)
     slow_c, timed_c = float(x.sum()), float(nc.sum())
     if over or out.first is not None:
-        out.p_value = stats.binom_sf(slow_c, timed_c, p_ref)
+        out.p_value = stats.binom_sf(slow_c / wide.phi_end, timed_c / wide.phi_end, p_ref)
     s_tau = 1.0 - base[4 + j] / total
-    slow = _Slow(tau, p_ref / s_tau if s_tau > 0 else None, slow_c, timed_c, s_tau, None, n_int, base)
-    return _latency_verdict(data, settings, over, out, slow)
+    slow = _Slow(tau, p_ref / s_tau if s_tau > 0 else None, slow_c, timed_c, s_tau, None, n_int, base,
+                 widening=wide.describe())
+    return _latency_verdict(data, settings, over, out, slow, q)
 
 
 def _latency_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _Outcome,
-                     slow: _Slow) -> MetricVerdict:
+                     slow: _Slow, q: float) -> MetricVerdict:
     """The latency decision from the test's outcome, with the quantiles and slow shares that explain it."""
-    bounds, q = np.array(data.bounds), settings.latency_quantile
+    bounds = np.array(data.bounds)
     total_nc, total_nb = float(data.canary[:, _CNT].sum()), float(slow.base[_CNT])
     c_cum = data.canary.sum(axis=0)  # display values: the canary's and baseline's latency quantile q (ms)
     q_c = _quantile(bounds, c_cum[4:], float(c_cum[_CNT]), q)
@@ -510,7 +651,8 @@ def _latency_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _
                "threshold_s": slow.tau, "null_ratio": slow.null_ratio, "intervals": slow.intervals,
                "canary_hosts": data.canary_hosts, "baseline_hosts": data.baseline_hosts,
                "baseline_hosts_dropped": out.dropped, "no_data": data.empty_canary + data.empty_baseline,
-               "quantile": q, "alpha_spent": out.tests[0].spent}
+               "quantile": q, "alpha_spent": out.tests[0].spent,
+               "warmup_intervals_skipped": data.warming, **slow.widening}
     if out.first is not None:
         samples["decided_after_s"] = float(data.interval_ends[out.first] - data.start)
     events, limit = out.tests[0].at(out.first)
@@ -595,6 +737,48 @@ def _survival_upper(bounds: np.ndarray, base: np.ndarray, total: float, v: float
     return _survival(bounds, ucb_cum, total, v)
 
 
+# ------------------------------------------------------------------------------------------ timeline
+
+
+def _side(counts: np.ndarray, bounds: np.ndarray, quantiles: list[float]) -> dict[str, list]:
+    """Per interval (I x C counts): requests, errors and the latency quantiles in ms (None: no timed request)."""
+    out: dict[str, list] = {"requests": counts[:, _REQ].tolist(), "errors": counts[:, _ERR].tolist()}
+    for q in quantiles:
+        vals = []
+        for row in counts:
+            v = _quantile(bounds, row[4:], float(row[_CNT]), q) if bounds.size and row.size > 4 else None
+            vals.append(None if v is None else 1000 * v)
+        out[f"p{100 * q:g}_ms"] = vals
+    return out
+
+
+def _timeline(data: _Data, settings: AnalysisSettings) -> dict:
+    """What the judge aligned, per interval, for a chart: canary and the pooled live baseline hosts.
+
+    Warm-up intervals show the canary's counts as zero (not judged). A static baseline has no
+    intervals: its lifetime error rate and quantiles are given once, as ``baseline_static``.
+    """
+    bounds = np.array(data.bounds)
+    quantiles = settings.latency_quantiles
+    out: dict = {"t": (data.interval_ends - data.start).tolist(), "canary": _side(data.canary, bounds, quantiles)}
+    if data.mode == "live":
+        out["baseline"] = _side(data.baseline.sum(axis=0), bounds, quantiles)
+    elif data.mode == "static":
+        tot = data.baseline.sum(axis=0)
+        static: dict = {"error_rate": float(tot[_ERR] / tot[_REQ]) if tot[_REQ] > 0 else None}
+        for q in quantiles:
+            v = _quantile(bounds, tot[4:], float(tot[_CNT]), q) if bounds.size else None
+            static[f"p{100 * q:g}_ms"] = None if v is None else 1000 * v
+        out["baseline_static"] = static
+    return out
+
+
+def _label(v: MetricVerdict) -> str:
+    """``errors``, or ``latency p99``: which test a verdict is."""
+    q = v.samples.get("quantile")
+    return v.metric if q is None else f"{v.metric} p{100 * q:g}"
+
+
 # ------------------------------------------------------------------------------------------ judge
 
 
@@ -613,9 +797,12 @@ def judge(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]], se
     """
     over = elapsed_s >= settings.window_s
     data = _collect(canary, baseline, settings)
-    verdicts = []
+    verdicts: list[MetricVerdict] = []
     for metric in settings.metrics:
-        verdicts.append(_errors(data, settings, over) if metric == "errors" else _latency(data, settings, over))
+        if metric == "errors":
+            verdicts.append(_errors(data, settings, over))
+        else:
+            verdicts.extend(_latency(data, settings, over))
     decisions = [v.decision for v in verdicts]
     if "fail" in decisions:
         decision = "fail"
@@ -626,10 +813,12 @@ def judge(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]], se
         reason = f"no regression: {reason}" + ("" if over else " (early pass: strong evidence of no regression)")
     elif over:
         decision = "inconclusive"
-        reason = "; ".join(f"{v.metric}: {v.reason}" for v in verdicts if v.decision != "pass")
+        reason = "; ".join(f"{_label(v)}: {v.reason}" for v in verdicts if v.decision != "pass")
     else:
         decision = "continue"
         reason = "; ".join(v.reason.removeprefix("collecting: ") for v in verdicts)
     details = {"mode": data.mode, "window_s": settings.window_s, "alpha": settings.alpha,
-               "intervals": int(data.canary.shape[0])}
+               "intervals": int(data.canary.shape[0]), "warmup_s": settings.warmup_s}
+    if decision != "continue":
+        details["timeline"] = _timeline(data, settings)
     return Verdict(decision=decision, metrics=verdicts, reason=reason, elapsed_s=float(elapsed_s), details=details)

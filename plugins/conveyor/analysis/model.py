@@ -8,11 +8,26 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 DECISIONS = ("pass", "fail", "inconclusive", "continue")
 METRICS = ("errors", "latency")
 _STATUS_RE = re.compile(r"^([1-5][0-9][0-9]|[1-5]xx)$")
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+AUTO_WARMUP_S = 30.0  # the default warm-up, capped at a quarter of the window (see AnalysisSettings.warmup_s)
+
+
+def _seconds(value: Any, name: str) -> Any:
+    """A duration as seconds: a number, or a string like ``"90s"``, ``"2m"``, ``"500ms"``, ``"1h"``."""
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value)
+        if not match:
+            raise ValueError(f"{name} must be seconds (a number) or a duration like '90s' or '2m', got {value!r}")
+        return float(match.group(1)) * _UNIT_S[match.group(2)]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @dataclass
@@ -109,8 +124,19 @@ class AnalysisSettings(BaseModel):
         its requests above the threshold than the baseline would if every baseline request took
         ``1 + latency_tolerance`` times as long (or ``latency_floor_ms`` longer, whichever is more).
     :param latency_floor_ms: absolute latency slack in milliseconds.
-    :param latency_quantile: the threshold is the histogram bucket bound nearest to this quantile of
-        the baseline's latency (0.75: requests slower than the baseline's ~p75 are "slow").
+    :param latency_quantiles: one latency test per quantile, each with its own threshold: the
+        histogram bucket bound nearest that quantile of the baseline's latency (0.75: requests slower
+        than the baseline's ~p75 are "slow"; 0.99: the slowest ~1%, where tail-only regressions
+        show). They share the latency part of ``alpha`` equally. The old single ``latency_quantile:
+        q`` is read as ``latency_quantiles: [q]``.
+    :param warmup: seconds after a process starts (``Scrape.start_time``) during which its counts
+        are not judged (Kayenta's begin-analysis delay, Argo's initial delay): a new canary is
+        slow, and may throw a few errors, while caches fill and code warms up. A number or a
+        duration string (``"90s"``, ``"2m"``). Unset: 30 s, at most a quarter of the window.
+    :param overdispersion: widen the error and slow-request tests by the spread the live baseline
+        hosts show between themselves (host-to-host rates) and from interval to interval (bursts),
+        estimated from data seen before each interval. Off, the tests assume binomial counts around
+        one shared rate, which real fleets break.
     :param outlier_hosts: drop baseline hosts whose error rate or mean latency is far from the other
         baseline hosts' (median/MAD, needs 3 or more baseline hosts).
     :param early_pass: allow a ``pass`` before the window ends when every metric shows strong
@@ -135,17 +161,53 @@ class AnalysisSettings(BaseModel):
     error_floor: float = Field(0.001, le=1)
     latency_tolerance: float = 0.1
     latency_floor_ms: float = Field(2.0, ge=0)
-    latency_quantile: float = 0.75
+    latency_quantiles: list[float] = [0.75, 0.99]
+    warmup: float | None = Field(None, ge=0)
+    overdispersion: bool = True
     outlier_hosts: bool = True
     early_pass: bool = False
     early_pass_margin: float = 1.5
 
-    @field_validator("alpha", "errors_alpha_share", "latency_quantile")
+    @model_validator(mode="before")
+    @classmethod
+    def _single_quantile(cls, data: Any) -> Any:
+        """``latency_quantile: q`` (one quantile, service files before two were judged) means ``[q]``."""
+        if isinstance(data, dict) and "latency_quantile" in data:
+            data = dict(data)
+            q = data.pop("latency_quantile")
+            if "latency_quantiles" in data:
+                raise ValueError("latency_quantile and latency_quantiles both given: keep latency_quantiles only "
+                                 "(latency_quantile: q is the old form of latency_quantiles: [q])")
+            if isinstance(q, int | float) and not isinstance(q, bool) and not 0 < q < 1:
+                raise ValueError(f"latency_quantile must be in (0, 1), got {q}")
+            data["latency_quantiles"] = [q]
+        return data
+
+    @field_validator("warmup", mode="before")
+    @classmethod
+    def _warmup(cls, value: Any) -> Any:
+        return _seconds(value, "warmup")
+
+    @field_validator("alpha", "errors_alpha_share")
     @classmethod
     def _fraction(cls, value: float, info: ValidationInfo) -> float:
         if not 0 < value < 1:
             raise ValueError(f"{info.field_name} must be in (0, 1), got {value}")
         return value
+
+    @field_validator("latency_quantiles", mode="before")
+    @classmethod
+    def _quantiles_listed(cls, value: Any) -> Any:
+        """One quantile stands for a list of one; integers are not quantiles (strict floats otherwise)."""
+        return [value] if isinstance(value, float) else value
+
+    @field_validator("latency_quantiles")
+    @classmethod
+    def _quantiles(cls, value: list[float]) -> list[float]:
+        bad = [q for q in value if not 0 < q < 1]
+        if not value or bad or len(set(value)) != len(value) or len(value) > 4:
+            raise ValueError(f"latency_quantiles must be 1 to 4 distinct quantiles in (0, 1), got {bad or value}")
+        return sorted(value)
 
     @field_validator("alpha_spending")
     @classmethod
@@ -195,11 +257,20 @@ class AnalysisSettings(BaseModel):
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AnalysisSettings:
         """Build from a dict (a service file's section, or :meth:`to_dict`); unknown keys are ignored."""
-        return cls(**{k: v for k, v in (d or {}).items() if k in cls.__pydantic_fields__})
+        known = {*cls.__pydantic_fields__, "latency_quantile"}  # the old form, read by _single_quantile
+        return cls(**{k: v for k, v in (d or {}).items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
         """The judge's settings only (a section's own extra fields are left out), JSON-able."""
         return self.model_dump(include=set(AnalysisSettings.__pydantic_fields__))
+
+    @property
+    def warmup_s(self) -> float:
+        """The warm-up in seconds: ``warmup``, or unset 30 s capped at a quarter of the window.
+
+        The cap keeps a short window (a demo, a test) from being all warm-up.
+        """
+        return self.warmup if self.warmup is not None else min(AUTO_WARMUP_S, self.window_s / 4)
 
     def is_error(self, status: str) -> bool:
         status = str(status)

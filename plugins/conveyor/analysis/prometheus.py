@@ -39,12 +39,14 @@ def _bound(text: str) -> float | None:
 
 
 def parse_prometheus(text: str, t: float, *, requests_metric: str = "shop_http_requests_total",
-                     latency_metric: str = "shop_http_request_duration_seconds") -> Scrape:
+                     latency_metric: str = "shop_http_request_duration_seconds", status_label: str = "status",
+                     start_metric: str | None = "process_start_time_seconds") -> Scrape:
     """One host's ``/metrics`` page as a :class:`Scrape` taken at ``t``.
 
-    ``requests_metric`` samples are summed over every label but ``status`` (or ``code``); the
-    ``latency_metric`` histogram's ``_bucket`` (by ``le``), ``_sum`` and ``_count`` are summed over
-    every other label; ``process_start_time_seconds`` gives ``start_time``. Comments, blank lines,
+    ``requests_metric`` samples are summed over every label but ``status_label`` (the default
+    ``status`` also accepts ``code``); the ``latency_metric`` histogram's ``_bucket`` (by ``le``),
+    ``_sum`` and ``_count`` are summed over every other label; ``start_metric`` (None: none) gives
+    ``start_time``. Comments, blank lines,
     unknown metrics and malformed lines are skipped. A NaN sample makes its sum NaN, which the
     judge treats as "no reading this time" rather than as a counter going down.
     """
@@ -62,16 +64,16 @@ def parse_prometheus(text: str, t: float, *, requests_metric: str = "shop_http_r
         if not m:
             continue
         name = m.group("name")
-        if name not in (requests_metric, bucket_name, sum_name, count_name, "process_start_time_seconds"):
+        if name not in (requests_metric, bucket_name, sum_name, count_name, start_metric):
             continue
         value = _number(m.group("value"))
         if value is None:
             continue
-        if name == "process_start_time_seconds":
+        if name == start_metric:
             start_time = value if math.isfinite(value) else None
         elif name == requests_metric:
             labels = _labels(m.group("labels"))
-            status = labels.get("status", labels.get("code", ""))
+            status = labels.get(status_label, labels.get("code", "") if status_label == "status" else "")
             requests[status] = requests.get(status, 0.0) + value
         elif name == bucket_name:
             le = _bound(_labels(m.group("labels")).get("le", ""))

@@ -33,6 +33,7 @@ class HostCounts:
     values: np.ndarray
     bounds: tuple[float, ...]
     restarts: int
+    starts: np.ndarray | None = None  # the process's start time at each scrape (NaN: unknown), for the warm-up
 
     @property
     def requests(self) -> float:
@@ -171,14 +172,15 @@ def _extend(name: str, prev: tuple, vec: tuple) -> tuple[HostCounts, np.ndarray,
         top = max(top, diff[i])
         diff[i] = min(top, diff[2])
     values = np.vstack([hc.values, hc.values[-1] + np.array(diff)])
-    out = HostCounts(name, np.append(hc.times, vec[0]), values, hc.bounds, hc.restarts + int(reset))
     start = vec[1] if not math.isnan(vec[1]) else last_start
+    out = HostCounts(name, np.append(hc.times, vec[0]), values, hc.bounds, hc.restarts + int(reset),
+                     np.append(hc.starts, start))
     return out, np.array(cur), start
 
 
 def _compute(name: str, vecs: list[tuple]) -> tuple[HostCounts, np.ndarray, float]:
     if not vecs:
-        return HostCounts(name, np.zeros(0), np.zeros((0, 4)), (), 0), np.zeros(4), math.nan
+        return HostCounts(name, np.zeros(0), np.zeros((0, 4)), (), 0, np.zeros(0)), np.zeros(4), math.nan
     # Bounds present in every scrape of this host (a new version may change its buckets).
     bounds = set(vecs[0][3])
     for v in vecs[1:]:
@@ -199,13 +201,18 @@ def _compute(name: str, vecs: list[tuple]) -> tuple[HostCounts, np.ndarray, floa
                     col[i] = col[i - 1]
     known = starts[~np.isnan(starts)]
     last_start = float(known[-1]) if known.size else math.nan
+    starts_filled = starts.copy()  # a scrape without a start time: the last one known
+    for i in range(1, j):
+        if math.isnan(starts_filled[i]):
+            starts_filled[i] = starts_filled[i - 1]
     if j == 1:
-        return HostCounts(name, times, np.zeros((1, raw.shape[1])), bounds_t, 0), filled[-1], last_start
+        return (HostCounts(name, times, np.zeros((1, raw.shape[1])), bounds_t, 0, starts_filled), filled[-1],
+                last_start)
     # a restart: the process start time moved, or the request or histogram count went down
     start_moved = (~np.isnan(starts[1:])) & (~np.isnan(starts[:-1])) & (np.abs(starts[1:] - starts[:-1]) > 1.0)
     diff, reset = _increments(filled[:-1], filled[1:], start_moved)
     values = np.vstack([np.zeros((1, diff.shape[1])), np.cumsum(diff, axis=0)])
-    return HostCounts(name, times, values, bounds_t, int(reset.sum())), filled[-1], last_start
+    return HostCounts(name, times, values, bounds_t, int(reset.sum()), starts_filled), filled[-1], last_start
 
 
 def scrape_spacing(hosts: list[HostCounts]) -> float:

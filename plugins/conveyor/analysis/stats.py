@@ -20,7 +20,10 @@ time with probability at most ``alpha``) decides the optional early pass.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -333,19 +336,23 @@ def _log_factorials(n: int) -> np.ndarray:
     return _LOG_FACT
 
 
-def binom_windows(m: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def binom_windows(m: np.ndarray, theta: np.ndarray, phi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The parts of Binomial(m_k, theta_k)'s pmfs that carry any mass, all rows at once.
 
     Returns ``(k0, P)``: ``P[k, i] = P(X_k = k0[k] + i)`` (zero-padded rows). Only
     ``mean +- (10 sd + 8)`` is computed, so a million requests cost no more than a thousand.
     Rows with ``m <= 0`` or ``theta`` outside (0, 1) are point masses (at 0, or at ``m`` for 1).
+    Rows with ``phi > 1`` are beta-binomial with that variance over the binomial's (the share
+    itself varies from interval to interval: bursts), whose tails are heavier than a binomial's.
     """
     m = np.asarray(m, dtype=np.int64)
     theta = np.asarray(theta, dtype=float)
     inner = (m > 0) & (theta > 0) & (theta < 1)
     th = np.where(inner, theta, 0.5)
     mm = np.where(inner, m, 0)
-    sd = np.sqrt(mm * th * (1 - th))
+    over = np.ones(m.shape) if phi is None else np.where(np.isfinite(phi), np.maximum(phi, 1.0), 1.0)
+    beta = inner & (over > 1.0 + 1e-9) & (mm > 1)
+    sd = np.sqrt(mm * th * (1 - th) * np.where(beta, over, 1.0))
     lo = np.where(inner, np.maximum(0, np.floor(mm * th - 10 * sd - 8)), 0).astype(np.int64)
     hi = np.where(inner, np.minimum(mm, np.ceil(mm * th + 10 * sd + 8)), 0).astype(np.int64)
     width = int((hi - lo).max(initial=0)) + 1
@@ -355,6 +362,17 @@ def binom_windows(m: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndar
     lf = _log_factorials(int(mm.max(initial=0)))
     logs = (lf[mm][:, None] - lf[kc] - lf[mm[:, None] - kc]
             + kc * np.log(th)[:, None] + (mm[:, None] - kc) * np.log1p(-th)[:, None])
+    if beta.any():  # beta-binomial rows: pmf ratios p(k+1)/p(k) = (m-k)(k+a) / ((k+1)(m-k-1+b)), from k0
+        rho = np.clip((over[beta] - 1.0) / (mm[beta] - 1.0), 1e-12, 0.99)
+        a = th[beta] * (1.0 / rho - 1.0)
+        b = (1.0 - th[beta]) * (1.0 / rho - 1.0)
+        kb, mb = kc[beta][:, :-1].astype(float), mm[beta][:, None].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = (np.log(np.maximum(mb - kb, 0.0)) + np.log(kb + a[:, None]) - np.log(kb + 1.0)
+                    - np.log(np.maximum(mb - kb - 1.0 + b[:, None], 1e-300)))
+        step = np.where(np.isfinite(step), step, -np.inf)
+        rel = np.concatenate([np.zeros((step.shape[0], 1)), np.cumsum(step, axis=1)], axis=1)
+        logs[beta] = rel - np.max(np.where(valid[beta], rel, -np.inf), axis=1, keepdims=True)
     p = np.where(valid, np.exp(logs), 0.0)
     p /= p.sum(axis=1, keepdims=True)  # the window holds all but ~1e-40 of the mass; this removes round-off
     point = ~inner
@@ -396,7 +414,8 @@ class SequentialTest:
         return float(self.events[k]), float(self.boundary[k])
 
 
-def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.ndarray) -> SequentialTest:
+def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.ndarray,
+                    phi: np.ndarray | None = None) -> SequentialTest:
     """Exact group-sequential test of H0 "x_k ~ Binomial(m_k, theta_k) or stochastically smaller", one look per interval.
 
     ``spend[k]`` is the type-I error the test may have spent by look ``k`` (an alpha-spending
@@ -408,28 +427,43 @@ def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.n
     exact (a running convolution of binomials, pruned below 1e-18), conditional on the totals ``m_k``,
     which under H0 carry no information about the canary's share. A look with ``m_k = 0`` or a
     non-finite ``theta_k`` adds no data but may still reject on what came before if more can be spent.
+    With ``phi`` (per look, >= 1), each look's law is beta-binomial with ``phi`` times the binomial's
+    variance: overdispersed counts, tested without rounding them.
     """
     x = np.rint(np.asarray(x, dtype=float))
     m = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
     theta = np.asarray(theta, dtype=float)
     spend = np.asarray(spend, dtype=float)
+    phi = np.ones(x.size) if phi is None else np.asarray(phi, dtype=float)
     n = x.size
     events = np.cumsum(x)
     boundary = np.full(n, math.inf)
     data = (m > 0) & np.isfinite(theta)
-    k0s, steps = binom_windows(m, theta)  # rows without data are point masses, skipped below
-    widths = steps.shape[1] - np.argmax(steps[:, ::-1] > 0, axis=1)
     pmf, lo = np.ones(1), 0  # pmf[i] = P(S = lo + i and no boundary crossed yet), under H0
     spent = 0.0
     first = None
-    for k in range(n):
+    begin = 0
+    # The judge asks again after every scrape with one more look and the earlier looks unchanged
+    # (each look's null is fixed before its data): resume from the state after the known looks.
+    with _STATE_LOCK:
+        known = _STATES.get(_state_key(x, m, theta, spend, phi, n - 1)) if n > 1 else None
+    if known is not None:
+        pmf, lo, spent, first, done = known
+        boundary[: n - 1] = done
+        begin = n - 1
+    k0s, steps = binom_windows(m[begin:], theta[begin:], phi[begin:])  # rows without data are point masses, skipped below
+    widths = steps.shape[1] - np.argmax(steps[:, ::-1] > 0, axis=1)
+    for k in range(begin, n):
+        if k == n - 1 and n > 1 and begin < n - 1:
+            with _STATE_LOCK:
+                _remember(_state_key(x, m, theta, spend, phi, n - 1), (pmf, lo, spent, first, boundary[: n - 1].copy()))
         if pmf.size == 0:  # every null path has crossed (only with alpha near 1): nothing left to spend
             break
         if data[k]:
-            pmf = _convolve(pmf, steps[k, : widths[k]])
+            pmf = _convolve(pmf, steps[k - begin, : widths[k - begin]])
             start = int(np.argmax(pmf > _PRUNE))
             end = pmf.size - int(np.argmax(pmf[::-1] > _PRUNE))
-            lo += int(k0s[k]) + start
+            lo += int(k0s[k - begin]) + start
             pmf = pmf[start:end] if end > start else np.zeros(0)
         room = float(spend[k]) - spent
         if room <= 0 or pmf.size == 0:
@@ -442,4 +476,119 @@ def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.n
         pmf = pmf[:b]
         if first is None and events[k] >= boundary[k]:
             first = k
+    with _STATE_LOCK:
+        _remember(_state_key(x, m, theta, spend, phi, n), (pmf, lo, spent, first, boundary.copy()))
     return SequentialTest(first, events, boundary, spent)
+
+
+_STATES: OrderedDict[bytes, tuple] = OrderedDict()
+_STATE_LOCK = threading.Lock()
+
+
+def _state_key(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.ndarray, phi: np.ndarray,
+               k: int) -> bytes:
+    """The first ``k`` looks' inputs, as a key (the digest of their bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (x[:k], m[:k], theta[:k], spend[:k], phi[:k]):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.digest()
+
+
+def _remember(key: bytes, state: tuple) -> None:
+    _STATES[key] = state
+    _STATES.move_to_end(key)
+    while len(_STATES) > 2048:
+        _STATES.popitem(last=False)
+
+
+
+
+
+# ---------------------------------------------------------------- overdispersion
+
+
+@dataclass
+class Dispersion:
+    """How much more than binomial the baseline hosts' counts vary, as known before each interval.
+
+    Entry ``k`` of each array uses intervals ``0..k-1`` only (entry 0: nothing seen yet), so the
+    judge can fix interval ``k``'s null before its counts are seen.
+
+    :param phi: per-interval overdispersion (Pearson chi^2 / df of the hosts' interval counts around
+        their expected shares, host effects removed), at least 1: bursts of errors, wobbles of latency.
+    :param tau2: between-host variance of log rates (DerSimonian-Laird, random effects), at least 0.
+    :param hosts: hosts the estimates rest on.
+    """
+
+    phi: np.ndarray
+    tau2: np.ndarray
+    hosts: np.ndarray
+
+
+def dispersion(x: np.ndarray, n: np.ndarray, keep: np.ndarray | None = None, prior_df: float = 8.0) -> Dispersion:
+    """Overdispersion and host spread of event counts ``x`` over exposures ``n`` (both hosts x intervals).
+
+    Within interval ``k``, given its total ``M_k`` of events over the hosts in ``keep[:, k]``, a host's
+    count is expected at ``E = M_k n_hk / N_k`` if all hosts shared one rate; the Pearson statistic
+    ``sum (x - E)^2 / E`` summed over intervals is chi^2 with ``sum_k (H_k - 1)`` df under that model.
+    The part explained by lasting host differences (the same statistic on the hosts' running
+    totals, ``H - 1`` df) is taken out, and the rest over its df is ``phi``, shrunk towards 1 by
+    ``prior_df`` pseudo-df (a few intervals say little). ``tau2`` is the DerSimonian-Laird
+    between-host variance of the hosts' log rates over the running totals, with each host's
+    sampling variance ``phi / events``. Fewer than 2 hosts give ``phi = nan``, fewer than 3
+    ``tau2 = nan``: the caller decides what to assume.
+    """
+    x = np.asarray(x, dtype=float)
+    n = np.asarray(n, dtype=float)
+    h, k_n = x.shape
+    keep = np.ones((h, k_n + 1), dtype=bool) if keep is None else keep
+    use = keep[:, :k_n] & (n > 0)  # the hosts each interval's terms use (chosen before the interval)
+    nn = np.where(use, n, 0.0)
+    xx = np.where(use, x, 0.0)
+    tot_n, tot_x = nn.sum(axis=0), xx.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = np.where(use & (tot_n > 0), tot_x * nn / np.where(tot_n > 0, tot_n, 1.0), 0.0)
+        terms = np.where(e > 0, (xx - e) ** 2 / np.where(e > 0, e, 1.0), 0.0)
+    hosts_k = use.sum(axis=0)
+    informative = (tot_x > 0) & (hosts_k >= 2)
+    within_all = np.concatenate([[0.0], np.cumsum(np.where(informative, terms.sum(axis=0), 0.0))])
+    df_all = np.concatenate([[0.0], np.cumsum(np.where(informative, hosts_k - 1, 0))])
+    # running totals per host (H x (K+1)): events, expected events, exposure
+    cx = np.concatenate([np.zeros((h, 1)), np.cumsum(np.where(informative, xx, 0.0), axis=1)], axis=1)
+    ce = np.concatenate([np.zeros((h, 1)), np.cumsum(np.where(informative, e, 0.0), axis=1)], axis=1)
+    cn = np.concatenate([np.zeros((h, 1)), np.cumsum(nn, axis=1)], axis=1)
+    seen = (ce > 0) & keep
+    n_hosts = seen.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        between = np.where(seen, (cx - ce) ** 2 / np.where(ce > 0, ce, 1.0), 0.0).sum(axis=0)
+        df_within = df_all - np.maximum(n_hosts - 1, 0)
+        within = np.maximum(within_all - between, 0.0)
+        phi = np.maximum(1.0, (within + prior_df) / (np.maximum(df_within, 0.0) + prior_df))
+    phi = np.where(n_hosts >= 2, phi, np.nan)
+    # DerSimonian-Laird on the hosts' log rates (0.5 added: a host with no events yet has a finite rate)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate_ok = seen & (cn > 0)
+        lr = np.where(rate_ok, np.log((cx + 0.5) / np.where(cn > 0, cn, 1.0)), 0.0)
+        w = np.where(rate_ok, (cx + 0.5) / np.where(np.isfinite(phi), phi, 1.0)[None, :], 0.0)
+        sw, sw2 = w.sum(axis=0), (w**2).sum(axis=0)
+        mean = (w * lr).sum(axis=0) / np.where(sw > 0, sw, 1.0)
+        q = (w * (lr - mean[None, :]) ** 2).sum(axis=0)
+        m = rate_ok.sum(axis=0)
+        denom = sw - sw2 / np.where(sw > 0, sw, 1.0)
+        tau2 = np.maximum(0.0, (q - (m - 1)) / np.where(denom > 0, denom, np.inf))
+    tau2 = np.where(m >= 3, tau2, np.nan)
+    return Dispersion(phi, tau2, n_hosts)
+
+
+def scaled_counts(x: np.ndarray, y: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Events ``x`` (canary) and ``y`` (baseline) per interval divided by ``phi``, kept whole numbers.
+
+    The quasi-binomial trick: a count whose variance is ``phi`` times a binomial's carries the
+    information of ``1/phi`` as many binomial trials, so the exact test runs on the counts over
+    ``phi``. The running totals are rounded (not each interval's few events), so nothing is lost to
+    rounding over many intervals, and each interval's scaled canary count stays within its scaled total.
+    """
+    phi = np.where(np.isfinite(phi) & (phi > 0), phi, 1.0)
+    cx = np.rint(np.cumsum(np.asarray(x, dtype=float) / phi))
+    cy = np.rint(np.cumsum(np.asarray(y, dtype=float) / phi))
+    return np.diff(cx, prepend=0.0), np.diff(cy, prepend=0.0)

@@ -9,10 +9,12 @@ ticket stays pending locally until a later pass) and turn every error into a
 :class:`~conveyor.tickets.TicketDeliveryError` that says whether the system is down or refused.
 
 Endpoints used. Jira: ``POST /rest/api/2/issue``, ``POST /rest/api/2/issue/{key}/comment``,
-``GET /rest/api/2/search?jql=...`` (Jira Cloud, ``*.atlassian.net``: ``GET /rest/api/3/search/jql``).
-GitHub: ``GET /repos/{owner}/{repo}``, ``POST /repos/{owner}/{repo}/issues``,
+``POST /rest/api/2/issue/{key}/attachments`` (the analysis' chart; multipart, ``X-Atlassian-Token:
+no-check``), ``GET /rest/api/2/search?jql=...`` (Jira Cloud, ``*.atlassian.net``: ``GET
+/rest/api/3/search/jql``). GitHub: ``GET /repos/{owner}/{repo}``, ``POST /repos/{owner}/{repo}/issues``,
 ``GET /repos/{owner}/{repo}/issues/{n}``, ``POST /repos/{owner}/{repo}/issues/{n}/comments``,
-``GET /search/issues?q=...``.
+``GET /search/issues?q=...``; GitHub's API takes no files on issues, so the ticket links the chart on
+the release page instead.
 """
 
 from __future__ import annotations
@@ -141,6 +143,12 @@ class JiraTicketHook(BaseHook):
         _calling("jira", f"comment on {key}",
                  lambda: self.client.issue_add_comment(key, _cut(text, _JIRA_TEXT_MAX)))
 
+    def attach(self, key: str, name: str, content: bytes, content_type: str) -> bool:
+        # requests' (file name, bytes, content type) form: the file keeps its name and type, no temp file
+        _calling("jira", f"attach {name} to {key}",
+                 lambda: self.client.add_attachment_object(key, (name, content, content_type)))
+        return True
+
     def test_connection(self) -> tuple[bool, str]:
         try:
             user = _calling("jira", "who am I", lambda: self.client.myself())
@@ -215,6 +223,9 @@ class GithubTicketHook(BaseHook):
             self._repo.get_issue(int(key)).create_comment(_cut(text, _GITHUB_TEXT_MAX))
 
         _calling("github", f"comment on #{key}", add)
+
+    def attach(self, key: str, name: str, content: bytes, content_type: str) -> bool:
+        return False  # GitHub's REST API cannot upload files to an issue: the ticket links the release page
 
     def test_connection(self) -> tuple[bool, str]:
         try:

@@ -51,11 +51,38 @@ class CanaryAnalysisOperator(ConveyorOperator):
             label, canary = f"wave-{self.wave + 1}", [n for w in waves[: self.wave + 1] for n in w]
         return label, canary, [h["name"] for h in self.plan["hosts"] if h["name"] not in canary]
 
+    def _source(self, context: Context | None = None):
+        """The service's metric source; for CloudWatch with the hosts' switch times from the ledger."""
+        from conveyor.hooks.metrics import metric_source
+
+        spec = self.service.analysis.source
+        start_times: dict[str, float] = {}
+        if spec.kind == "cloudwatch" and context is not None:
+            start_times = self._switch_times(context)
+        return metric_source(spec, start_times=start_times)
+
+    def _switch_times(self, context: Context) -> dict[str, float]:
+        """When the deploy put each production host on the new version (its ``host_deployments`` row)."""
+        try:
+            release = self.ledger.get_release(self.release_id(context)) or {}
+        except Exception as exc:  # no switch times: CloudWatch readings without a process start
+            self.log.warning("Could not read the hosts' switch times: %s: %s", type(exc).__name__, exc)
+            return {}
+        out = {}
+        for row in release.get("hosts", []):
+            at = row.get("at")
+            if row.get("environment") == "production" and row.get("status") == "deployed" and at:
+                stamp = at.timestamp() if hasattr(at, "timestamp") else _epoch(at)
+                if stamp is not None:
+                    out[row["host"]] = stamp
+        return out
+
     def execute(self, context: Context) -> Any:
         from conveyor.analysis.model import synthetic_baseline
+        from conveyor.hosts import Host
         from conveyor.triggers.analysis import CanaryAnalysisTrigger
 
-        hosts = {h["name"]: h for h in self.plan["hosts"]}
+        hosts = {h["name"]: Host.from_dict(h) for h in self.plan["hosts"]}
         label, canary, live = self._scope()
         settings = self.service.judge(watch=self.wave is None)
         interval = (self.service.watch if self.wave is None else self.service.analysis).interval_s
@@ -66,26 +93,55 @@ class CanaryAnalysisOperator(ConveyorOperator):
             if settings.window_s <= 0:
                 stage.detail = {"label": label, "decision": "skipped", "reason": "analysis disabled (window 0)"}
                 return stage.detail
+            source = self._source(context)
             fixed = {} if live else {n: synthetic_baseline(self.plan["pre_scrapes"][n]) for n in canary
                                      if self.plan["pre_scrapes"].get(n)}
-            self.log.info("%s: canary %s vs baseline %s (window %gs, scrape every %gs)", label, canary,
-                          live or f"pre-deploy snapshot of {sorted(fixed)}", settings.window_s, interval)
+            self.log.info("%s: canary %s vs baseline %s (window %gs, %s every %gs)", label, canary,
+                          live or f"pre-deploy snapshot of {sorted(fixed)}", settings.window_s, source.describe(),
+                          interval)
             trigger = CanaryAnalysisTrigger(
-                label=label, canary={n: hosts[n]["metrics_url"] for n in canary},
-                baseline={n: hosts[n]["metrics_url"] for n in live}, fixed_baseline=fixed,
+                label=label, canary={n: source.target(hosts[n]) for n in canary},
+                baseline={n: source.target(hosts[n]) for n in live}, fixed_baseline=fixed,
                 settings=settings.to_dict(), interval_s=interval, started_at=time.time(),
+                source=self.service.analysis.source.model_dump(mode="json"),
+                start_times={n: t for n, t in source.start_times.items() if n in canary or n in live},
             )
             self.defer(trigger=trigger, method_name="execute_complete",
                        timeout=timedelta(seconds=settings.window_s + 5 * interval + 120))
+
+    def _graph_url(self, canary: list[str], live: list[str], elapsed_s: float | None) -> str | None:
+        """Prometheus' graph of canary vs baseline over the window; None for other sources or when unknown."""
+        from conveyor.hosts import Host
+
+        if self.service.analysis.source.kind != "prometheus":
+            return None
+        try:
+            source = self._source()
+            source.connect()
+            hosts = {h["name"]: Host.from_dict(h) for h in self.plan["hosts"]}
+            end = time.time()
+            return source.graph_url([source.target(hosts[n]) for n in canary], [source.target(hosts[n]) for n in live],
+                                    start=end - float(elapsed_s or 0), end=end)
+        except Exception as exc:  # a link is a convenience, never a reason to fail the analysis
+            self.log.warning("No Prometheus graph link: %s: %s", type(exc).__name__, exc)
+            return None
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         label, canary, live = self._scope()
         with self.ledger_stage(context, resumed=True) as stage:
             if event.get("status") != "done":
                 raise ConveyorError(f"{label}: analysis could not run: {event.get('message')}")
-            verdict = event["verdict"]
+            verdict = dict(event["verdict"])
+            source_error = event.get("source_error")
+            if verdict["decision"] == "inconclusive" and source_error:  # say why data was missing
+                verdict["reason"] = f"{verdict['reason']} (last metrics error: {source_error})"
             stage.detail = {"label": label, "canary": canary, "baseline": live or "pre-deploy snapshot",
-                            "elapsed_s": event.get("elapsed_s"), **verdict}
+                            "elapsed_s": event.get("elapsed_s"),
+                            "source": event.get("source") or self.service.analysis.source.kind,
+                            "source_error": source_error, **verdict}
+            graph = self._graph_url(canary, live, event.get("elapsed_s"))
+            if graph:
+                stage.detail["graph_url"] = graph
             self.log.info("%s: %s after %ss: %s", label, verdict["decision"], event.get("elapsed_s"),
                           verdict["reason"])
             if verdict["decision"] == "fail":
@@ -96,12 +152,25 @@ class CanaryAnalysisOperator(ConveyorOperator):
         return stage.detail
 
 
+def _epoch(value: Any) -> float | None:
+    """An ISO timestamp (the ledger's text form) as epoch seconds; None when it is not one."""
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
 class InconclusiveDecisionOperator(HITLOperator):
     """Ask a human what to do when the analysis could not decide: continue, or roll back.
 
     Does nothing (and asks nobody) when the analysis before it passed. When it was inconclusive
-    (too little traffic, too noisy), it waits in **Required Actions** with the evidence; "Roll back"
-    (or no answer within the timeout) fails the task, which rolls the release back.
+    (too little traffic, too noisy), it waits in **Required Actions** with the evidence (the body, written
+    when the task starts: the reason, the hosts compared, the per-metric table of canary vs baseline, the
+    metrics source's graph link and the chart on the release page); "Roll back" (or no answer within the
+    timeout) fails the task, which rolls the release back.
 
     The run's author never decides: when the task starts it is assigned to ``assigned`` minus the
     author (so Airflow's API answers 403 to the author), and it rolls back at once, saying why, when
@@ -118,6 +187,8 @@ class InconclusiveDecisionOperator(HITLOperator):
     ui_color = "#fff3c4"
     CONTINUE = "Continue"
     ROLL_BACK = "Roll back"
+    ASK = ("**Continue** deploys on; **Roll back** (the default when nobody answers) returns every touched host "
+           "to its previous version.")
 
     def __init__(self, *, analysis_task_id: str, service_id: str, assigned: list[str], timeout: timedelta,
                  **kwargs: Any) -> None:
@@ -126,14 +197,7 @@ class InconclusiveDecisionOperator(HITLOperator):
             options=[self.CONTINUE, self.ROLL_BACK], defaults=[self.ROLL_BACK], multiple=False,
             response_timeout=timeout, assigned_users=[{"id": u, "name": u} for u in assigned] or None,
             subject=f"Canary analysis inconclusive: continue or roll back? ({service_id})",
-            body=(
-                "The analysis of **{{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['label'] }}** could not "
-                "decide: {{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['reason'] }}\n\n"
-                "Canary: `{{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['canary'] }}`; baseline: "
-                "`{{ ti.xcom_pull(task_ids='" + analysis_task_id + "')['baseline'] }}`.\n\n"
-                "**Continue** deploys on; **Roll back** (the default when nobody answers) returns every "
-                "touched host to its previous version."
-            ),
+            body=self.ASK,  # replaced by the evidence when the task asks (see decision_body)
             **kwargs,
         )
         self.analysis_task_id = analysis_task_id
@@ -146,6 +210,7 @@ class InconclusiveDecisionOperator(HITLOperator):
             self.log.info("Analysis %s: %s; no decision needed", verdict.get("label"), verdict.get("decision"))
             return {"decision": verdict.get("decision"), "asked": False}
         author = getattr(context["dag_run"], "triggering_user_name", None)
+        self.body = self.decision_body(verdict, context["dag_run"].run_id)
         if self.deciders:
             eligible = [u for u in self.deciders if u != author]
             if not eligible:
@@ -160,6 +225,17 @@ class InconclusiveDecisionOperator(HITLOperator):
             self.log.warning("No deciders configured: anyone allowed to act on the DAG may answer, but an "
                              "answer by the author (%s) rolls back", author or "none")
         return super().execute(context)
+
+    def decision_body(self, verdict: dict[str, Any], run_id: str) -> str:
+        """The Required Action's Markdown: why the analysis could not decide, and its evidence."""
+        from conveyor.analysis.evidence_view import analysis_markdown
+        from conveyor.evidence import release_id_for
+        from conveyor.operators.ticket import chart_url
+
+        hosts = f"Canary: `{verdict.get('canary')}`; baseline: `{verdict.get('baseline')}`."
+        chart = chart_url(release_id_for(self.service_id, run_id), self.analysis_task_id)
+        evidence = analysis_markdown(verdict, chart_url=chart)
+        return "\n\n".join((f"The analysis could not decide. {hosts}", evidence, self.ASK))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         if "error" in event:

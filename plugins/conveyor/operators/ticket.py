@@ -32,12 +32,24 @@ HOST_COMMAND_TIMEOUT_S = 20
 HOSTS_READ_TIMEOUT_S = 60
 
 
-def run_url(dag_id: str, run_id: str) -> str:
-    """The run's page in the Airflow UI (``[api] base_url``, else the local platform's)."""
+def ui_url(path: str) -> str:
+    """A page of the Airflow API server (``[api] base_url``, else the local platform's)."""
     from airflow.configuration import conf
 
     base = (conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/")
-    return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return f"{base}{path}"
+
+
+def run_url(dag_id: str, run_id: str) -> str:
+    """The run's page in the Airflow UI."""
+    return ui_url(f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}")
+
+
+def chart_url(release_id: str, stage: str) -> str:
+    """An analysis' chart of canary vs baseline, served by Conveyor's web app (behind the UI's login)."""
+    from conveyor.analysis.evidence_view import chart_path
+
+    return ui_url(chart_path(release_id, stage))
 
 
 def read_versions(hosts: list[Host], fleet: FleetHook, *, max_parallel: int,
@@ -119,6 +131,8 @@ class TicketOperator(ConveyorOperator):
             if rollback["action_required"] else []
         evidence = gather_evidence(release, rollback, states)
         evidence["run_url"] = run_url(context["dag_run"].dag_id, context["dag_run"].run_id)
+        if evidence.get("analysis_stage"):
+            evidence["chart_url"] = chart_url(release_id, evidence["analysis_stage"])
         ticket = render_ticket(ticket_id_for(release_id), evidence)
 
         local = LocalTicketBackend()

@@ -1,8 +1,9 @@
-"""The canary analysis wait, in the triggerer: scrape, judge, repeat, emit one event.
+"""The canary analysis wait, in the triggerer: read the metric source, judge, repeat, emit one event.
 
 The bake window can be long (minutes); waiting in the triggerer holds no worker slot. The trigger
 emits exactly one event: ``{"status": "done", "verdict": {...}}`` when the judge decides (pass,
-fail, inconclusive), or ``{"status": "error", "message": ...}``: errors become events, so the
+fail, inconclusive; with the source's kind and its last error, which names why data was missing),
+or ``{"status": "error", "message": ...}``: errors become events, so the
 operator decides what they mean. If the triggerer restarts, the trigger starts collecting again
 but keeps ``started_at``, so the window still bounds the whole wait.
 """
@@ -17,21 +18,27 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
 class CanaryAnalysisTrigger(BaseTrigger):
-    """Scrape canary and baseline hosts every ``interval_s`` and ask the judge until it decides.
+    """Read canary and baseline hosts' metrics every ``interval_s`` and ask the judge until it decides.
 
     :param label: ``wave-N`` or ``watch``, for messages.
-    :param canary: host name -> metrics URL of hosts on the new version.
-    :param baseline: host name -> metrics URL of hosts still on the old version (may be empty).
+    :param canary: host name -> the host's target in the source (metrics URL, Prometheus label value,
+        CloudWatch dimension value) of hosts on the new version.
+    :param baseline: the same for hosts still on the old version (may be empty).
     :param fixed_baseline: host name -> pre-recorded scrapes (JSON form), used when ``baseline`` is empty.
     :param settings: :class:`conveyor.analysis.AnalysisSettings` as a dict.
-    :param interval_s: seconds between scrapes.
+    :param interval_s: seconds between looks.
     :param started_at: epoch seconds the analysis began (kept across triggerer restarts).
+    :param source: the service's ``analysis.source`` section as JSON (None: scrape with the default
+        names). Settings only: the source resolves its connection in the triggerer.
+    :param start_times: host name -> when the deploy switched it (for sources without a process start).
+    :param requests_metric: older triggers' names, read when ``source`` is None.
     """
 
     def __init__(self, *, label: str, canary: dict[str, str], baseline: dict[str, str],
                  fixed_baseline: dict[str, list[dict[str, Any]]], settings: dict[str, Any], interval_s: float,
-                 started_at: float, requests_metric: str = "shop_http_requests_total",
-                 latency_metric: str = "shop_http_request_duration_seconds", scrape_timeout: float = 3.0):
+                 started_at: float, source: dict[str, Any] | None = None, start_times: dict[str, float] | None = None,
+                 requests_metric: str | None = None, latency_metric: str | None = None,
+                 scrape_timeout: float | None = None):
         super().__init__()
         self.label = label
         self.canary = canary
@@ -40,9 +47,12 @@ class CanaryAnalysisTrigger(BaseTrigger):
         self.settings = settings
         self.interval_s = interval_s
         self.started_at = started_at
-        self.requests_metric = requests_metric
-        self.latency_metric = latency_metric
-        self.scrape_timeout = scrape_timeout
+        if source is None:  # a trigger stored by an older Conveyor: its scrape settings
+            metrics = {k: v for k, v in (("requests", requests_metric), ("latency", latency_metric)) if v}
+            source = {"kind": "scrape", **({"metrics": metrics} if metrics else {}),
+                      **({"timeout_s": float(scrape_timeout)} if scrape_timeout else {})}
+        self.source = source
+        self.start_times = start_times or {}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -50,54 +60,45 @@ class CanaryAnalysisTrigger(BaseTrigger):
             {
                 "label": self.label, "canary": self.canary, "baseline": self.baseline,
                 "fixed_baseline": self.fixed_baseline, "settings": self.settings, "interval_s": self.interval_s,
-                "started_at": self.started_at, "requests_metric": self.requests_metric,
-                "latency_metric": self.latency_metric, "scrape_timeout": self.scrape_timeout,
+                "started_at": self.started_at, "source": self.source, "start_times": self.start_times,
             },
         )
 
-    async def _scrape(self, client, url: str):
-        from conveyor.analysis import parse_prometheus
-
-        try:
-            resp = await client.get(url, timeout=self.scrape_timeout)
-            if resp.status_code != 200:
-                return None
-            scrape = parse_prometheus(resp.text, time.time(), requests_metric=self.requests_metric,
-                                      latency_metric=self.latency_metric)
-            if not scrape.usable:
-                self.log.info("%s: %s answered no usable request counters (no data)", self.label, url)
-                return None
-            return scrape
-        except Exception as e:  # a host that does not answer is missing data, not an error
-            self.log.info("%s: no metrics from %s: %s", self.label, url, e)
-            return None
-
     async def run(self):
-        import httpx
-
         from conveyor.analysis import AnalysisSettings, Scrape, judge
+        from conveyor.hooks.metrics import metric_source
 
+        source = None
         try:
             settings = AnalysisSettings.from_dict(self.settings)
             fixed = {n: [Scrape.from_dict(s) for s in series] for n, series in self.fixed_baseline.items()}
-            urls = {**self.canary, **self.baseline}
-            series: dict[str, list] = {n: [] for n in urls}
-            async with httpx.AsyncClient() as client:
-                while True:
-                    names = list(urls)
-                    results = await asyncio.gather(*(self._scrape(client, urls[n]) for n in names))
-                    for name, scrape in zip(names, results, strict=True):
-                        if scrape is not None:
+            source = metric_source(self.source, start_times=self.start_times)
+            targets = {**self.canary, **self.baseline}
+            series: dict[str, list] = {n: [] for n in targets}
+            connected = False
+            while True:
+                if not connected:  # a connection that cannot be had now is no data now; tried again next look
+                    try:
+                        await source.aconnect()
+                        connected = True
+                    except Exception as e:
+                        source.fail(f"cannot use the connection: {type(e).__name__}: {e}")
+                if connected:
+                    results = await source.look(targets, since=self.started_at)
+                    for name, scrape in results.items():
+                        if scrape is not None and name in series:
                             series[name].append(scrape)
-                    elapsed = time.time() - self.started_at
-                    canary = {n: series[n] for n in self.canary}
-                    baseline = {n: series[n] for n in self.baseline} if self.baseline else fixed
-                    verdict = await asyncio.to_thread(judge, canary, baseline, settings, elapsed_s=elapsed)
-                    self.log.info("%s t=%.0fs: %s: %s", self.label, elapsed, verdict.decision, verdict.reason)
-                    if verdict.decision != "continue":
-                        yield TriggerEvent({"status": "done", "elapsed_s": round(elapsed, 1),
-                                            "verdict": verdict.to_dict()})
-                        return
-                    await asyncio.sleep(max(0.05, min(self.interval_s, settings.window_s - elapsed + 0.05)))
+                elapsed = time.time() - self.started_at
+                canary = {n: series[n] for n in self.canary}
+                baseline = {n: series[n] for n in self.baseline} if self.baseline else fixed
+                verdict = await asyncio.to_thread(judge, canary, baseline, settings, elapsed_s=elapsed)
+                self.log.info("%s t=%.0fs: %s: %s", self.label, elapsed, verdict.decision, verdict.reason)
+                if verdict.decision != "continue":
+                    yield TriggerEvent({"status": "done", "elapsed_s": round(elapsed, 1),
+                                        "verdict": verdict.to_dict(), "source": source.kind,
+                                        "source_error": source.last_error})
+                    return
+                await asyncio.sleep(max(0.05, min(self.interval_s, settings.window_s - elapsed + 0.05)))
         except Exception as e:
-            yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}"})
+            yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}",
+                                "source": source.kind if source is not None else None})

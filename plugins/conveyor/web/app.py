@@ -8,7 +8,11 @@ Airflow UI's navigation (``external_views``):
 * ``GET /conveyor/dora?service=&days=``: the same numbers as a page with per-day charts (inline SVG);
 * ``GET /conveyor/releases[?service=]``: recent releases;
 * ``GET /conveyor/releases/<release id>/changelog`` (and ``/conveyor/api/releases/<id>/changelog``): the
-  commits a release shipped since the previous successful release.
+  release page: the commits it shipped since the previous successful release, and its canary analyses
+  (per-metric table of canary vs baseline, the Prometheus graph link, the chart);
+* ``GET /conveyor/releases/<release id>/charts/<stage>.svg``: an analysis' chart of canary vs baseline
+  over its window (``image/svg+xml``), drawn from the ledger's stage detail on request; 404 for a release,
+  a stage or an analysis without a recorded timeline that the ledger does not have.
 
 Every route needs the same login as the rest of the UI: Airflow's own ``get_user`` dependency checks
 the JWT from an ``Authorization: Bearer`` header or the ``_token`` cookie that the UI login sets, and
@@ -33,7 +37,7 @@ from urllib.parse import quote, urlencode
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -44,6 +48,9 @@ if TYPE_CHECKING:
     from conveyor.ledger import Ledger
 
 URL_PREFIX = "/conveyor"
+# A chart is a document of its own: nothing in it may run or load anything, whatever a ledger row holds.
+CHART_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                 "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
 MAX_DAYS = 3650
 PERIOD_CHOICES = (7, 14, 30, 90, 180, 365)
 LedgerFactory = Callable[[], "Ledger"]
@@ -322,10 +329,37 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
 
     @app.get("/releases/{release_id:path}/changelog", response_class=HTMLResponse, dependencies=[PageUser])
     def changelog_page(request: Request, release_id: str, ledger: LedgerDep) -> HTMLResponse:
+        from conveyor.analysis.evidence_view import analyses
+
         changelog = ledger.changelog(release_id)
         if changelog is None:
             raise HTTPException(status_code=404, detail=f"release {release_id!r} is not in the ledger")
-        return render(request, "changelog.html", log=changelog, release=changelog["release"])
+        release = changelog["release"]
+        found = analyses(release)
+        for analysis in found:
+            analysis["chart_url"] = (chart_href(base_path(request), release["release_id"], analysis["stage"])
+                                     if analysis["has_chart"] else None)
+        return render(request, "changelog.html", log=changelog, release=release, analyses=found)
+
+    @app.get("/releases/{release_id:path}/charts/{stage}.svg", dependencies=[PageUser],
+             response_class=Response, responses={200: {"content": {"image/svg+xml": {}}}})
+    def analysis_chart(release_id: str, stage: str, ledger: LedgerDep) -> Response:
+        """An analysis' chart of canary vs baseline, drawn from its ledger stage detail."""
+        from conveyor.analysis.evidence_view import chart_svg, stage_detail
+
+        release = ledger.get_release(release_id)
+        if release is None:
+            raise HTTPException(status_code=404, detail=f"release {release_id!r} is not in the ledger")
+        detail = stage_detail(release, stage)
+        if detail is None:
+            raise HTTPException(status_code=404, detail=f"release {release_id!r} has no analysis {stage!r}")
+        name = " ".join(str(p) for p in (release.get("service"), release.get("version"), detail.get("label") or stage)
+                        if p)
+        svg = chart_svg(detail, title=f"{name}: {detail.get('decision')}, canary vs baseline")
+        if svg is None:
+            raise HTTPException(status_code=404, detail=f"analysis {stage!r} of release {release_id!r} recorded no "
+                                                        "per-interval data to draw")
+        return Response(svg, media_type="image/svg+xml", headers=CHART_HEADERS)
 
     return app
 
@@ -333,6 +367,11 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
 def release_path(release_id: str) -> str:
     """The URL path segment of a release id (ids contain ``/``, ``:`` and ``+``)."""
     return quote(release_id, safe="/:")
+
+
+def chart_href(base: str, release_id: str, stage: str) -> str:
+    """The chart route of a release's analysis stage, below the app's mount point ``base``."""
+    return f"{base}/releases/{release_path(release_id)}/charts/{quote(stage, safe='')}.svg"
 
 
 _TEMPLATES.globals["release_path"] = release_path

@@ -15,6 +15,8 @@ import json
 import re
 import threading
 import time
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -66,7 +68,12 @@ class FakeTracker:
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
+                content_type = self.headers.get("Content-Type") or ""
+                if content_type.startswith("multipart/form-data"):  # a file upload (Jira attachments)
+                    body = {"files": multipart_files(content_type, raw),
+                            "x-atlassian-token": self.headers.get("X-Atlassian-Token")}
+                else:
+                    body = json.loads(raw) if raw else None
                 tracker.requests.append({"method": method, "path": url.path, "query": parse_qs(url.query),
                                          "json": body, "auth": self.headers.get("Authorization")})
                 if tracker.mode == "slow":
@@ -117,10 +124,19 @@ class FakeTracker:
         raise NotImplementedError
 
 
+def multipart_files(content_type: str, raw: bytes) -> list[dict[str, Any]]:
+    """The parts of a ``multipart/form-data`` body: form field, file name, content type, bytes."""
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    return [{"field": part.get_param("name", header="content-disposition"), "filename": part.get_filename(),
+             "content_type": part.get_content_type(), "content": part.get_payload(decode=True)}
+            for part in message.iter_parts()]
+
+
 class FakeJira(FakeTracker):
-    """``POST /rest/api/2/issue``, ``GET /rest/api/2/issue/{key}``, ``POST /rest/api/2/issue/{key}/comment``
-    and ``GET /rest/api/2/search?jql=...`` (the JQL Conveyor writes: project, labels, statusCategory,
-    updated >= "-<n>m")."""
+    """``POST /rest/api/2/issue``, ``GET /rest/api/2/issue/{key}``, ``POST /rest/api/2/issue/{key}/comment``,
+    ``POST /rest/api/2/issue/{key}/attachments`` (multipart field ``file``; refused without
+    ``X-Atlassian-Token: no-check``, as Jira's XSRF check does) and ``GET /rest/api/2/search?jql=...`` (the
+    JQL Conveyor writes: project, labels, statusCategory, updated >= "-<n>m")."""
 
     projects = ("OPS",)
 
@@ -133,9 +149,19 @@ class FakeJira(FakeTracker):
             if fields["project"].get("key") not in self.projects:
                 return 400, {"errorMessages": [], "errors": {"project": "valid project is required"}}
             key = f"{fields['project']['key']}-{len(self.issues) + 1}"
-            self.issues[key] = {"key": key, "fields": fields, "comments": [], "done": False,
+            self.issues[key] = {"key": key, "fields": fields, "comments": [], "attachments": [], "done": False,
                                 "updated": dt.datetime.now(UTC)}
             return 201, {"id": str(10000 + len(self.issues)), "key": key, "self": f"{self.url}/rest/api/2/issue/{key}"}
+        match = re.fullmatch(r"/rest/api/2/issue/([A-Z]+-\d+)/attachments", path)
+        if method == "POST" and match and match.group(1) in self.issues:
+            if (body or {}).get("x-atlassian-token") != "no-check":
+                return 403, {"message": "XSRF check failed"}
+            files = [f for f in body["files"] if f["field"] == "file"]
+            if not files:
+                return 400, {"errorMessages": ["no file"]}
+            self.issues[match.group(1)]["attachments"] += files
+            return 200, [{"id": str(i), "filename": f["filename"], "mimeType": f["content_type"],
+                          "size": len(f["content"])} for i, f in enumerate(files)]
         match = re.fullmatch(r"/rest/api/2/issue/([A-Z]+-\d+)(/comment)?", path)
         if match and match.group(1) in self.issues:
             issue = self.issues[match.group(1)]
@@ -318,6 +344,74 @@ def test_github_deduplicates_across_releases(github):
     assert "demo_shop/manual__2" in comment["json"]["body"]
     github.issues["1"]["state"] = "closed"
     assert deliver(ticket(3), hook, signature=SIG, window=WEEK, now=now())["key"] == "2"
+
+
+# ------------------------------------------------------------------------------ the analysis' chart
+
+CHART = "RCA-0000000001.wave_1.analysis.svg"
+CHART_URL = "http://airflow.example/conveyor/releases/demo_shop/manual__1/charts/wave_1.analysis.svg"
+
+
+def charted(n: int = 1) -> Ticket:
+    """A ticket with the analysis' chart, drawn from a real verdict, and its link to the release page."""
+    from conveyor.analysis.evidence_view import chart_svg
+    from tests.conveyor.analysis.evidence_support import failing_errors
+
+    plain = ticket(n)
+    body = plain.body + f"\n## Metric comparison\n[chart of canary vs baseline](<{CHART_URL}>) (file `{CHART}`)\n"
+    return Ticket(ticket_id=plain.ticket_id, title=plain.title, body=body, fields=plain.fields,
+                  attachments={CHART: chart_svg(failing_errors()[0])})
+
+
+def test_jira_gets_the_chart_as_an_attachment_of_the_new_issue_and_of_a_recurrence(jira):
+    hook = tracker_for(JIRA_TARGET)
+    first = deliver(charted(1), hook, signature=SIG, window=WEEK, now=now())
+    assert first == {"status": "filed", "key": "OPS-1", "url": f"{jira.url}/browse/OPS-1", "attached": [CHART]}
+    [upload] = jira.calls("POST", "/rest/api/2/issue/OPS-1/attachments")
+    assert upload["auth"].startswith("Basic ") and upload["json"]["x-atlassian-token"] == "no-check"
+    [stored] = jira.issues["OPS-1"]["attachments"]
+    assert (stored["filename"], stored["content_type"]) == (CHART, "image/svg+xml")
+    assert stored["content"].decode() == charted(1).attachments[CHART]  # the bytes, unchanged
+    assert CHART_URL in jira.issues["OPS-1"]["fields"]["description"]
+
+    again = deliver(charted(2), hook, signature=SIG, window=WEEK, now=now())  # the same failure, next release
+    assert (again["status"], again["key"], again["attached"]) == ("commented", "OPS-1", [CHART])
+    assert len(jira.issues["OPS-1"]["attachments"]) == 2
+
+
+def test_a_refused_attachment_leaves_the_ticket_delivered_and_says_why(jira):
+    hook = JiraTicketHook("jira_test", project="OPS")
+    original = jira.answer
+
+    def no_uploads(method, path, query, body):
+        if path.endswith("/attachments"):
+            return 413, {"errorMessages": ["the attachment is too large"]}
+        return original(method, path, query, body)
+
+    jira.answer = no_uploads
+    result = deliver(charted(1), hook, signature=SIG, window=WEEK, now=now())
+    assert (result["status"], result["key"], result["attached"]) == ("filed", "OPS-1", [])
+    assert re.match(r"jira refused \(attach .*\.svg to OPS-1: HTTP 413\)", result["attach_error"])
+    assert len(jira.calls("POST", "/rest/api/2/issue")) == 1  # filed once: not pending, never filed again
+
+
+def test_github_links_the_chart_on_the_release_page_and_uploads_nothing(github):
+    result = deliver(charted(1), tracker_for(GITHUB_TARGET), signature=SIG, window=WEEK, now=now())
+    assert result == {"status": "filed", "key": "1", "url": f"{github.url}/acme/shop/issues/1", "attached": []}
+    assert CHART_URL in github.issues["1"]["body"]
+    assert [r["path"] for r in github.requests if r["method"] == "POST"] == ["/api/v3/repos/acme/shop/issues"]
+
+
+def test_a_pending_ticket_keeps_its_chart_until_jira_takes_it(jira, tmp_path):
+    local = LocalTicketBackend(tmp_path / "tickets")
+    jira.stop()
+    local.file(charted(1), created_at="2026-11-22T10:00:00+00:00", target=JIRA_TARGET)
+    [pending] = deliver_pending(local, tracker_for, now=now())
+    assert pending["delivery"]["status"] == "pending" and (tmp_path / "tickets" / CHART).exists()
+    jira.start()
+    [delivered] = deliver_pending(local, tracker_for, now=now())
+    assert (delivered["delivery"]["status"], delivered["delivery"]["attached"]) == ("filed", [CHART])
+    assert jira.issues["OPS-1"]["attachments"][0]["filename"] == CHART
 
 
 # ------------------------------------------------------------------------------ down, or refused

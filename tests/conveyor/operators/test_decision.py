@@ -68,6 +68,30 @@ def test_the_author_is_never_asked(requests):
     assert assignees(requests[-1]) == ["qa1", "qa2", "qa3"]
 
 
+def test_the_required_action_shows_the_evidence(requests):
+    """Issue 11: the body has the per-metric table, the Prometheus graph and the chart on the release page."""
+    from airflow.sdk.exceptions import TaskAwaitingInput
+
+    from conveyor.analysis.evidence_view import markdown_table
+    from tests.conveyor.analysis.evidence_support import too_little_traffic
+
+    graph = "http://127.0.0.1:9090/graph?g0.expr=shop_http_requests_total&g0.range_input=1m"
+    verdict, _ = too_little_traffic(source="prometheus", graph_url=graph)
+    assert verdict["decision"] == "inconclusive"
+    with pytest.raises(TaskAwaitingInput):
+        decide().execute(context(verdict=verdict))
+    [request] = requests
+    body = request["body"]
+    assert body.startswith("The analysis could not decide. Canary: `['prod-1']`; baseline: "
+                           "`['prod-2', 'prod-3', 'prod-4']`.")
+    assert f"**wave-1**: **inconclusive** — {verdict['reason']}" in body
+    assert markdown_table(verdict) in body and "| error rate | 0.00% | 0.00% | 30 / 90 |" in body
+    assert f"[Prometheus graph](<{graph}>)" in body and "source: prometheus" in body
+    assert ("[chart of canary vs baseline](<http://localhost:8080/conveyor/releases/demo_shop/manual__1/charts/"
+            "wave_1.analysis.svg>)") in body
+    assert body.endswith(InconclusiveDecisionOperator.ASK)
+
+
 def test_nobody_left_to_decide_rolls_back_at_once(requests):
     with pytest.raises(AnalysisInconclusive, match=r"analysis wave-1 inconclusive and nobody may decide: the "
                        r"deciders \(ops\) minus the run's author 'ops' leave nobody; rolling back"):

@@ -9,6 +9,7 @@ and leaves no XCom; Airflow's failure callback records its stage. Then the ticke
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 
@@ -248,6 +249,37 @@ def test_the_ticket_task_files_in_jira_deduplicates_and_never_loses_a_ticket(jir
         context_of(run_id, rolled))
     assert (again["ticket_id"], again["delivery"], again["key"]) == (first, "filed", "OPS-1")
     assert len(server.requests) == before
+
+
+def test_the_ticket_task_attaches_the_analysis_chart_in_jira(jira_service, ledger, release_id, run_id):
+    """Issue 11: the ticket has the per-metric table and the chart links, and Jira gets the chart as a file."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    from conveyor.analysis.evidence_view import markdown_table
+    from tests.conveyor.analysis.evidence_support import failing_errors
+
+    graph = "http://127.0.0.1:9090/graph?g0.expr=shop_http_requests_total"
+    detail, _ = failing_errors(source="prometheus", graph_url=graph)
+    ledger.upsert_release(release_id, service="demo_shop", version="v1.2.0", status="failed")
+    ledger.upsert_stage(release_id, "wave_1.analysis", status="failed", detail=detail,
+                        error=f"AnalysisFailed: wave-1: {detail['reason']}")
+    rolled = {"rollback": {"status": "rolled back", "rolled_back": ["prod-1"], "touched": ["prod-1"], "failed": {}}}
+    result = TicketOperator(rollback_task_id="rollback", **operator_kwargs("ticket")).execute(
+        context_of(run_id, rolled))
+
+    assert (result["delivery"], result["key"]) == ("filed", "OPS-1")
+    name = f"{result['ticket_id']}.wave_1.analysis.svg"
+    local_chart = Path(result["path"]).parent / name
+    [stored] = jira_service.issues["OPS-1"]["attachments"]
+    assert (stored["filename"], stored["content_type"]) == (name, "image/svg+xml")
+    assert stored["content"].decode() == local_chart.read_text()  # the file beside the local ticket
+    assert LocalTicketBackend().get(result["ticket_id"])["delivery"]["attached"] == [name]
+    description = jira_service.issues["OPS-1"]["fields"]["description"]
+    assert markdown_table(detail) in description and f"[Prometheus graph](<{graph}>)" in description
+    page = f"/conveyor/releases/{quote(release_id, safe='/:')}/charts/wave_1.analysis.svg"
+    assert re.search(rf"\[chart of canary vs baseline\]\(<https?://[^/>]+{re.escape(page)}>\) \(file `{name}`\)",
+                     description)
 
 
 def test_a_ledger_that_is_down_does_not_stop_the_rollback(ledger, ledger_path, make_context, release_id,

@@ -143,3 +143,16 @@ def test_errors_become_an_error_event(bad):
               "settings": AnalysisSettings().to_dict(), "interval_s": 0.1, "started_at": time.time(), **bad}
     event = first_event(CanaryAnalysisTrigger(**kwargs))
     assert event["status"] == "error" and event["message"]
+
+
+def test_a_trigger_stored_by_an_older_conveyor_still_scrapes_its_names():
+    """A trigger row written before ``source`` existed (metric names as kwargs) resumes as a scrape source."""
+    from conveyor.hooks.metrics import metric_source
+
+    trigger = CanaryAnalysisTrigger(label="wave-1", canary={"prod-1": "http://127.0.0.1:1/metrics"}, baseline={},
+                                    fixed_baseline={}, settings=AnalysisSettings().to_dict(), interval_s=5.0,
+                                    started_at=1.0, requests_metric="api_total", latency_metric="api_seconds",
+                                    scrape_timeout=2.0)
+    source = metric_source(trigger.serialize()[1]["source"])
+    assert source.kind == "scrape" and source.timeout_s == 2.0
+    assert (source.spec.metrics.requests, source.spec.metrics.latency) == ("api_total", "api_seconds")

@@ -9,6 +9,7 @@ Debian chromium (driven over the W3C WebDriver protocol by ``chromedriver``).
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import re
@@ -382,6 +383,94 @@ def test_the_chart_marks_values_exactly():
     assert [charts.duration(v) for v in (None, 42, 600, 7200, 64800, 3 * 86400)] == [
         "—", "42 s", "10 min", "2.0 h", "18.0 h", "3.0 d"]
     assert charts.percent(4 / 7) == "57.1%"
+
+
+# ------------------------------------------------------------------------------- analyses and their charts
+
+
+@pytest.fixture
+def charted(tmp_path, auth_manager, token) -> Iterator[tuple[TestClient, dict]]:
+    """A failed release whose wave-1 analysis recorded a real verdict and its timeline; its watch analysis is an
+    older row without a timeline, and wave 2 was skipped. Yields a logged-in client and the wave-1 detail."""
+    from tests.conveyor.analysis.evidence_support import failing_errors
+
+    detail, _ = failing_errors(source="prometheus", graph_url="http://127.0.0.1:9090/graph?g0.expr=up")
+    old = {key: value for key, value in detail.items() if key not in ("source", "graph_url")}
+    old["details"] = {k: v for k, v in detail["details"].items() if k != "timeline"}
+    ledger = Ledger(f"sqlite:///{tmp_path / 'charted.db'}")
+    t0 = dt.datetime(2025, 3, 11, 10, tzinfo=dt.UTC)
+    record_failed_release_with_rollback(ledger, FAILED_RID, t0=t0)
+    ledger.upsert_stage(FAILED_RID, "wave_1.analysis", status="failed", detail=detail)
+    ledger.upsert_stage(FAILED_RID, "wave_2.analysis", status="success", started_at=t0 + dt.timedelta(minutes=7),
+                        detail={"label": "wave-2", "decision": "skipped", "reason": "empty wave"})
+    ledger.upsert_stage(FAILED_RID, "watch.analysis", status="success", started_at=t0 + dt.timedelta(minutes=8),
+                        detail={**old, "label": "watch"})
+    root = FastAPI()
+    root.mount(URL_PREFIX, create_app(lambda: ledger))
+    with TestClient(root, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client, detail
+    ledger.dispose()
+
+
+def chart_url(stage: str) -> str:
+    return f"/conveyor/releases/{quote(FAILED_RID, safe='/:')}/charts/{stage}.svg"
+
+
+def test_an_analysis_chart_is_served_as_svg_from_the_ledger(charted):
+    import xml.etree.ElementTree as ET
+
+    client, detail = charted
+    response = client.get(chart_url("wave_1.analysis"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/svg+xml"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    root = ET.fromstring(response.text)
+    series = {line.get("data-series") for line in root.iter("{http://www.w3.org/2000/svg}polyline")}
+    assert series == {"canary", "baseline"}
+    assert root.find("{http://www.w3.org/2000/svg}title").text == (
+        "demo_shop v1.2.0 wave-1: fail, canary vs baseline")
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    (chart_url("wave_9.analysis"), "has no analysis 'wave_9.analysis'"),
+    (chart_url("wave_2.analysis"), "has no analysis 'wave_2.analysis'"),  # skipped: no verdict
+    (chart_url("watch.analysis"), "recorded no per-interval data to draw"),  # an older row: no timeline
+    ("/conveyor/releases/demo_shop/unknown/charts/wave_1.analysis.svg", "is not in the ledger"),
+])
+def test_a_chart_the_ledger_cannot_draw_is_a_404(charted, path, message):
+    client, _ = charted
+    response = client.get(path)
+    assert response.status_code == 404
+    assert message in html.unescape(response.text)
+
+
+def test_a_chart_needs_a_login(charted):
+    client, _ = charted
+    response = client.get(chart_url("wave_1.analysis"), headers={"Authorization": ""})
+    assert response.status_code == 401 and "Login required" in response.text
+    assert client.get(chart_url("wave_1.analysis"), headers={"Authorization": "Bearer forged"}).status_code == 403
+
+
+def test_the_release_page_shows_each_analysis_and_links_its_chart(charted):
+    from conveyor.analysis.evidence_view import metric_rows
+
+    client, detail = charted
+    response = client.get(f"/conveyor/releases/{quote(FAILED_RID, safe='/:')}/changelog")
+    assert response.status_code == 200
+    sections = re.findall(r'<section class="analysis" data-stage="([^"]+)"', response.text)
+    assert sections == ["wave_1.analysis", "watch.analysis"]  # the skipped wave has no verdict to show
+    page = parse(response.text)
+    assert page.links.count(chart_url("wave_1.analysis")) == 2  # the link, and the image's link
+    assert f'src="{chart_url("wave_1.analysis")}"' in response.text
+    assert chart_url("watch.analysis") not in response.text  # nothing to draw: no link to a 404
+    assert "http://127.0.0.1:9090/graph?g0.expr=up" in page.links
+    wave_1 = response.text.split('data-stage="wave_1.analysis"')[1].split("</section>")[0]
+    for row in metric_rows(detail):
+        assert f'<tr data-metric="{row["metric"]}"' in wave_1
+        assert f"<td>{row['requests']}</td><td>{row['events']}</td>" in wave_1
+    assert "<td>error rate</td>" in wave_1 and ">5.00%</td>" in wave_1 and ">1.00%</td>" in wave_1
+    assert "source: prometheus" in wave_1
 
 
 # ------------------------------------------------------------------------------------ plugin registration

@@ -1,0 +1,61 @@
+"""The analysis operator with a Prometheus source: the trigger gets the source's settings and each host's
+label value; a broken Prometheus ends inconclusive with the reason, the source and a graph link recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conveyor.hooks.metrics_support import BrokenPrometheus, first_event
+from tests.conveyor.operators.operator_support import operator_kwargs, stage_row
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _host(name: str, address: str) -> dict:
+    return {"name": name, "environment": "production", "address": address,
+            "metrics_url": f"http://{address}:8000/metrics", "health_url": f"http://{address}:8000/health"}
+
+
+@pytest.fixture
+def prometheus_service(tmp_path, monkeypatch):
+    """The demo service judged from a Prometheus that answers an HTML login page."""
+    with BrokenPrometheus("html") as server:
+        spec = yaml.safe_load((ROOT / "include" / "services" / "demo_shop.yaml").read_text())
+        spec["analysis"] = {"window_s": 1, "interval_s": 0.3, "min_requests": 100, "source": {
+            "kind": "prometheus", "prometheus": {"conn_id": "prom_op", "selector": '{job="shop"}'}}}
+        (tmp_path / "services").mkdir()
+        (tmp_path / "services" / "demo_shop.yaml").write_text(yaml.safe_dump(spec))
+        monkeypatch.setenv("CONVEYOR_SERVICES_DIR", str(tmp_path / "services"))
+        monkeypatch.setenv("AIRFLOW_CONN_PROM_OP", server.connection())
+        yield server
+
+
+def test_a_prometheus_answering_html_is_inconclusive_with_the_reason(prometheus_service, ledger, make_context,
+                                                                      release_id):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from conveyor.operators.analysis import CanaryAnalysisOperator
+
+    plan = {"hosts": [_host("prod-1", "127.0.0.2"), _host("prod-2", "127.0.0.3")], "waves": [["prod-1"], ["prod-2"]],
+            "original": {"prod-1": "v1.0.0", "prod-2": "v1.0.0"}, "pre_scrapes": {}}
+    op = CanaryAnalysisOperator(plan=plan, wave=0, **operator_kwargs("wave_1.analysis"))
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(make_context())
+    trigger = deferred.value.trigger
+    assert trigger.canary == {"prod-1": "127.0.0.2:8000"} and trigger.baseline == {"prod-2": "127.0.0.3:8000"}
+    assert trigger.source["kind"] == "prometheus" and trigger.source["prometheus"]["conn_id"] == "prom_op"
+    assert "password" not in str(trigger.serialize())  # settings only: the connection is read in the triggerer
+
+    event = first_event(trigger)
+    detail = op.execute_complete(make_context(), event)
+
+    assert detail["decision"] == "inconclusive" and detail["source"] == "prometheus"
+    url = f"http://127.0.0.1:{prometheus_service.port}"
+    assert f"(last metrics error: prometheus {url}: HTTP 200, answered HTML" in detail["reason"], detail["reason"]
+    assert detail["graph_url"].startswith(f"{url}/graph?g0.expr=")
+    row = stage_row(ledger.get_release(release_id), "wave_1.analysis")
+    assert row["status"] == "inconclusive" and row["detail"]["graph_url"] == detail["graph_url"]
+    assert row["detail"]["source_error"].startswith(f"prometheus {url}: ")
