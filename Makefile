@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run stop status test test-services test-all faults bench lint clean compose-env
+.PHONY: help venv run run-celery stop status test test-services test-all faults bench lint clean compose-env
 
 help:
 	@echo "make run            start the local fleet and Airflow (http://localhost:8080)"
-	@echo "make stop           stop everything 'make run' started"
+	@echo "make run-celery     the same on CeleryExecutor, PostgreSQL and Redis (127.0.0.1:5432, :6379)"
+	@echo "make stop           stop everything 'make run' or 'make run-celery' started"
 	@echo "make test           run the test suite (no external services needed)"
 	@echo "make test-services  tests that need PostgreSQL/Redis on 127.0.0.1"
 	@echo "make faults         the fault-injection suite (last line: faults_held=N/M)"
@@ -28,6 +29,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: venv
 	@bash scripts/run.sh
+
+run-celery: venv
+	@CONVEYOR_EXECUTOR=celery bash scripts/run.sh
 
 stop:
 	@bash scripts/stop.sh
@@ -49,6 +53,7 @@ test-all: test test-services
 bench: venv
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/deploy.py
+	$(BIN)/python bench/rollout.py
 
 lint: venv
 	$(BIN)/ruff check plugins dags tests bench include
@@ -67,7 +72,7 @@ wanted = {
     "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(48),
     "AIRFLOW_FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
-    "_AIRFLOW_WWW_USER_PASSWORD": secrets.token_urlsafe(16),
+    "CONVEYOR_API_PASSWORD": secrets.token_urlsafe(24),
 }
 lines = open(path).read().splitlines() if os.path.exists(path) else []
 seen, added = set(), []

@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from conveyor.exceptions import DeployError, RollbackError
+from conveyor.exceptions import DeployError, HealthCheckError, RollbackError
 from conveyor.operators.base import FleetOperator, utcnow
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from airflow.sdk import Context
 
+    from conveyor.artifacts import ArtifactInfo
     from conveyor.hooks.fleet import FleetSession
     from conveyor.hosts import Host
 
@@ -72,15 +75,34 @@ class DeployOperator(FleetOperator):
             label = "replica" if self.environment == "replica" else f"wave-{self.wave + 1}"
             self.log.info("Deploying %s to %s: %s", info.version, label, ", ".join(h.name for h in hosts))
             self._record_start(context, label, info.version, hosts)
-            results, errors = self.on_each_host(hosts, lambda s: s.deploy(info, tarball))
+            results, errors = self.on_each_host(hosts, lambda s: self._deploy_one(s, info, tarball))
             self._record(context, label, info.version, results, errors)
-            if errors:
-                raise DeployError("deploy failed on " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
-            health = self.check_health(hosts, info.version)
+            unhealthy = {n: r.pop("unhealthy") for n, r in results.items() if "unhealthy" in r}
+            if errors:  # every host that failed is named, the unhealthy ones too
+                raise DeployError("deploy failed on " + "; ".join(
+                    [f"{n}: {e}" for n, e in errors.items()] + [str(e) for e in unhealthy.values()]))
+            if unhealthy:
+                raise HealthCheckError("; ".join(str(e) for e in unhealthy.values()))
+            health = {n: r.pop("health") for n, r in results.items()}
             changed = sorted(n for n, r in results.items() if r["changed"])
             self.log.info("%s healthy on %s (changed: %s)", label, info.version, ", ".join(changed) or "none")
             stage.detail = {"hosts": sorted(results), "changed": changed, "health": health, "wave": label}
         return stage.detail
+
+    def _deploy_one(self, session: FleetSession, info: ArtifactInfo, tarball: Path) -> dict[str, Any]:
+        """Deploy to one host, then wait for it to answer healthy on the version, in the same slot: a wave
+        takes as long as its slowest host, not as long as its slowest deploy plus its slowest health check.
+        A host that deployed but is not healthy is reported under ``unhealthy`` (it did change)."""
+        from conveyor.health import wait_healthy
+
+        result = session.deploy(info, tarball)
+        health = self.service.deploy.health
+        try:
+            result["health"] = wait_healthy(session.host, info.version, timeout_s=health.timeout_s,
+                                            interval_s=health.interval_s, probe_timeout_s=health.probe_timeout_s)
+        except HealthCheckError as exc:
+            result["unhealthy"] = exc
+        return result
 
     def _original(self) -> dict[str, str | None]:
         """What each production host ran before this release (the plan's record); nothing for the replica."""
@@ -188,9 +210,8 @@ class PlanWavesOperator(FleetOperator):
         return stage.detail["plan"]
 
     def _plan(self) -> dict[str, Any]:
-        from conveyor.hooks.metrics import MetricsHook
+        from conveyor.hooks.metrics import metric_source
         from conveyor.inventory import resolve_hosts
-        from conveyor.parallel import for_each_host
         from conveyor.waves import plan_waves
 
         hosts = resolve_hosts(self.service, "production")
@@ -198,7 +219,12 @@ class PlanWavesOperator(FleetOperator):
         if errors:
             raise DeployError("cannot read versions: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
         waves = plan_waves([h.name for h in hosts], self.service.waves, self.n_waves)
-        scrapes, _ = for_each_host(hosts, MetricsHook().scrape_dict, max_parallel=8)
+        # The baseline of the last wave and the watch; a source that cannot answer gives no snapshot
+        # (those analyses then end inconclusive), never a failed plan.
+        source = metric_source(self.service.analysis.source)
+        scrapes = source.snapshot(hosts, lookback_s=self.service.analysis.window_s)
+        if source.last_error:
+            self.log.warning("Pre-deploy snapshot incomplete: %s", source.last_error)
         for i, wave in enumerate(waves):
             self.log.info("wave %d: %s", i + 1, ", ".join(wave) or "(empty)")
         return {
