@@ -378,10 +378,12 @@ class _Widening:
 
 
 def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None = None,
-              exposure: np.ndarray | None = None, keep: np.ndarray | None = None) -> _Widening:
+              exposure: np.ndarray | None = None, keep: np.ndarray | None = None,
+              typical_tau: float = _TAU_FALLBACK) -> _Widening:
     """Overdispersion and host spread from the live baseline hosts' counts (H x I), or assumed values.
 
     ``None`` counts (a static baseline) or too few hosts: the fallback values (a typical fleet's).
+    ``typical_tau``: the spread a live estimate is shrunk towards (and used when it cannot be made).
     """
     if not settings.overdispersion:
         return _Widening(np.ones(n_int), np.ones(n_int), 1.0, None, 0, np.zeros(n_int), np.ones(n_int))
@@ -394,7 +396,7 @@ def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None 
         d = stats.dispersion(events, exposure, keep)
         phi = np.where(np.isfinite(d.phi), 1.0 + _PHI_SAFETY * (d.phi - 1.0), _PHI_FALLBACK)
         measured_tau = bool(np.isfinite(d.tau2[-1]))
-        tau2 = np.where(np.isfinite(d.tau2), d.tau2, _TAU_FALLBACK**2)
+        tau2 = np.where(np.isfinite(d.tau2), d.tau2, typical_tau**2)
         hosts = d.hosts
     tau_end = float(math.sqrt(tau2[-1])) if measured_tau else None
     if events is None:  # a snapshot: no live hosts to add variance for, the null ratio is widened instead
@@ -404,23 +406,28 @@ def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None 
     # A few hosts say little about their spread (DerSimonian-Laird often says 0 for hosts 15% apart):
     # the estimate is shrunk towards the typical fleet's, weighted by its degrees of freedom.
     df = np.maximum(np.asarray(hosts, dtype=float) - 1.0, 0.0)
-    tau2 = (df * tau2 + _TAU_PRIOR_DF * _TAU_FALLBACK**2) / (df + _TAU_PRIOR_DF)
+    tau2 = (df * tau2 + _TAU_PRIOR_DF * typical_tau**2) / (df + _TAU_PRIOR_DF)
     return _Widening(phi[:-1], np.ones(n_int), float(phi[-1]), tau_end, int(hosts[-1]), tau2[:-1],
                      np.maximum(np.asarray(hosts, dtype=float)[:-1], 1.0))
 
 
-def _host_phi(wide: _Widening, theta: np.ndarray, m: np.ndarray, canary_hosts: int) -> tuple[np.ndarray, float]:
+def _host_phi(wide: _Widening, theta: np.ndarray, m: np.ndarray, canary_hosts: int,
+              tolerance: np.ndarray | float = 1.0) -> tuple[np.ndarray, float]:
     """Per interval, the variance of the canary's count over a binomial's, with the canary's own lasting
     difference from the pool (sd tau, as one more host of the fleet) added to the bursts' ``phi``.
 
     A shared effect ``u`` on the canary's log rate moves its cumulative count by ``u * V`` (``V``: the
     binomial variance summed so far), so the cumulative variance is ``V * (phi + tau_eff^2 * V)``; giving
     interval ``i`` the factor ``phi + tau_eff^2 * (2 V_<i + v_i)`` makes every look's total match it.
+    The null's ``tolerance`` (a ratio) already covers host differences up to ``log(tolerance) / _TAU_Z``
+    sds: only the spread beyond that is added (a 10 % latency tolerance is there for hosts' usual speeds).
     """
     th = np.where(np.isfinite(theta), theta, 0.0)
     v = np.asarray(m, dtype=float) * th * (1.0 - th)
     before = np.concatenate([[0.0], np.cumsum(v)[:-1]])
-    teff2 = wide.tau2 * (1.0 / max(canary_hosts, 1) + 1.0 / wide.base_hosts)
+    tol = np.asarray(tolerance, dtype=float)
+    covered = np.where(np.isfinite(tol) & (tol > 1.0), np.log(np.where(tol > 1.0, tol, 1.0)) / _TAU_Z, 0.0) ** 2
+    teff2 = np.maximum(wide.tau2 - covered, 0.0) * (1.0 / max(canary_hosts, 1) + 1.0 / wide.base_hosts)
     phi = wide.phi + teff2 * (2.0 * before + v)
     total = float(v.sum())
     end = wide.phi_end + (float(teff2[-1]) * total if teff2.size else 0.0)
@@ -442,7 +449,7 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
     spend = budget.spend(data, over)
     sx, sy = stats.scaled_counts(xc, xb, wide.phi)  # quasi-binomial counts, for the early pass's e-process
     theta = stats.null_share(r0 * wide.factor, nc, nb)
-    phi_i, phi_end = _host_phi(wide, theta, xc + xb, len(data.canary_hosts))
+    phi_i, phi_end = _host_phi(wide, theta, xc + xb, len(data.canary_hosts), r0)
     tests = [stats.sequential_test(xc, xc + xb, theta, spend, phi_i)]
     if tests[0].first is not None:
         # intersection-union: a regression must also be above the absolute floor, each at full level
@@ -572,7 +579,7 @@ def _latency_live(data: _Data, settings: AnalysisSettings, over: bool, q: float)
     null = np.where(used, ratio0, np.nan) * wide.factor
     sx, sy = stats.scaled_counts(x, y, wide.phi)
     theta = stats.null_share(null, nc, nb)
-    phi_i, phi_end = _host_phi(wide, theta, x + y, len(data.canary_hosts))
+    phi_i, phi_end = _host_phi(wide, theta, x + y, len(data.canary_hosts), null)
     wide.phi_end = phi_end
     tests = [stats.sequential_test(x, x + y, theta, budget.spend(data, over), phi_i)]
     out = _Outcome(tests, _first_rejection(tests, data.canary[:, _CNT], settings), dropped)
