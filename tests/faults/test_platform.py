@@ -49,7 +49,14 @@ from tests.conveyor.hooks.fleet_support import (  # noqa: F401 - fixtures
 )
 from tests.conveyor.hooks.test_tickets import jira  # noqa: F401 - the local Jira server
 from tests.conveyor.ledger.test_ledger import postgres_url  # noqa: F401 - a fresh PostgreSQL database
-from tests.conveyor.operators.conftest import ledger, ledger_path, make_context, release_id, run_id  # noqa: F401
+from tests.conveyor.operators.conftest import (  # noqa: F401 - fixtures
+    bare_ledger,
+    ledger,
+    ledger_path,
+    make_context,
+    release_id,
+    run_id,
+)
 from tests.conveyor.operators.operator_support import (
     LEDGER_CONN_ID,
     SERVICE_ID,
@@ -100,17 +107,6 @@ def other_run(make_context, run_id: str, suffix: str, xcoms: dict | None = None)
     context["dag_run"] = SimpleNamespace(run_id=f"{run_id}_{suffix}", dag_id=f"release_{SERVICE_ID}",
                                          triggering_user_name="dev")
     return context, f"{SERVICE_ID}/{run_id}_{suffix}"
-
-
-@pytest.fixture
-def bare_ledger(ledger_path, release_id, run_id):
-    """The release as ``validate`` opens it (author ``dev``, not an emergency), and nothing else: no
-    approval, no ``tests`` stage; each scenario writes its own evidence."""
-    ledger = Ledger(f"sqlite:///{ledger_path}")
-    ledger.upsert_release(release_id, service=SERVICE_ID, git_ref="main", change_kind="minor", emergency=False,
-                          author="dev", run_id=run_id, dag_id=f"release_{SERVICE_ID}", status="running")
-    yield ledger
-    ledger.dispose()
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from conveyor.analysis.formatting import fmt_ms, fmt_rate, fmt_ratio
+
 #: Where the Conveyor web app serves an analysis' chart (below the API server's base URL).
 CHART_ROUTE = "/conveyor/releases/{release}/charts/{stage}.svg"
 CANARY_COLOUR = "#c53030"
@@ -49,25 +51,17 @@ def _count(value: Any) -> str:
 
 
 def _percent(rate: Any) -> str:
-    """An error rate (a fraction) as a percentage: two decimals under 10 %, one above."""
-    rate = _num(rate)
-    if rate is None:
-        return "—"
-    return f"{100 * rate:.2f}%" if rate < 0.1 else f"{100 * rate:.1f}%"
+    return fmt_rate(_num(rate), missing="—")
 
 
 def _ms(value: Any) -> str:
+    """Milliseconds as the reasons write them."""
     value = _num(value)
-    if value is None:
-        return "—"
-    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+    return fmt_ms(None if value is None else value / 1000, missing="—")
 
 
 def _ratio(value: Any) -> str:
-    value = _num(value)
-    if value is None:
-        return "—"
-    return f"×{value:.2f}" if value < 10 else f"×{value:.1f}"
+    return fmt_ratio(_num(value), missing="—", times="×")
 
 
 def _seconds(value: float) -> str:

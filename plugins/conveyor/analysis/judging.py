@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from conveyor.analysis import stats
+from conveyor.analysis.formatting import fmt_ms, fmt_rate, fmt_ratio
 from conveyor.analysis.model import AnalysisSettings, MetricVerdict, Scrape, Verdict
 from conveyor.analysis.series import (
     HostCounts,
@@ -81,27 +82,6 @@ class _Data:
     interval_ends: np.ndarray = field(default_factory=lambda: np.zeros(0))
     start: float = 0.0  # time of the first round (the analysis's time zero)
     warming: int = 0  # host intervals left out as warm-up (the host's process had just started)
-
-
-def _fmt_rate(p: float | None) -> str:
-    """A rate as a percentage for a reason."""
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return f"{100 * p:.2f}%" if p < 0.1 else f"{100 * p:.1f}%"
-
-
-def _fmt_ratio(r: float | None) -> str:
-    """A ratio as ``x1.23`` for a reason."""
-    if r is None:
-        return "x?"
-    if math.isinf(r):
-        return "x inf"
-    return f"x{r:.2f}" if r < 10 else f"x{r:.1f}"
-
-
-def _fmt_ms(v: float | None) -> str:
-    """Seconds as milliseconds for a reason."""
-    return "n/a" if v is None else f"{1000 * v:.0f} ms" if v >= 0.01 else f"{1000 * v:.1f} ms"
 
 
 def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
@@ -465,7 +445,7 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
         out.p_value = max(p_ratio, p_floor)
     out.early = budget.early_pass(over, sx, sy, nc, nb, settings.early_pass_margin * wide.factor)
     widened = f", x{wide.factor[-1]:.2f} for host spread" if wide.factor.size and wide.factor[-1] > 1.005 else ""
-    null_desc = f"> x{r0:g} baseline{widened} and > {_fmt_rate(settings.error_floor)}"
+    null_desc = f"> x{r0:g} baseline{widened} and > {fmt_rate(settings.error_floor)}"
     return _errors_verdict(data, settings, over, out, float(nb_f.sum()), float(xb_f.sum()), r0, null_desc,
                            wide.describe())
 
@@ -488,8 +468,8 @@ def _errors_static(data: _Data, settings: AnalysisSettings, over: bool) -> Metri
     total_nc, total_xc = float(nc.sum()), float(xc.sum())
     if (over or out.first is not None) and total_nc > 0:
         out.p_value = stats.binom_sf(total_xc / wide.phi_end, total_nc / wide.phi_end, p_ref)
-    floor = _fmt_rate(settings.error_floor)
-    null_desc = f"> {_fmt_rate(p_ref)} (x{r0 * factor:.3g} the baseline's upper bound, floor {floor})"
+    floor = fmt_rate(settings.error_floor)
+    null_desc = f"> {fmt_rate(p_ref)} (x{r0 * factor:.3g} the baseline's upper bound, floor {floor})"
     return _errors_verdict(data, settings, over, out, total_nb, total_xb, r0, null_desc, wide.describe())
 
 
@@ -506,7 +486,7 @@ def _errors_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _O
     interval = None
     if total_nb > 0 and (over or out.early or out.first is not None):  # evidence for a decision only
         interval = stats.ratio_interval(total_xc, total_xb, total_nc, total_nb, settings.alpha)
-    rates = f"error rate {_fmt_rate(p_c)} vs {_fmt_rate(p_b)} ({_fmt_ratio(effect)}"
+    rates = f"error rate {fmt_rate(p_c)} vs {fmt_rate(p_b)} ({fmt_ratio(effect)}"
     fail_reason = "" if out.first is None else f"{rates}; canary errors {_limit(out.tests[0], out.first)})"
     summary = f"{rates}; canary errors {_limit(out.tests[0], None)})"
     enough = total_nc >= settings.min_requests and total_nb >= settings.min_requests and total_nc > 0
@@ -640,10 +620,10 @@ def _latency_verdict(data: _Data, settings: AnalysisSettings, over: bool, out: _
     share_c = slow.canary / slow.canary_timed if slow.canary_timed > 0 else None
     share_b = slow.baseline_share
     effect = share_c / share_b if share_c is not None and share_b else None
-    head = f"latency p{100 * q:g} {_fmt_ms(q_c)} vs {_fmt_ms(q_b)}"
+    head = f"latency p{100 * q:g} {fmt_ms(q_c)} vs {fmt_ms(q_b)}"
     if slow.tau is not None and share_c is not None:
-        head += (f" ({_fmt_rate(share_c)} vs {_fmt_rate(share_b)} slower than {_fmt_ms(slow.tau)}, "
-                 f"{_fmt_ratio(effect)}")
+        head += (f" ({fmt_rate(share_c)} vs {fmt_rate(share_b)} slower than {fmt_ms(slow.tau)}, "
+                 f"{fmt_ratio(effect)}")
     else:
         head += " (threshold not set yet"
     fail_reason = ""

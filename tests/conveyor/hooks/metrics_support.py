@@ -16,6 +16,16 @@ BUCKETS = (0.025, 0.05, 0.1, 0.25)
 SHARES = (0.1, 0.6, 0.9, 1.0)  # cumulative share of requests at or under each bound
 
 
+def send_exposition(handler: BaseHTTPRequestHandler, body: str) -> None:
+    """Answer ``handler``'s request with ``body`` as Prometheus' text exposition format."""
+    data = body.encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/plain; version=0.0.4")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _Server:
     def __init__(self, address: str, handler: type[BaseHTTPRequestHandler]) -> None:
         self.server = ThreadingHTTPServer((address, 0), handler)
@@ -53,12 +63,7 @@ class AppHost(_Server):
                 if self.path != "/metrics":
                     self.send_error(404)
                     return
-                body = owner.exposition().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_exposition(self, owner.exposition())
 
             def log_message(self, *args):
                 pass

@@ -39,17 +39,24 @@ def ledger_path(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def ledger(ledger_path, release_id, run_id):
-    """The test's ledger (``conveyor.ledger.Ledger``, read back directly), with the release opened
-    as the DAG's ``validate`` task opens it before any other task runs."""
+def bare_ledger(ledger_path, release_id, run_id):
+    """The release as ``validate`` opens it (author ``dev``, not an emergency) and nothing else: no
+    approval and no ``tests`` stage (a test that needs them writes its own)."""
     from conveyor.ledger import Ledger
 
     ledger = Ledger(f"sqlite:///{ledger_path}")
     ledger.upsert_release(release_id, service=SERVICE_ID, git_ref="main", change_kind="minor", emergency=False,
                           author="dev", run_id=run_id, dag_id=f"release_{SERVICE_ID}", status="running")
-    record_signoff(ledger, release_id)  # qa1 and qa2 approved, the tests passed: production waves may deploy
     yield ledger
     ledger.dispose()
+
+
+@pytest.fixture
+def ledger(bare_ledger, release_id):
+    """The test's ledger (``conveyor.ledger.Ledger``, read back directly), with the release opened as the
+    DAG's ``validate`` task opens it and signed off, so production waves may deploy."""
+    record_signoff(bare_ledger, release_id)  # qa1 and qa2 approved, the tests passed
+    return bare_ledger
 
 
 @pytest.fixture

@@ -28,16 +28,9 @@ def deploy_wave(version: str = "v1.1.0", wave: int = 0) -> DeployOperator:
 
 
 @pytest.fixture
-def ledger(ledger_path, release_id, run_id):
-    """The release as ``validate`` opens it (author ``dev``, not an emergency) and nothing else: no
-    approval and no ``tests`` stage, whatever the shared fixture records; each test writes its own."""
-    from conveyor.ledger import Ledger
-
-    ledger = Ledger(f"sqlite:///{ledger_path}")
-    ledger.upsert_release(release_id, service=SERVICE_ID, git_ref="main", change_kind="minor", emergency=False,
-                          author="dev", run_id=run_id, dag_id=f"release_{SERVICE_ID}", status="running")
-    yield ledger
-    ledger.dispose()
+def ledger(bare_ledger):
+    """Only the release opened: each test writes the approvals and test results it is about."""
+    return bare_ledger
 
 
 @pytest.fixture

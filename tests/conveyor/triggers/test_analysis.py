@@ -12,8 +12,7 @@ import pytest
 
 from conveyor.analysis import AnalysisSettings
 from conveyor.triggers.analysis import CanaryAnalysisTrigger
-
-BUCKETS = (0.025, 0.05, 0.1, 0.25)
+from tests.conveyor.hooks.metrics_support import BUCKETS, SHARES, send_exposition
 
 
 class MetricsServer:
@@ -35,12 +34,8 @@ class MetricsServer:
                     errors = round(per_scrape * hosts[host])
                     owner.counts[host]["err"] += errors
                     owner.counts[host]["ok"] += per_scrape - errors
-                    body = owner.exposition(host).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    body = owner.exposition(host)
+                send_exposition(self, body)
 
             def log_message(self, *args):
                 pass
@@ -52,9 +47,8 @@ class MetricsServer:
         ok, err = self.counts[host]["ok"], self.counts[host]["err"]
         total = ok + err
         lines = [f'shop_http_requests_total{{status="200"}} {ok}', f'shop_http_requests_total{{status="500"}} {err}']
-        shares = (0.1, 0.6, 0.9, 1.0)  # cumulative share of requests at or under each bound
         lines += [f'shop_http_request_duration_seconds_bucket{{le="{b}"}} {round(total * s)}'
-                  for b, s in zip(BUCKETS, shares, strict=True)]
+                  for b, s in zip(BUCKETS, SHARES, strict=True)]
         lines += [f'shop_http_request_duration_seconds_bucket{{le="+Inf"}} {total}',
                   f"shop_http_request_duration_seconds_sum {total * 0.06}",
                   f"shop_http_request_duration_seconds_count {total}",
