@@ -96,7 +96,7 @@ else
   echo "==> No prometheus binary (apt-get install prometheus): the demo is judged from the hosts' pages only"
 fi
 
-# The production gate cross-checks every QA approval with Airflow's own Required Actions records
+# The production gate cross-checks every approval (each stage) with Airflow's own Required Actions records
 # through the REST API, as the read-only service user `conveyor` (role viewer), over the connection
 # conveyor_airflow_api. Its password is seeded into Airflow's generated password file before Airflow
 # starts (Airflow keeps an entry it finds there), so the connection can carry it from the start.
@@ -155,8 +155,10 @@ cat <<MSG
 
 Conveyor is running.
   Airflow UI:  $AIRFLOW__API__BASE_URL   (DAG: release_demo_shop; executor: $executor)
-  Users:       admin, dev (triggers releases), qa1, qa2, qa3 (the demo QA group: two must approve), ops
-               (releases, declares emergencies), conveyor (read-only: the production gate's service user)
+  Users:       admin, dev (triggers releases), qa1, qa2, qa3 (the demo QA group: two must approve),
+               mgr1 (the manager's stage: major changes only), client1 (the client's acceptance: every
+               release), ops (releases, declares emergencies), conveyor (read-only: the production gate's
+               service user)
   Passwords:   $passwords
                $(cat "$passwords" 2>/dev/null || echo "(written by Airflow on first start)")
   Fleet:       conveyor fleet status      Tickets: conveyor tickets list

@@ -274,9 +274,10 @@ def add_signoff_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
 
     approve = sub.add_parser(
-        "approve", help="approve a release's awaiting QA sign-off",
-        description="Approve the QA sign-off a release run is waiting for, through Airflow's REST API "
-                    "(the same check as Required Actions: only an assigned QA member may answer).",
+        "approve", help="approve a release's awaiting sign-off (QA, or a later stage: manager, client, ...)",
+        description="Approve the sign-off a release run is waiting for (whichever approval stage asks now), "
+                    "through Airflow's REST API (the same check as Required Actions: only an assigned member of "
+                    "that stage's group may answer).",
     )
     common(approve)
     approve.add_argument("--comment", metavar="TEXT",
@@ -285,8 +286,8 @@ def add_signoff_commands(sub: argparse._SubParsersAction) -> None:
     approve.set_defaults(func=cmd_approve)
 
     reject = sub.add_parser(
-        "reject", help="reject a release at QA sign-off (the release fails)",
-        description="Reject the QA sign-off a release run is waiting for; the release fails, nothing more "
+        "reject", help="reject a release at its awaiting sign-off, any stage (the release fails)",
+        description="Reject the sign-off a release run is waiting for (any stage); the release fails, nothing more "
                     "is deployed, and the reason is recorded in the ledger and the root-cause ticket.",
     )
     common(reject)

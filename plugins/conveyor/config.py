@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from conveyor.analysis.model import AnalysisSettings
-from conveyor.durations import parse_duration
+from conveyor.durations import format_duration, parse_duration
 from conveyor.exceptions import ServiceConfigError
 from conveyor.paths import services_dir as default_services_dir
 from conveyor.validation import (
@@ -64,7 +64,7 @@ from conveyor.windows import (
     parse_zone,
 )
 
-__all__ = ["ServiceConfig", "load_service", "parse_duration", "parse_service", "read_service_document",
+__all__ = ["ApprovalStage", "ServiceConfig", "load_service", "parse_duration", "parse_service", "read_service_document",
            "service_files"]
 
 T = TypeVar("T")
@@ -201,12 +201,64 @@ class Populate(Section):
     # the candidate's directory
 
 
+class LoadThresholds(Section):
+    """What a load suite's run must keep, each optional but at least one (:mod:`conveyor.loadtest`)."""
+
+    p95_ms: Annotated[float, Field(gt=0)] | None = None  # 95th percentile response time, at most
+    p99_ms: Annotated[float, Field(gt=0)] | None = None  # 99th percentile response time, at most
+    error_rate: Annotated[float, Field(ge=0, le=1)] | None = None  # failed / all requests, at most (0.01: 1%)
+    min_rps: Annotated[float, Field(gt=0)] | None = None  # requests per second over the run, at least
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> LoadThresholds:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError(f"give at least one of {', '.join(type(self).model_fields)}")
+        return self
+
+
+#: Locust's start and report on top of a load suite's ``duration``: ``timeout_s`` must leave this much.
+LOAD_OVERHEAD_S = 30
+_LOAD_FIELDS = ("locustfile", "users", "spawn_rate", "duration", "thresholds")
+
+
 class Suite(Section):
+    """``kind: command`` (the default) runs ``command``, which writes JUnit XML; ``kind: load`` runs Locust
+    headless with ``locustfile`` against the replica for ``duration`` and judges ``thresholds``."""
+
     name: SuiteName
-    command: Annotated[Command, _placeholders("junit", "replica_urls")]  # ``{junit}``: where to write JUnit
-    # XML; ``{replica_urls}``: the replica's URLs. The same placeholders in ``env`` values.
-    timeout_s: Seconds = 900
+    kind: Literal["command", "load"] = "command"
+    command: Annotated[Command, _placeholders("junit", "replica_urls")] | None = None  # ``{junit}``: where to
+    # write JUnit XML; ``{replica_urls}``: the replica's URLs. The same placeholders in ``env`` values.
+    timeout_s: Seconds = 900  # the suite's wall-clock bound, whatever its kind
     env: dict[str, Annotated[str, _placeholders("junit", "replica_urls")]] = {}
+    locustfile: _pattern(TEST_PATH_RE) | None = None  # kind: load; in the candidate's checkout
+    users: Annotated[int, Field(ge=1, le=1000)] = 10  # concurrent simulated users
+    spawn_rate: Annotated[float, Field(gt=0, le=1000)] = 10  # users started per second
+    duration: Duration = timedelta(seconds=20)  # how long the load runs
+    thresholds: LoadThresholds | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Suite:
+        if self.kind == "command":
+            if self.command is None:
+                raise ValueError("command: required (or kind: load, with a locustfile)")
+            stray = [f for f in _LOAD_FIELDS if f in self.model_fields_set]
+            if stray:
+                raise ValueError(f"{stray[0]}: only for kind: load")
+            return self
+        if self.command is not None:
+            raise ValueError("command: not for kind: load (Conveyor runs Locust with the locustfile)")
+        if self.locustfile is None:
+            raise ValueError("locustfile: required for kind: load (a path in the service's repository)")
+        if self.thresholds is None:
+            raise ValueError("thresholds: required for kind: load (p95_ms, p99_ms, error_rate, min_rps)")
+        seconds = self.duration.total_seconds()
+        if seconds < 1:
+            raise ValueError(f"duration: {format_duration(self.duration)} is too short; at least 1s")
+        if seconds + LOAD_OVERHEAD_S > self.timeout_s:
+            raise ValueError(f"timeout_s: {self.timeout_s:g} s does not leave the {format_duration(self.duration)} "
+                             f"load run its {LOAD_OVERHEAD_S} s to start and report")
+        return self
 
 
 class Triage(Section):
@@ -446,6 +498,61 @@ class QA(Section):
         return min(self.required_approvals, self.emergency_required_approvals)
 
 
+#: A stage's name: its task group is ``<name>_signoff`` and the ledger records it with each decision.
+STAGE_NAME_RE = strict(r"[a-z][a-z0-9_]{0,39}")
+
+
+class ApprovalStage(Section):
+    """One approval stage (``approvals[i]``): ``required`` distinct people of ``group`` approve, never
+    the run's author, in the stage's own task group of Required Actions; stages run in order.
+
+    ``when: major`` asks the stage only of a major change (the run's ``change`` param). A person
+    counts once per release across every stage unless ``distinct_from_earlier`` is false (then only
+    once within this stage). ``emergency_required`` approvals suffice for an emergency (0: the stage
+    is skipped for one).
+    """
+
+    name: str
+    group: Items[Person]
+    required: Annotated[int, Field(ge=1, le=10)] = 1
+    emergency_required: Annotated[int, Field(ge=0, le=10)] = 1
+    timeout: Duration = timedelta(hours=24)
+    when: Literal["always", "major"] = "always"
+    distinct_from_earlier: bool = True
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not STAGE_NAME_RE.fullmatch(value):
+            raise ValueError(f"{_short(value)} is not a stage name: a lowercase letter, then lowercase letters, "
+                             "digits or _ (at most 40); it names the task group <name>_signoff")
+        return value
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("no approvers: a stage needs the users or @groups who may approve it, got []")
+        return value
+
+    @property
+    def emergency_approvals(self) -> int:
+        return min(self.required, self.emergency_required)
+
+    @property
+    def title(self) -> str:
+        """How messages name the stage: ``QA`` for ``qa``, else the name capitalized (``Manager``)."""
+        return "QA" if self.name == "qa" else self.name.replace("_", " ").capitalize()
+
+    @property
+    def task_group(self) -> str:
+        return f"{self.name}_signoff"
+
+    def applies(self, change: str | None) -> bool:
+        """Whether a release of ``change`` (``minor`` | ``major``) needs this stage."""
+        return self.when == "always" or change == self.when
+
+
 class Notifications(Section):
     slack_webhook_conn_id: ConnId | None = None
 
@@ -546,6 +653,8 @@ class ServiceConfig(Section):
     groups: dict[_pattern(GROUP_NAME_RE), Items[Person]] = {}
     release: Release = Release()
     qa: QA = QA()
+    # Approval stages in order; with ``qa`` given too, they follow its QA stage (see ``stages``).
+    approvals: Annotated[Items[ApprovalStage], Field(min_length=1, max_length=10)] | None = None
     notifications: Notifications = Notifications()
     tickets: Tickets = Tickets()
     audit: Audit | None = None  # None: no dependency audit
@@ -566,6 +675,9 @@ class ServiceConfig(Section):
         if self.ci.suite and self.ci.suite not in names:
             raise ValueError(f"ci.suite: {self.ci.suite!r} is not one of the service's tests "
                              f"({', '.join(names) or 'none defined'})")
+        if self.ci.suite and next(t for t in self.tests if t.name == self.ci.suite).kind == "load":
+            raise ValueError(f"ci.suite: {self.ci.suite!r} is a load suite: it needs the replica, and CI runs "
+                             "without hosts")
         for where, people in (("release.allowed", self.release.allowed), ("release.emergency", self.release.emergency),
                               ("qa.group", self.qa.group), ("analysis.deciders", self.analysis.deciders)):
             unknown = [p for p in people if p.startswith("@") and p[1:] not in self.groups]
@@ -581,7 +693,41 @@ class ServiceConfig(Section):
         if self.qa.group and self.qa.required_approvals > members:
             raise ValueError(f"qa.required_approvals: {self.qa.required_approvals} approvals required but the QA "
                              f"group has only {members} member(s)")
+        self._check_stages()
         return self
+
+    def _check_stages(self) -> None:
+        if self.approvals is None:
+            return
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(self.approvals):
+            if stage.name == "qa" and "qa" in self.model_fields_set:
+                raise ValueError(f"approvals[{i}].name: 'qa' is the QA stage that the qa: section already gives "
+                                 "(qa: comes first, approvals: after it); describe it in one place only")
+            if stage.name in seen:
+                raise ValueError(f"approvals[{i}].name: duplicate stage name {stage.name!r} (also approvals"
+                                 f"[{seen[stage.name]}]); each stage is its own task group")
+            seen[stage.name] = i
+            unknown = [p for p in stage.group if p.startswith("@") and p[1:] not in self.groups]
+            if unknown:
+                raise ValueError(f"approvals[{i}].group: unknown group(s) {', '.join(unknown)}; define them under "
+                                 "groups:")
+            members = self.people(stage.group)
+            if stage.required > len(members):
+                raise ValueError(f"approvals[{i}].required: {stage.required} approvals required but stage "
+                                 f"{stage.name!r} has only {len(members)} member(s) ({', '.join(members)})")
+
+    @property
+    def stages(self) -> tuple[ApprovalStage, ...]:
+        """The approval stages, in order: the QA stage of ``qa`` (when given, or when there is no
+        ``approvals``), then ``approvals``."""
+        if self.approvals is not None and "qa" not in self.model_fields_set:
+            return self.approvals
+        qa = self.qa
+        # Built without validation: the shorthand keeps its own rules (an empty group lets anyone approve).
+        return (ApprovalStage.model_construct(name="qa", group=qa.group, required=qa.required_approvals,
+                                              emergency_required=qa.emergency_approvals, timeout=qa.timeout),
+                *(self.approvals or ()))
 
     def people(self, names: Sequence[str]) -> tuple[str, ...]:
         """User ids from users and ``@group`` names, in order, each once."""
@@ -606,9 +752,10 @@ class ServiceConfig(Section):
 
     @property
     def ci_suite(self) -> Suite | None:
-        """The suite CI runs: ``ci.suite``, else the first of ``tests`` (None: build only)."""
+        """The suite CI runs: ``ci.suite``, else the first of ``tests`` that is not a load suite (None: build
+        only)."""
         by_name = {t.name: t for t in self.tests}
-        return by_name[self.ci.suite] if self.ci.suite else next(iter(self.tests), None)
+        return by_name[self.ci.suite] if self.ci.suite else next((t for t in self.tests if t.kind != "load"), None)
 
     def judge(self, *, watch: bool = False) -> AnalysisSettings:
         """The canary judge's settings for a wave, or for the post-deploy watch."""

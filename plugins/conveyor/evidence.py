@@ -198,6 +198,9 @@ def gather_evidence(release: dict[str, Any], rollback: dict[str, Any] | None,
             analysis, analysis_stage = detail, s.get("stage")
             break
     tests = release.get("tests", [])
+    load_tests = {name: suite["load"] for s in stages if s.get("stage") == "tests"
+                  for name, suite in ((s.get("detail") or {}).get("suites") or {}).items()
+                  if isinstance(suite, dict) and isinstance(suite.get("load"), dict)}
     commits = (release.get("commit_range") or {}).get("commits", [])
     return {
         **{k: release.get(k) for k in ("release_id", "service", "version", "git_ref", "change_kind", "emergency",
@@ -208,6 +211,7 @@ def gather_evidence(release: dict[str, Any], rollback: dict[str, Any] | None,
         "failing_tests": [f"{t['suite']}::{t['test']}" for t in tests
                           if t.get("outcome") == "failed" and not t.get("pre_existing")],
         "pre_existing_tests": [f"{t['suite']}::{t['test']}" for t in tests if t.get("pre_existing")],
+        "load_tests": load_tests,  # a load suite's numbers against its thresholds, by suite
         "analysis": analysis,
         "analysis_stage": analysis_stage,  # its ledger stage: the chart's name and URL
         "commits": commits,

@@ -1,7 +1,8 @@
 """The release pipeline, built per service from ``include/services/<id>.yaml``.
 
 ```
-validate -> build -> [audit] -> replica.deploy -> replica.populate -> tests -> qa_signoff -> plan
+validate -> build -> [audit] -> replica.deploy -> replica.populate -> tests
+  -> qa_signoff [-> <stage>_signoff ...]  (the service's approval stages, in order) -> plan
   -> wave_1.deploy -> wave_1.analysis -> wave_1.decide -> ... -> watch -> finalize
 on any failure:  release_failed -> rollback -> ticket -> fail_run   (the run ends failed)
 ```
@@ -12,7 +13,7 @@ happens in the tasks.
 
 Every task has a wall-clock bound from the service file: an ``execution_timeout``
 (:func:`conveyor.timeouts.task_timeouts`), or for the human approvals and decisions their
-``response_timeout`` (``qa.timeout``, ``analysis.decision_timeout``), so a hung host or step never
+``response_timeout`` (each approval stage's ``timeout``, ``analysis.decision_timeout``), so a hung host or step never
 holds the service's one running release (and every release queued behind it) for ever.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from conveyor.config import ServiceConfig, load_service
+from conveyor.config import ApprovalStage, ServiceConfig, load_service
 from conveyor.paths import TEMPLATES_DIR
 from conveyor.timeouts import task_timeouts
 from conveyor.validation import GIT_REF_PATTERN
@@ -78,10 +79,10 @@ def release_dag(service_id: str):
                                                execution_timeout=bounds["replica.populate"], **common)
         tests = TestSuitesOperator(task_id="tests", artifact=build.output, execution_timeout=bounds["tests"],
                                    **common)
-        approvals = _qa_signoff(service, notify, evidence={
+        approvals = _signoff_stages(service, notify, evidence={
             "validate": validate.task_id, "build": build.task_id, "tests": tests.task_id, "replica": replica.task_id})
-        # plan follows every approval: an emergency skips the approvals it does not need, and plan
-        # (none_failed_min_one_success) still runs on the ones given.
+        # plan follows every approval: an emergency skips the approvals it does not need, a minor change
+        # the ``when: major`` stages, and plan (none_failed_min_one_success) still runs on the ones given.
         plan = PlanWavesOperator(task_id="plan", n_waves=len(service.waves),
                                  trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, execution_timeout=bounds["plan"],
                                  **common)
@@ -126,7 +127,8 @@ def _render_doc(service: ServiceConfig) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined, autoescape=False)
-    return env.get_template("release_dag.md.j2").render(service=service, qa_group=service.people(service.qa.group))
+    return env.get_template("release_dag.md.j2").render(
+        service=service, stages=[(stage, service.people(stage.group)) for stage in service.stages])
 
 
 def _ui_base_url() -> str:
@@ -153,10 +155,10 @@ class _Notifications:
                          "{{ dag_run.triggering_user_name or 'the schedule' }}"
                          "{{ ' — EMERGENCY: ' ~ params.reason if params.emergency else '' }}")
 
-    def approval(self, k: int, required: int) -> ReleaseNotifier:
-        group = ", ".join(self.service.people(self.service.qa.group)) or "anyone"
-        return self._say("approval", f"Release {self.what} awaits QA sign-off {k}/{required} ({group}) in "
-                         "Required Actions")
+    def approval(self, stage: ApprovalStage, k: int) -> ReleaseNotifier:
+        group = ", ".join(self.service.people(stage.group)) or "anyone"
+        return self._say("approval", f"Release {self.what} awaits {stage.title} sign-off {k}/{stage.required} "
+                         f"({group}) in Required Actions")
 
     def inconclusive(self) -> ReleaseNotifier:
         return self._say("inconclusive", f"Release {self.what}: canary analysis inconclusive; continue or roll "
@@ -186,25 +188,38 @@ def _audit(service: ServiceConfig, build: BaseOperator, bounds: dict[str, timede
                                     execution_timeout=bounds["audit"])]
 
 
-def _qa_signoff(service: ServiceConfig, notify: _Notifications, evidence: dict[str, str]) -> list[BaseOperator]:
-    """``qa.required_approvals`` approval tasks in a group, each for a different QA member."""
-    from airflow.sdk import TaskGroup
+def _signoff_stages(service: ServiceConfig, notify: _Notifications, evidence: dict[str, str]) -> list[BaseOperator]:
+    """Each approval stage in order, a task group ``<stage>_signoff`` of ``required`` approval tasks, each
+    for a different member of the stage's group; the tasks, flat and in order."""
+    from airflow.sdk import TaskGroup, TriggerRule
 
-    from conveyor.operators.signoff import QASignoffOperator
+    from conveyor.operators.signoff import SignoffOperator
 
-    qa, required = service.qa, service.qa.required_approvals
-    with TaskGroup("qa_signoff", tooltip=f"QA sign-off: {required} distinct approvals, never the author"):
-        return [
-            QASignoffOperator(
-                task_id=f"approval_{k}", service_id=service.id, group=list(service.people(qa.group)), ordinal=k,
-                required=required,
-                emergency_required=qa.emergency_approvals, timeout=qa.timeout, evidence_tasks=evidence,
-                releases_url=f"{_ui_base_url()}/conveyor/releases/{service.id}",
-                subject=f"QA sign-off {k}/{required}: {CHECKED_REF} of {service.id}", body=SIGNOFF_BODY,
-                notifiers=[notify.approval(k, required)],
-            )
-            for k in range(1, required + 1)
-        ]
+    tasks: list[BaseOperator] = []
+    earlier: dict[str, list[str]] = {}
+    for stage in service.stages:
+        when = " for major changes" if stage.when == "major" else ""
+        with TaskGroup(stage.task_group, tooltip=f"{stage.title} sign-off{when}: {stage.required} distinct "
+                       "approval(s), never the author"):
+            group = [
+                SignoffOperator(
+                    task_id=f"approval_{k}", service_id=service.id, group=list(service.people(stage.group)),
+                    ordinal=k, required=stage.required, emergency_required=stage.emergency_approvals,
+                    timeout=stage.timeout, evidence_tasks=evidence, approval_stage=stage.name, title=stage.title,
+                    when=stage.when, earlier_stages=list(earlier), distinct_from_earlier=stage.distinct_from_earlier,
+                    earlier_tasks=dict(earlier),
+                    releases_url=f"{_ui_base_url()}/conveyor/releases/{service.id}",
+                    subject=f"{stage.title} sign-off {k}/{stage.required}: {CHECKED_REF} of {service.id}",
+                    body=SIGNOFF_BODY, notifiers=[notify.approval(stage, k)],
+                    # A stage the run skips (an emergency's fewer approvals, ``when: major`` on a minor
+                    # change) must not skip the stages after it: they decide for themselves.
+                    **({"trigger_rule": TriggerRule.NONE_FAILED} if tasks else {}),
+                )
+                for k in range(1, stage.required + 1)
+            ]
+        earlier[stage.name] = [t.task_id for t in group]
+        tasks += group
+    return tasks
 
 
 def _waves(service: ServiceConfig, notify: _Notifications, build: BaseOperator,
@@ -233,8 +248,9 @@ def _decision(service: ServiceConfig, notify: _Notifications, analysis: BaseOper
 
     return InconclusiveDecisionOperator(
         task_id="decide", analysis_task_id=analysis.task_id, service_id=service.id,
-        # who decides: analysis.deciders, by default the QA group (the author is never one: see the operator)
-        assigned=list(service.people(service.analysis.deciders or service.qa.group)),
+        # who decides: analysis.deciders, by default the first approval stage's group (QA; the author is
+        # never one: see the operator)
+        assigned=list(service.people(service.analysis.deciders or service.stages[0].group)),
         timeout=service.analysis.decision_timeout,
         notifiers=[notify.inconclusive()],
     )

@@ -1,15 +1,22 @@
-"""The production gate's check: do the records show a complete QA sign-off and passing tests?
+"""The production gate's check: do the records show every approval stage's sign-off and passing tests?
 
 Task states prove nothing: anyone who may act on a DAG can set an approval or ``tests`` task to
 *success* ("Mark success", ``PATCH .../taskInstances/...``) without it running. So right before a
 production host changes, the gate reads what only a real answer or a real test run leaves behind:
 
-* the ledger's release record (:meth:`conveyor.ledger.Ledger.get_release`): its ``approvals``
-  (written only by ``QASignoffOperator.execute_complete``, which runs only when Airflow resumes the
-  approval with a real Human-in-the-loop answer), its ``author`` and ``emergency`` (written by
-  ``validate``), the ``tests`` stage and the test results;
+* the ledger's release record (:meth:`conveyor.ledger.Ledger.get_release`): its ``approvals``, each
+  with its stage (written only by ``SignoffOperator.execute_complete``, which runs only when Airflow
+  resumes the approval with a real Human-in-the-loop answer), its ``author``, ``emergency`` and
+  ``change_kind`` (written by ``validate``), the ``tests`` stage and the test results;
 * Airflow's own Human-in-the-loop records of the run (what ``GET .../hitlDetails`` returns), when
-  they can be read: each counted approval must be an *Approve* answered by that very person.
+  they can be read: each counted approval must be an *Approve* answered by that very person in that
+  stage's task group (``<stage>_signoff.approval_<k>``).
+
+Every approval stage of the service (``approvals``, or the one QA stage of ``qa``) that applies to the
+release is checked in order; a ``when: major`` stage does not apply to a minor change and is not
+required. A person counts once per release across the stages, unless a stage sets
+``distinct_from_earlier: false`` (then once within it). Problems name the stage (``client: 0 of 1
+required approval(s) ...``), except the QA stage's, which keep their historic wording.
 
 :func:`check_signoff` says what is missing; pure (no Airflow), so it is tested directly.
 """
@@ -28,6 +35,13 @@ if TYPE_CHECKING:
 
 #: The QA approval tasks of the release DAG (``qa_signoff.approval_1``, ``_2``, ...).
 APPROVAL_TASK_PREFIX = "qa_signoff.approval_"
+QA_STAGE = "qa"
+
+
+def stage_task_prefix(stage: str) -> str:
+    """The approval tasks of a stage: ``<stage>_signoff.approval_<k>``."""
+    return f"{stage}_signoff.approval_"
+
 TESTS_STAGE = "tests"
 APPROVE, REJECT = "Approve", "Reject"
 _LISTED = 10  # failing tests named in a message
@@ -43,30 +57,50 @@ class SignoffUnverified(ConveyorError):
 
 @dataclass(frozen=True)
 class SignoffPolicy:
-    """What a release needs: ``required`` approvals (``emergency_required`` for an emergency) by distinct
-    people of ``group`` (empty: anyone), never the run's author."""
+    """What one approval stage needs: ``required`` approvals (``emergency_required`` for an emergency) by
+    distinct people of ``group`` (empty: anyone), never the run's author; only for a ``major`` change
+    when ``when`` says so; people counted in an earlier stage do not count again unless
+    ``distinct_from_earlier`` is false."""
 
     required: int
     emergency_required: int
     group: tuple[str, ...] = ()
+    name: str = QA_STAGE
+    when: str = "always"
+    distinct_from_earlier: bool = True
 
     @classmethod
-    def of(cls, service: ServiceConfig) -> SignoffPolicy:
-        return cls(required=service.qa.required_approvals, emergency_required=service.qa.emergency_approvals,
-                   group=tuple(service.people(service.qa.group)))
+    def of(cls, service: ServiceConfig) -> tuple[SignoffPolicy, ...]:
+        """Every approval stage of ``service``, in order."""
+        return tuple(cls(required=s.required, emergency_required=s.emergency_approvals,
+                         group=tuple(service.people(s.group)), name=s.name, when=s.when,
+                         distinct_from_earlier=s.distinct_from_earlier) for s in service.stages)
+
+    @property
+    def prefix(self) -> str:
+        return stage_task_prefix(self.name)
+
+    def applies(self, change: str | None) -> bool:
+        return self.when == "always" or change == self.when
+
+    def label(self, text: str) -> str:
+        """``text`` about this stage, named (the QA stage's keep their historic wording)."""
+        return text if self.name == QA_STAGE else f"{self.name}: {text}"
 
 
 @dataclass(frozen=True)
 class SignoffCheck:
     """The gate's verdict. ``problems`` empty: the sign-off is complete."""
 
-    needed: int
+    needed: int  # approvals needed, over every stage that applies
     emergency: bool
-    counted: tuple[str, ...]  # approvers that count, in the ledger's order
+    counted: tuple[str, ...]  # approvers that count, stage by stage, in the ledger's order
     not_counted: tuple[str, ...]  # "who (why)" for approvals that do not
     problems: tuple[str, ...]
     cross_checked: bool  # Airflow's Human-in-the-loop records were read and compared
     answers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # approver -> the answers that match
+    stages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> who counted there
+    not_required: tuple[str, ...] = ()  # stages that do not apply to this release (``when: major``)
 
     @property
     def ok(self) -> bool:
@@ -79,10 +113,12 @@ class SignoffCheck:
     def summary(self) -> dict[str, Any]:
         return {"approvals": list(self.counted), "needed": self.needed, "emergency": self.emergency,
                 "not_counted": list(self.not_counted), "cross_checked": self.cross_checked,
-                "answers": {who: list(where) for who, where in self.answers.items()}}
+                "answers": {who: list(where) for who, where in self.answers.items()},
+                "stages": {name: list(who) for name, who in self.stages.items()},
+                "not_required": list(self.not_required)}
 
 
-def hitl_answers(details: Sequence[Mapping[str, Any]], prefix: str = APPROVAL_TASK_PREFIX) -> tuple[
+def hitl_answers(details: Sequence[Mapping[str, Any]], prefix: str | tuple[str, ...] = APPROVAL_TASK_PREFIX) -> tuple[
     dict[str, list[str]], list[str]
 ]:
     """Answers to the approval tasks in Airflow's Human-in-the-loop details: ``(approvals, rejections)``.
@@ -124,62 +160,91 @@ def suite_problems(release: Mapping[str, Any], stage: str = TESTS_STAGE) -> list
     return problems
 
 
-def check_signoff(release: Mapping[str, Any] | None, policy: SignoffPolicy,
-                  hitl: Sequence[Mapping[str, Any]] | None = None, *, prefix: str = APPROVAL_TASK_PREFIX,
-                  tests_stage: str = TESTS_STAGE) -> SignoffCheck:
+def check_signoff(release: Mapping[str, Any] | None, policy: SignoffPolicy | Sequence[SignoffPolicy],
+                  hitl: Sequence[Mapping[str, Any]] | None = None, *, tests_stage: str = TESTS_STAGE) -> SignoffCheck:
     """What the records say about a release's sign-off (see the module docs).
 
-    An approval counts when its decision is ``approved``, its approver is not the run's author, is in
-    ``policy.group`` (when one is set), was not counted already, and (when ``hitl`` is given: Airflow's
-    Human-in-the-loop details of the run) answered ``["Approve"]`` to an approval task in Airflow. Any
-    rejection, in the ledger or in Airflow, is a problem even when enough approvals count: a rejected
-    release is not released by the same run.
+    In each stage of ``policy`` that applies to the release, an approval counts when its decision is
+    ``approved``, its approver is not the run's author, is in the stage's ``group`` (when one is set),
+    was not counted already (in this stage, or in an earlier one unless the stage allows it), and
+    (when ``hitl`` is given: Airflow's Human-in-the-loop details of the run) answered ``["Approve"]``
+    to one of the stage's approval tasks in Airflow. Any rejection, in the ledger or in Airflow, is a
+    problem even when enough approvals count: a rejected release is not released by the same run.
 
     :param release: the ledger's record (``Ledger.get_release``), or None when there is none.
+    :param policy: the stages, in order (one :class:`SignoffPolicy`: a single stage).
     :param hitl: None when Airflow's records were not read (the ledger alone decides).
     """
+    stages = (policy,) if isinstance(policy, SignoffPolicy) else tuple(policy)
     if not release:
-        return SignoffCheck(needed=policy.required, emergency=False, counted=(), not_counted=(),
+        return SignoffCheck(needed=sum(s.required for s in stages), emergency=False, counted=(), not_counted=(),
                             problems=("the ledger has no record of this release",), cross_checked=hitl is not None)
     author = release.get("author")
     emergency = bool(release.get("emergency"))
-    needed = policy.emergency_required if emergency else policy.required
-    answered, rejected_in_airflow = hitl_answers(hitl, prefix) if hitl is not None else ({}, [])
+    change = release.get("change_kind")
+    rows = list(release.get("approvals") or [])
     counted: list[str] = []
     not_counted: list[str] = []
-    rejections: list[str] = []
-    for approval in release.get("approvals") or []:
-        who = approval.get("approver")
-        if approval.get("decision") != "approved":
-            comment = approval.get("comment")
-            rejections.append(f"{who} {approval.get('decision')} the release" + (f": {comment}" if comment else ""))
-            continue
-        why = None
-        if who in counted:
-            why = "counted once already"
-        elif author and who == author:
-            why = "the run's author"
-        elif policy.group and who not in policy.group:
-            why = "not in the QA group"
-        elif hitl is not None and who not in answered:
-            why = "no Approve answer by them in Airflow's Required Actions"
-        if why:
-            not_counted.append(f"{who} ({why})")
-        else:
-            counted.append(who)
     problems: list[str] = []
-    if len(counted) < needed:
-        kind = " (emergency)" if emergency else ""
-        text = f"{len(counted)} of {needed} required approval(s){kind}; counted: {', '.join(counted) or 'none'}"
-        if not_counted:
-            text += f"; not counted: {', '.join(not_counted)}"
-        problems.append(text)
-    problems += rejections + rejected_in_airflow
+    answers: dict[str, list[str]] = {}
+    by_stage: dict[str, tuple[str, ...]] = {}
+    not_required: list[str] = []
+    earlier: set[str] = set()  # counted in an earlier stage
+    needed_total = 0
+    for stage in stages:
+        if not stage.applies(change):
+            not_required.append(stage.name)
+            continue
+        needed = stage.emergency_required if emergency else stage.required
+        needed_total += needed
+        answered, _ = hitl_answers(hitl, stage.prefix) if hitl is not None else ({}, [])
+        here: list[str] = []
+        missed: list[str] = []
+        for approval in rows:
+            who = approval.get("approver")
+            if (approval.get("stage") or QA_STAGE) != stage.name or approval.get("decision") != "approved":
+                continue
+            why = None
+            if who in here:
+                why = "counted once already"
+            elif stage.distinct_from_earlier and who in earlier:
+                why = "counted in an earlier stage"
+            elif author and who == author:
+                why = "the run's author"
+            elif stage.group and who not in stage.group:
+                why = "not in the QA group" if stage.name == QA_STAGE else f"not in the {stage.name} group"
+            elif hitl is not None and who not in answered:
+                why = "no Approve answer by them in Airflow's Required Actions"
+            if why:
+                missed.append(f"{who} ({why})")
+            else:
+                here.append(who)
+                if hitl is not None:
+                    answers.setdefault(who, []).extend(answered.get(who, ()))
+        if len(here) < needed:
+            kind = " (emergency)" if emergency else ""
+            text = f"{len(here)} of {needed} required approval(s){kind}; counted: {', '.join(here) or 'none'}"
+            if missed:
+                text += f"; not counted: {', '.join(missed)}"
+            problems.append(stage.label(text))
+        counted += here
+        not_counted += [stage.label(m) for m in missed]
+        by_stage[stage.name] = tuple(here)
+        earlier.update(here)
+    for approval in rows:  # a rejection in any stage stops the release
+        if approval.get("decision") != "approved":
+            who, comment = approval.get("approver"), approval.get("comment")
+            text = f"{who} {approval.get('decision')} the release" + (f": {comment}" if comment else "")
+            stage_name = approval.get("stage") or QA_STAGE
+            problems.append(text if stage_name == QA_STAGE else f"{stage_name}: {text}")
+    if hitl is not None:
+        problems += hitl_answers(hitl, tuple(s.prefix for s in stages))[1]
     problems += suite_problems(release, tests_stage)
-    return SignoffCheck(needed=needed, emergency=emergency, counted=tuple(counted), not_counted=tuple(not_counted),
-                        problems=tuple(problems), cross_checked=hitl is not None,
-                        answers={who: tuple(answered.get(who, ())) for who in counted} if hitl is not None else {})
+    return SignoffCheck(needed=needed_total, emergency=emergency, counted=tuple(counted),
+                        not_counted=tuple(not_counted), problems=tuple(problems), cross_checked=hitl is not None,
+                        answers={who: tuple(where) for who, where in answers.items()} if hitl is not None else {},
+                        stages=by_stage, not_required=tuple(not_required))
 
 
-__all__ = ["APPROVAL_TASK_PREFIX", "SignoffCheck", "SignoffMissing", "SignoffPolicy", "SignoffUnverified",
-           "check_signoff", "hitl_answers", "suite_problems"]
+__all__ = ["APPROVAL_TASK_PREFIX", "QA_STAGE", "SignoffCheck", "SignoffMissing", "SignoffPolicy", "SignoffUnverified",
+           "check_signoff", "hitl_answers", "stage_task_prefix", "suite_problems"]

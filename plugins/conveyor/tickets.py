@@ -1,7 +1,7 @@
 """Root-cause tickets: rendering, the local backend, and delivery to a ticket system. Pure, no Airflow.
 
 A ticket is pre-filled with the evidence a five-whys review starts from: the failed stage and its
-error, failing tests, the metric comparison (a per-metric table, the metrics source's graph link, and a
+error, failing tests, a load suite's numbers against its thresholds, the metric comparison (a per-metric table, the metrics source's graph link, and a
 chart of canary vs baseline attached or linked), the commit range, the hosts touched and the rollback
 outcome (and, when the rollback left hosts off their version, what each host runs now and that a person
 must act), and a link to the Airflow run. Its id is derived from the release id, so filing it again
@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from conveyor.evidence import describe_rollback
 from conveyor.exceptions import ConveyorError
+from conveyor.loadtest import markdown_line
 from conveyor.paths import tickets_dir
 
 DELIVERED = ("filed", "commented")
@@ -85,6 +86,7 @@ def render_ticket(ticket_id: str, evidence: dict[str, Any]) -> Ticket:
     analysis_text, attachments = _analysis_section(ticket_id, evidence)
     failing = evidence.get("failing_tests") or []
     pre_existing = evidence.get("pre_existing_tests") or []
+    load_tests = evidence.get("load_tests") or {}
     approvals = evidence.get("approvals") or []
     act = ""
     if action:
@@ -124,6 +126,9 @@ and say so on this ticket.
 ## Pre-existing failures (also fail on production, not blocking)
 {_bullets(pre_existing, "none")}
 
+## Load tests on the replica
+{_bullets([f"{name}: {markdown_line(load)}" for name, load in load_tests.items()], "none ran")}
+
 ## Metric comparison
 {analysis_text}
 
@@ -132,7 +137,7 @@ and say so on this ticket.
 - rollback: {describe_rollback(rollback)}
 
 ## Sign-off
-{_bullets([f"{a['approver']}: {a['decision']} at {a['at']}" + (f" — {a['comment']}" if a.get('comment') else '') for a in approvals], "no sign-off recorded")}
+{_bullets([f"[{a.get('stage') or 'qa'}] {a['approver']}: {a['decision']} at {a['at']}" + (f" — {a['comment']}" if a.get('comment') else '') for a in approvals], "no sign-off recorded")}
 
 ## Commits in this release
 {_bullets(commit_lines, "no commit range recorded")}
@@ -150,6 +155,7 @@ and say so on this ticket.
     fields = {k: evidence.get(k) for k in ("service", "version", "release_id", "failed_stage", "run_url",
                                            "signature", "error_kind")}
     fields.update({"error": error, "failing_tests": failing, "hosts_touched": [h["host"] for h in touched],
+                   "load_tests": load_tests,
                    "rollback_status": rollback.get("status", "not needed"), "action_required": action,
                    "host_versions": {s["host"]: s["version"] if s["version"] is not None else s["note"]
                                      for s in states}})

@@ -12,7 +12,7 @@ v1.0.0    the shop as the fleet starts with                                     
 v1.1.0    a good release                                                           -
 v1.2.0    recommendations fail 25% of the time (about 5% of all traffic)          canary analysis
 v1.3.0    needs a setting only the replica has: does not start in production      canary health check
-v1.4.0    a synchronous audit call adds 150 ms to every request                    canary analysis
+v1.4.0    a synchronous audit call adds 150 ms to every request                    load test (p95)
 v1.5.0    the bulk discount is applied twice                                       unit tests
 v1.6.0    a new test for a bug production already has (case-sensitive search)      pre-existing failure
 v1.7.0    its lock file pins jinja2 3.1.4, which a (lab) advisory rates high       dependency audit

@@ -131,3 +131,88 @@ def test_every_problem_is_in_the_message():
     check = check_signoff(release(("dev", "approved"), tests="failed"), POLICY, [])
     assert check.message == ("sign-off missing: 0 of 2 required approval(s); counted: none; not counted: dev (the "
                              "run's author); tests: the 'tests' stage is 'failed', not 'success'")
+
+
+# ------------------------------------------------------------------------ approval stages (issue 13)
+MANAGER = SignoffPolicy(required=1, emergency_required=1, group=("mgr1", "qa1"), name="manager", when="major")
+CLIENT = SignoffPolicy(required=1, emergency_required=0, group=("client1", "qa2"), name="client")
+STAGES = (POLICY, MANAGER, CLIENT)
+
+
+def staged(*approvals: tuple[str, str, str], change: str = "minor", **kw) -> dict:
+    """A ledger record whose ``approvals`` are (stage, approver, decision)."""
+    record = release(**kw)
+    record["change_kind"] = change
+    record["approvals"] = [{"stage": stage, "approver": who, "decision": decision, "comment": None}
+                           for stage, who, decision in approvals]
+    return record
+
+
+QA_OK = (("qa", "qa1", "approved"), ("qa", "qa2", "approved"))
+QA_ANSWERS = [answer("qa_signoff.approval_1", "qa1"), answer("qa_signoff.approval_2", "qa2")]
+
+
+def test_every_stage_that_applies_must_be_approved_in_order():
+    minor = staged(*QA_OK, ("client", "client1", "approved"))
+    check = check_signoff(minor, STAGES, [*QA_ANSWERS, answer("client_signoff.approval_1", "client1")])
+    assert check.ok, check.problems
+    assert (check.counted, check.needed, check.not_required) == (("qa1", "qa2", "client1"), 3, ("manager",))
+    assert check.stages == {"qa": ("qa1", "qa2"), "client": ("client1",)}
+    assert check.answers["client1"] == ("client_signoff.approval_1 (try 1)",)
+
+    major = {**minor, "change_kind": "major"}  # the manager's stage applies: nobody approved it
+    assert check_signoff(major, STAGES).problems == ("manager: 0 of 1 required approval(s); counted: none",)
+    assert check_signoff(staged(*QA_OK, change="major"), STAGES).problems == (
+        "manager: 0 of 1 required approval(s); counted: none", "client: 0 of 1 required approval(s); counted: none")
+
+
+def test_an_approval_counts_only_in_its_own_stage():
+    """An approval recorded for the client stage by someone outside its group, or answered in Airflow only
+    in another stage's task, does not count there."""
+    record = staged(*QA_OK, ("client", "ops", "approved"))
+    assert check_signoff(record, STAGES).problems == (
+        "client: 0 of 1 required approval(s); counted: none; not counted: ops (not in the client group)",)
+    record = staged(*QA_OK, ("client", "client1", "approved"))
+    hitl = [*QA_ANSWERS, answer("qa_signoff.approval_3", "client1")]
+    assert check_signoff(record, STAGES, hitl).problems == (
+        "client: 0 of 1 required approval(s); counted: none; not counted: client1 (no Approve answer by them in "
+        "Airflow's Required Actions)",)
+
+
+def test_a_person_counts_once_across_stages_unless_the_stage_says_otherwise():
+    record = staged(*QA_OK, ("client", "qa2", "approved"))
+    assert check_signoff(record, STAGES).problems == (
+        "client: 0 of 1 required approval(s); counted: none; not counted: qa2 (counted in an earlier stage)",)
+    lenient = SignoffPolicy(required=1, emergency_required=0, group=("client1", "qa2"), name="client",
+                            distinct_from_earlier=False)
+    check = check_signoff(record, (POLICY, MANAGER, lenient))
+    assert check.ok and check.stages == {"qa": ("qa1", "qa2"), "client": ("qa2",)}
+    # the manager's stage is skipped for a minor change: its approver does not count as "earlier"
+    record = staged(*QA_OK, ("manager", "qa1", "approved"), change="major")
+    assert check_signoff(record, STAGES).problems[0] == (
+        "manager: 0 of 1 required approval(s); counted: none; not counted: qa1 (counted in an earlier stage)")
+
+
+def test_a_rejection_in_any_stage_stops_the_release_with_its_reason():
+    record = staged(*QA_OK, ("client", "client1", "rejected"))
+    record["approvals"][-1]["comment"] = "the invoice layout is not what we signed"
+    hitl = [*QA_ANSWERS, answer("client_signoff.approval_1", "client1", "Reject")]
+    assert check_signoff(record, STAGES, hitl).problems == (
+        "client: 0 of 1 required approval(s); counted: none",
+        "client: client1 rejected the release: the invoice layout is not what we signed",
+        "client1 rejected in Airflow's Required Actions (client_signoff.approval_1 (try 1))")
+
+
+def test_an_emergency_needs_each_stages_emergency_count():
+    record = staged(("qa", "qa1", "approved"), emergency=True)  # the client stage's emergency count is 0
+    check = check_signoff(record, STAGES)
+    assert check.ok and check.needed == 1 and check.stages == {"qa": ("qa1",), "client": ()}
+
+
+def test_the_policy_of_a_service_lists_its_stages():
+    from conveyor.config import load_service
+
+    assert SignoffPolicy.of(load_service("demo_shop")) == (
+        SignoffPolicy(required=2, emergency_required=1, group=("qa1", "qa2", "qa3")),
+        SignoffPolicy(required=1, emergency_required=1, group=("mgr1",), name="manager", when="major"),
+        SignoffPolicy(required=1, emergency_required=1, group=("client1",), name="client"))

@@ -63,11 +63,14 @@ def test_every_task_has_a_finite_bound_from_the_service_file(variant):
     table = task_timeouts(service)
     humans = [t for t in dag.tasks if isinstance(t, HITLOperator)]
     assert sorted(t.task_id for t in humans) == sorted(
-        ["qa_signoff.approval_1", "qa_signoff.approval_2", "watch.decide"] + [f"wave_{i}.decide" for i in range(1, 5)])
+        ["qa_signoff.approval_1", "qa_signoff.approval_2", "manager_signoff.approval_1", "client_signoff.approval_1",
+         "watch.decide"] + [f"wave_{i}.decide" for i in range(1, 5)])
+    stage_timeouts = {f"{stage.task_group}.": stage.timeout for stage in service.stages}
     for task in dag.tasks:
         if task in humans:  # they wait for a person, as long as their response timeout
             assert task.execution_timeout is None, task.task_id
-            want = service.qa.timeout if task.task_id.startswith("qa_signoff") else service.analysis.decision_timeout
+            want = next((timeout for prefix, timeout in stage_timeouts.items() if task.task_id.startswith(prefix)),
+                        service.analysis.decision_timeout)
             assert task.response_timeout == want, task.task_id
         else:
             assert task.task_id in table, f"{task.task_id} has no bound: add it to conveyor.timeouts.task_timeouts"

@@ -58,11 +58,19 @@ def test_release_dag_shape_and_policies(forbid_connections):
     # QA sign-off: two approvals in sequence, from the QA group, emergency changes need one
     first, second = dag.get_task("qa_signoff.approval_1"), dag.get_task("qa_signoff.approval_2")
     assert second.upstream_task_ids == {"qa_signoff.approval_1"}
-    assert dag.get_task("plan").upstream_task_ids == {"qa_signoff.approval_1", "qa_signoff.approval_2"}
     assert dag.get_task("plan").trigger_rule == "none_failed_min_one_success"
     assert first.group == ["qa1", "qa2", "qa3"] and first.required == 2 and first.emergency_required == 1
     assert first.fail_on_reject and str(first.timeout) == "1 day, 0:00:00"
     assert "reason" in first.params
+    # then the manager's stage (major changes only) and the client's, in order; plan follows every approval
+    manager, client = dag.get_task("manager_signoff.approval_1"), dag.get_task("client_signoff.approval_1")
+    assert manager.upstream_task_ids == {"qa_signoff.approval_2"} and manager.trigger_rule == "none_failed"
+    assert client.upstream_task_ids == {"manager_signoff.approval_1"} and client.trigger_rule == "none_failed"
+    assert (manager.approval_stage, manager.when, manager.group, client.approval_stage, client.when, client.group) == (
+        "manager", "major", ["mgr1"], "client", "always", ["client1"])
+    assert client.earlier_stages == ["qa", "manager"] and client.fail_on_reject
+    assert dag.get_task("plan").upstream_task_ids == {"qa_signoff.approval_1", "qa_signoff.approval_2",
+                                                      "manager_signoff.approval_1", "client_signoff.approval_1"}
 
 
 def _validate_conf(conf: dict, dag_id: str = "release_demo_shop"):

@@ -3,7 +3,7 @@
 ``airflow_server`` (module scope) starts the four components as subprocesses, the way
 ``airflow standalone`` does (LocalExecutor, SQLite), in a private ``AIRFLOW_HOME`` with its own
 database, this project's ``dags/`` and ``plugins/``, SimpleAuthManager with the users
-``admin, dev, qa1, qa2, qa3, ops`` and the read-only service user ``conveyor`` (passwords written
+``admin, dev, qa1, qa2, qa3, mgr1, client1, ops`` and the read-only service user ``conveyor`` (passwords written
 beforehand to the file named by ``[core] simple_auth_manager_passwords_file``), on a free port, the
 ``conveyor_airflow_api`` connection (the production gate reads the run's Required Actions through
 this very API as ``conveyor``, as ``make run`` sets it up), and the e2e environment of
@@ -40,8 +40,8 @@ from conveyor_lab.fleet.spec import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "release_demo_shop"
-USERS = {"admin": "admin", "dev": "user", "qa1": "user", "qa2": "user", "qa3": "user", "ops": "user",
-         "conveyor": "viewer"}  # conveyor: the production gate's service user (reads Required Actions)
+USERS = {"admin": "admin", "dev": "user", "qa1": "user", "qa2": "user", "qa3": "user", "mgr1": "user",
+         "client1": "user", "ops": "user", "conveyor": "viewer"}  # conveyor: the production gate's service user (reads Required Actions)
 GATE_USER = "conveyor"
 EARLY_COMPONENTS = ("api-server", "dag-processor")  # need neither the fleet nor its connection
 LATE_COMPONENTS = ("scheduler", "triggerer")  # run the tasks and triggers: need the fleet's connection

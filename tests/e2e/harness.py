@@ -1,4 +1,4 @@
-"""Drive whole release runs with ``dag.test()`` against the local fleet, answering QA sign-off.
+"""Drive whole release runs with ``dag.test()`` against the local fleet, answering every sign-off stage.
 
 Sign-off answers are written the way Airflow's API server writes them
 (``airflow/api_fastapi/core_api/routes/public/hitl.py``): the response fields on the HITL detail,
@@ -26,13 +26,24 @@ class Decision:
     params: dict = field(default_factory=dict)
 
 
-class HitlResponder(threading.Thread):
-    """Answers the next awaiting Required Action of ``dag_id`` with each decision in turn."""
+def later_stages(manager: str = "Approve", client: str = "Approve") -> dict[str, list[Decision]]:
+    """The demo's answers to its approval stages after QA, by task group: the manager's (asked of major
+    changes only) by ``mgr1``, the client's by ``client1``."""
+    return {"manager_signoff.": [Decision("mgr1", manager, {"reason": "checked by the manager"})],
+            "client_signoff.": [Decision("client1", client, {"reason": "accepted by the client"})]}
 
-    def __init__(self, dag_id: str, decisions: list[Decision], timeout: float = 600):
+
+class HitlResponder(threading.Thread):
+    """Answers the next awaiting Required Action of ``dag_id``: a task of a group in ``stages`` with that
+    group's next decision (by default :func:`later_stages`: the demo's manager and client approve), any
+    other (QA's approvals, "continue or roll back?") with each of ``decisions`` in turn."""
+
+    def __init__(self, dag_id: str, decisions: list[Decision], timeout: float = 600,
+                 stages: dict[str, list[Decision]] | None = None):
         super().__init__(daemon=True)
         self.dag_id = dag_id
         self.decisions = list(decisions)
+        self.stages = later_stages() if stages is None else {g: list(d) for g, d in stages.items()}
         self.answered: list[tuple[str, str, str]] = []
         self.deadline = time.monotonic() + timeout
         self._stop_event = threading.Event()
@@ -71,8 +82,10 @@ class HitlResponder(threading.Thread):
                         first_seen[str(ti.id)] = time.monotonic()
                         session.commit()
                         continue
-                    if not detail.response_received and self.decisions and age >= SETTLE_S:
-                        decision = self.decisions.pop(0)
+                    queue = next((d for group, d in self.stages.items() if ti.task_id.startswith(group)),
+                                 self.decisions)
+                    if not detail.response_received and queue and age >= SETTLE_S:
+                        decision = queue.pop(0)
                         detail.responded_by = HITLUser(id=decision.user, name=decision.user)
                         detail.responded_at = timezone.utcnow()
                         detail.chosen_options = [decision.option]
@@ -101,12 +114,15 @@ class RunResult:
     answered: list
 
 
-def run_release(conf: dict, decisions: list[Decision] | None = None, dag_id: str = "release_demo_shop") -> RunResult:
-    """Run one release to its end; QA decisions default to approvals by qa1 and qa2."""
+def run_release(conf: dict, decisions: list[Decision] | None = None, dag_id: str = "release_demo_shop",
+                stages: dict[str, list[Decision]] | None = None) -> RunResult:
+    """Run one release to its end; QA decisions default to approvals by qa1 and qa2, the later stages'
+    to :func:`later_stages` (mgr1 and client1 approve)."""
     from airflow.utils.session import create_session
 
     dag = load_dag(dag_id)
-    responder = HitlResponder(dag.dag_id, decisions if decisions is not None else [Decision("qa1", "Approve"), Decision("qa2", "Approve")])
+    responder = HitlResponder(dag.dag_id, decisions if decisions is not None else [Decision("qa1", "Approve"), Decision("qa2", "Approve")],
+                              stages=stages)
     responder.start()
     try:
         dr = dag.test(run_conf=conf)

@@ -86,7 +86,18 @@ def test_approvals_marked_success_do_not_reach_production(fleet_on_v1_0_0):
     assert states["qa_signoff.approval_1"] == states["qa_signoff.approval_2"] == "success"
     release = assert_stopped_at_the_first_wave(
         dr, states, fleet_on_v1_0_0, "sign-off missing: 0 of 2 required approval(s); counted: none")
-    assert release["approvals"] == []
+    assert [(a["stage"], a["approver"]) for a in release["approvals"]] == [("client", "client1")]  # not QA's
+
+
+def test_a_later_stage_marked_success_does_not_reach_production(fleet_on_v1_0_0):
+    """QA approves; the client's acceptance (issue 13) is marked success instead of given."""
+    dr, states = run_marked({"git_ref": "v1.1.0"}, r"client_signoff\.approval_\d+",
+                            decisions=[Decision("qa1", "Approve"), Decision("qa2", "Approve")])
+
+    assert states["client_signoff.approval_1"] == "success"
+    release = assert_stopped_at_the_first_wave(
+        dr, states, fleet_on_v1_0_0, "sign-off missing: client: 0 of 1 required approval(s); counted: none")
+    assert [(a["stage"], a["approver"]) for a in release["approvals"]] == [("qa", "qa1"), ("qa", "qa2")]
 
 
 def test_tests_marked_success_on_a_failing_tag_do_not_reach_production(fleet_on_v1_0_0):
@@ -99,4 +110,4 @@ def test_tests_marked_success_on_a_failing_tag_do_not_reach_production(fleet_on_
     release = assert_stopped_at_the_first_wave(
         dr, states, fleet_on_v1_0_0,
         "sign-off missing: tests: the 'tests' stage has no record in the ledger (the suites did not run)")
-    assert sorted(a["approver"] for a in release["approvals"]) == ["qa1", "qa2"]
+    assert sorted(a["approver"] for a in release["approvals"]) == ["client1", "qa1", "qa2"]

@@ -239,7 +239,8 @@ def diagnose(stack: CeleryStack, run_id: str) -> str:
 
 
 def approve(stack: CeleryStack, run_id: str, user: str, timeout: float = 420) -> None:
-    """Wait for the run's next QA approval and answer Approve as ``user`` with ``conveyor approve``'s client."""
+    """Wait for the run's next approval (any stage) and answer Approve as ``user`` with ``conveyor approve``'s
+    client."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -314,6 +315,7 @@ def test_a_release_on_celery_reaches_every_production_host(on_the_stack):
     run_id = trigger(stack, NEW)
     approve(stack, run_id, "qa1")
     approve(stack, run_id, "qa2")
+    approve(stack, run_id, "client1")  # the demo's client stage (a minor change: no manager's)
     assert wait_for_run(stack, run_id) == "success", diagnose(stack, run_id)
 
     assert production(stack) == dict.fromkeys(PROD, (NEW, NEW))
@@ -322,7 +324,8 @@ def test_a_release_on_celery_reaches_every_production_host(on_the_stack):
     ran_once(stack, run_id)
     release = ledger_release(stack, run_id)
     assert (release["status"], release["author"]) == ("success", "dev")
-    assert sorted(a["approver"] for a in release["approvals"]) == ["qa1", "qa2"]
+    assert sorted((a["stage"], a["approver"]) for a in release["approvals"]) == [
+        ("client", "client1"), ("qa", "qa1"), ("qa", "qa2")]
     assert {h["host"]: (h["from_version"], h["to_version"], h["status"]) for h in release["hosts"]} == \
         dict.fromkeys(["replica-1", "replica-2", *PROD], (OLD, NEW, "deployed"))
     print(f"\n[celery] a good release took {time.monotonic() - started:.0f} s")
@@ -343,6 +346,7 @@ def test_a_worker_killed_mid_wave_leaves_every_host_on_one_known_version(on_the_
     run_id = trigger(stack, NEW)
     approve(stack, run_id, "qa1")
     approve(stack, run_id, "qa2")
+    approve(stack, run_id, "client1")  # the demo's client stage (a minor change: no manager's)
 
     # Kill the worker and everything under it once wave_2's deploy runs and has switched a host of its own.
     target, deadline = "wave_2.deploy", time.monotonic() + 420

@@ -62,8 +62,9 @@ def test_an_emergency_run_goes_through_the_freeze_with_one_approval_and_is_label
                          decisions=[Decision("qa1", "Approve")])
 
     assert result.dag_run.state == "success", sorted(result.states.items())
-    assert result.answered == [("qa_signoff.approval_1", "qa1", "Approve")]
-    assert result.states["qa_signoff.approval_2"] == "skipped"  # an emergency needs one approval
+    assert result.answered == [("qa_signoff.approval_1", "qa1", "Approve"),
+                               ("client_signoff.approval_1", "client1", "Approve")]  # the client's, still
+    assert result.states["qa_signoff.approval_2"] == "skipped"  # an emergency needs one QA approval
     assert versions("production") == {n: "v1.1.0" for n in PROD}
     release = release_record(result.dag_run.run_id)
     assert release["emergency"] is True and release["reason"] == why and release["labels"] == ["emergency"]

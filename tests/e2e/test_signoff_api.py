@@ -1,5 +1,6 @@
-"""QA sign-off through a real Airflow: its REST API, its login, its assignment check (issue 4), and the
-gates a click cannot skip (issue 10): the production gate, who may release, the required reason.
+"""Sign-off through a real Airflow: its REST API, its login, its assignment check (issue 4), the gates a
+click cannot skip (issue 10): the production gate, who may release, the required reason; and the
+approval stages after QA (issue 13): the manager's for a major change, then the client's.
 
 One Airflow (scheduler, dag-processor, triggerer, API server; LocalExecutor on SQLite) serves the
 whole module (``airflow_server``); runs are triggered as ``dev`` through ``POST .../dagRuns`` and
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.e2e]
 PROD = [f"prod-{i}" for i in range(1, 7)]
 CONVEYOR = Path(sys.executable).with_name("conveyor")
 APPROVAL_1, APPROVAL_2 = "qa_signoff.approval_1", "qa_signoff.approval_2"
+MANAGER, CLIENT = "manager_signoff.approval_1", "client_signoff.approval_1"  # the demo's later stages (issue 13)
 SETTLE = 4.0  # seconds; the module's Airflow reaps parked tasks and loops within about a second
 
 
@@ -165,6 +167,11 @@ def test_two_distinct_qa_members_approve_and_the_release_reaches_production(airf
     status, body = answer(server, "qa3", run_id, APPROVAL_2, "Approve")
     assert status == 409, body  # one answer per approval
 
+    client = wait_for_approval(server, run_id, CLIENT)  # the client's acceptance follows (no manager: minor)
+    assert assigned(client) == {"client1"}
+    status, body = answer(server, "client1", run_id, CLIENT, "Approve", "Accepted")
+    assert status == 200, body
+
     assert wait_for_run(server, run_id) == "success", diagnose(server, run_id)
     for wave in ("wave_1.deploy", "wave_4.deploy"):  # the gate read Airflow's records, as the service user
         log = server.task_log(run_id, wave)
@@ -176,8 +183,9 @@ def test_two_distinct_qa_members_approve_and_the_release_reaches_production(airf
     assert release["status"] == "success"
     assert release["author"] == "dev"
     approvals = {a["approver"]: a for a in release["approvals"]}
-    assert sorted(approvals) == ["qa1", "qa2"]
+    assert sorted(approvals) == ["client1", "qa1", "qa2"]
     assert {a["decision"] for a in approvals.values()} == {"approved"}
+    assert (approvals["qa1"]["stage"], approvals["client1"]["stage"]) == ("qa", "client")
     assert approvals["qa1"]["at"] is not None
     assert approvals["qa2"]["at"] is not None
     assert approvals["qa1"]["at"] <= approvals["qa2"]["at"]
@@ -332,6 +340,9 @@ def test_an_approval_marked_success_through_the_api_does_not_reach_production(ai
     status, body = server.client("dev").request(
         "PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{APPROVAL_2}", {"new_state": "success"})
     assert status == 200, body  # Airflow lets the author set a task's state
+    wait_for_approval(server, run_id, CLIENT)  # the later stage asks all the same, and is given
+    status, body = answer(server, "client1", run_id, CLIENT, "Approve")
+    assert status == 200, body
 
     assert wait_for_run(server, run_id) == "failed"
     states = task_states(server, run_id)
@@ -342,7 +353,8 @@ def test_an_approval_marked_success_through_the_api_does_not_reach_production(ai
     missing = "sign-off missing: 1 of 2 required approval(s); counted: qa1"
     assert missing in stage_error(run_id, "wave_1.deploy")
     release = release_record(run_id)
-    assert [(a["approver"], a["decision"]) for a in release["approvals"]] == [("qa1", "approved")]
+    assert [(a["approver"], a["decision"]) for a in release["approvals"]] == [("qa1", "approved"),
+                                                                              ("client1", "approved")]
     assert [h for h in release["hosts"] if h["environment"] == "production"] == []
     ticket = ticket_for(run_id)
     assert ticket["failed_stage"] == "wave_1.deploy"
@@ -389,3 +401,99 @@ def test_only_allowed_users_release_and_only_operations_declare_an_emergency(air
         assert (release["version"], release["hosts"], release["approvals"]) == (None, [], [])
         assert why in ticket_for(run_id)["error"]
     assert unchanged(before, fleet_state()) == {}
+
+
+# ----------------------------------------------------------------------- issue 13: approval stages
+
+
+def pending(server: AirflowServer, run_id: str) -> set[str]:
+    """The run's Required Actions not yet answered, by task id."""
+    return {d["task_instance"]["task_id"] for d in server.client("admin").hitl_details(DAG_ID, run_id, pending=True)}
+
+
+def refused_to(server: AirflowServer, user: str, run_id: str, task_id: str) -> None:
+    status, body = answer(server, user, run_id, task_id, "Approve", "mine")
+    assert status == 403, (user, task_id, status, body)
+    assert f"User={user}" in body["detail"] and "not a respondent" in body["detail"]
+
+
+def test_a_major_change_asks_qa_then_the_manager_then_the_client_and_never_the_author(airflow_server,  # noqa: F811
+                                                                                      fleet_on_v1_0_0):
+    """The author ``dev`` is put into every stage's group, and still no stage asks them: Airflow itself
+    answers 403 at each one. The stages come one after the other, and each later one shows the earlier
+    decisions."""
+    server = airflow_server
+    groups = {"qa": ["qa1", "qa2", "qa3", "dev"], "managers": ["mgr1", "dev"], "client": ["client1", "dev"]}
+    with server.service_override(groups=groups):
+        run_id = trigger(server, "v1.1.0", change="major")
+
+        assert assigned(wait_for_approval(server, run_id, APPROVAL_1)) == {"qa1", "qa2", "qa3"}
+        refused_to(server, "dev", run_id, APPROVAL_1)
+        assert answer(server, "qa1", run_id, APPROVAL_1, "Approve", "Checked the cart")[0] == 200
+        assert assigned(wait_for_approval(server, run_id, APPROVAL_2)) == {"qa2", "qa3"}
+        refused_to(server, "dev", run_id, APPROVAL_2)
+        assert answer(server, "qa2", run_id, APPROVAL_2, "Approve")[0] == 200
+
+        manager = wait_for_approval(server, run_id, MANAGER)
+        assert assigned(manager) == {"mgr1"}  # the group minus the author
+        assert CLIENT not in pending(server, run_id)  # in order: the client is not asked yet
+        assert manager["subject"].startswith("Manager sign-off 1/1: v1.1.0")
+        assert "- qa: approved by qa1 — Checked the cart; approved by qa2" in manager["body"], manager["body"]
+        refused_to(server, "dev", run_id, MANAGER)
+        refused_to(server, "qa1", run_id, MANAGER)
+        assert answer(server, "mgr1", run_id, MANAGER, "Approve", "Fits the roadmap")[0] == 200
+
+        client = wait_for_approval(server, run_id, CLIENT)
+        assert assigned(client) == {"client1"}
+        assert "- manager: approved by mgr1 — Fits the roadmap" in client["body"], client["body"]
+        refused_to(server, "dev", run_id, CLIENT)
+        refused_to(server, "mgr1", run_id, CLIENT)
+        result = conveyor(server, "client1", "approve", run_id, "--comment", "Accepted for ACME")
+        assert result.returncode == 0, result.stderr
+        assert f"Approved {CLIENT} of run {run_id}" in result.stdout
+
+        assert wait_for_run(server, run_id) == "success", diagnose(server, run_id)
+    assert versions("production") == {name: "v1.1.0" for name in PROD}
+    release = release_record(run_id)
+    assert [(a["stage"], a["approver"], a["decision"], a["comment"]) for a in release["approvals"]] == [
+        ("qa", "qa1", "approved", "Checked the cart"), ("qa", "qa2", "approved", None),
+        ("manager", "mgr1", "approved", "Fits the roadmap"), ("client", "client1", "approved", "Accepted for ACME")]
+    log = server.task_log(run_id, "wave_1.deploy")  # the gate verified every stage from the records
+    assert "Stages: qa: qa1, qa2; manager: mgr1; client: client1" in log, log
+    assert "client1 approved client_signoff.approval_1 (try 1)" in log
+
+
+def test_a_client_rejection_fails_the_release_before_production(airflow_server, fleet_on_v1_0_0):  # noqa: F811
+    server = airflow_server
+    before = fleet_state("production")
+    run_id = trigger(server, "v1.1.0")  # a minor change: QA, then the client (no manager's check)
+    wait_for_approval(server, run_id, APPROVAL_1)
+    assert answer(server, "qa1", run_id, APPROVAL_1, "Approve", "Checked the cart")[0] == 200
+    wait_for_approval(server, run_id, APPROVAL_2)
+    assert answer(server, "qa2", run_id, APPROVAL_2, "Approve")[0] == 200
+
+    wait_for_approval(server, run_id, CLIENT)
+    assert task_states(server, run_id)[MANAGER] == "skipped"
+    refused_to(server, "dev", run_id, CLIENT)
+    reason = "The invoice still shows last year's VAT rate (ACME-77)"
+    result = conveyor(server, "client1", "reject", run_id, "--reason", reason)
+    assert result.returncode == 0, result.stderr
+    assert f"Rejected {CLIENT} of run {run_id}" in result.stdout
+
+    assert wait_for_run(server, run_id) == "failed"
+    states = task_states(server, run_id)
+    assert states[CLIENT] == "failed", diagnose(server, run_id)
+    assert (states["plan"], states["wave_1.deploy"], states["ticket"]) == ("upstream_failed", "upstream_failed",
+                                                                          "success")
+    assert unchanged(before, fleet_state("production")) == {}
+    release = release_record(run_id)
+    assert [h for h in release["hosts"] if h["environment"] == "production"] == []
+    assert [(a["stage"], a["approver"], a["decision"], a["comment"]) for a in release["approvals"]] == [
+        ("qa", "qa1", "approved", "Checked the cart"), ("qa", "qa2", "approved", None),
+        ("client", "client1", "rejected", reason)]
+    assert f"Client sign-off rejected by client1: {reason}" in stage_error(run_id, CLIENT)
+    ticket = ticket_for(run_id)
+    assert ticket["failed_stage"] == CLIENT
+    assert f"Client sign-off rejected by client1: {reason}" in ticket["error"]
+    assert "[client] client1: rejected at" in ticket["body"] and "[qa] qa1: approved at" in ticket["body"]
+    assert ticket["hosts_touched"] == []

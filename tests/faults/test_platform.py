@@ -237,7 +237,8 @@ def test_slack_down(fleet_on_v1_0_0, airflow_db, tmp_path, monkeypatch):
         assert result.dag_run.state == "success", result.states
         assert on_version(fleet, NEW) == {}
         logged = [n for n in read_notifications() if n["run_id"] == result.dag_run.run_id]
-        assert [n["event"] for n in logged] == ["started", "approval", "approval", "succeeded"]
+        # two QA approvals and the client's acceptance (the demo's stage after QA; no manager's: minor)
+        assert [n["event"] for n in logged] == ["started", "approval", "approval", "approval", "succeeded"]
         assert sorted(p["json"]["text"] for p in slack.posts) == sorted(n["text"] for n in logged)  # all tried, all 500
         assert all(p["path"] == "/services/T000/B000/XYZ" for p in slack.posts)
     finally:
@@ -470,7 +471,7 @@ def test_triggerer_restarted_mid_analysis():
 def test_late_approval_after_the_timeout(fleet_on_v1_0_0, bare_ledger, make_context, release_id, run_id, calls,
                                          monkeypatch):
     ledger = bare_ledger
-    record_signoff(ledger, release_id, approvers=())  # the tests passed; the approvals wait
+    record_signoff(ledger, release_id, approvers=(), later={})  # the tests passed; the approvals wait
 
     with pytest.raises(ReleaseFailed, match=r"^no sign-off within 20s: approval 1 was never given$"):
         approval(1, timedelta(seconds=20)).execute_complete(hitl_context(make_context), TIMEOUT_EVENT)
@@ -485,7 +486,8 @@ def test_late_approval_after_the_timeout(fleet_on_v1_0_0, bare_ledger, make_cont
         for detail in api.current:
             detail["task_instance"]["state"] = "failed"
         message = refused_wave(fleet_on_v1_0_0, plan_of(["prod-1"], [["prod-1"]]), make_context(), calls)
-    assert message == "sign-off missing: 0 of 2 required approval(s); counted: none"
+    assert message == ("sign-off missing: 0 of 2 required approval(s); counted: none; "
+                       "client: 0 of 1 required approval(s); counted: none")  # nor the client's, after QA's
     assert decisions(ledger, release_id) == []
 
 

@@ -76,8 +76,9 @@ class AirflowApiHook(BaseHook):
     def get_conn(self) -> SignoffClient:
         return self.client()
 
-    def approval_answers(self, dag_id: str, run_id: str, task_prefix: str) -> list[dict[str, Any]]:
-        """The Human-in-the-loop details of the run's tasks whose id starts with ``task_prefix``: the
+    def approval_answers(self, dag_id: str, run_id: str, task_prefix: str | tuple[str, ...]) -> list[dict[str, Any]]:
+        """The Human-in-the-loop details of the run's tasks whose id starts with ``task_prefix`` (or one of
+        several, e.g. every approval stage's ``<stage>_signoff.approval_``): the
         current try's (``GET .../hitlDetails``) and every earlier try's (a task cleared after it was
         answered reruns without asking again; its answer is in the earlier try).
 

@@ -296,14 +296,16 @@ class Ledger:
         self,
         release_id: str,
         approver: str,
+        stage: str = "qa",
         *,
         decision: str,
         comment: str | None = None,
         at: dt.datetime,
     ) -> None:
+        """Record a person's decision in an approval stage (one row per release, stage and person)."""
         self._upsert(
             schema.approvals,
-            {"release_id": release_id, "approver": approver},
+            {"release_id": release_id, "stage": stage, "approver": approver},
             {"decision": decision, "comment": comment, "at": at},
         )
 

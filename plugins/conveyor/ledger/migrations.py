@@ -95,12 +95,28 @@ def _add_ticket_delivery(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE tickets ADD COLUMN {column} {kind}"))
 
 
+def _add_approval_stage(conn: Connection) -> None:
+    # The stage joins the approvals' key (a person may approve two stages when a stage allows it), and
+    # neither dialect changes a primary key in place portably: copy into a table of the new shape.
+    # Migration 1 creates tables from the current schema, so a new database already has the column.
+    if "stage" in {c["name"] for c in sa.inspect(conn).get_columns("approvals")}:
+        return
+    conn.execute(sa.text("ALTER TABLE approvals RENAME TO approvals_v5"))
+    if conn.dialect.name == "postgresql":  # the old key's name would clash with the new table's
+        conn.execute(sa.text("ALTER TABLE approvals_v5 RENAME CONSTRAINT approvals_pkey TO approvals_v5_pkey"))
+    conn.execute(CreateTable(schema.approvals))
+    conn.execute(sa.text("INSERT INTO approvals (release_id, approver, stage, decision, comment, at) "
+                         "SELECT release_id, approver, 'qa', decision, comment, at FROM approvals_v5"))
+    conn.execute(sa.text("DROP TABLE approvals_v5"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _create_core_tables),
     Migration(2, "indexes for service/time queries", _add_query_indexes),
     Migration(3, "commits.ci_detail: why CI judged a commit red", _add_commit_ci_detail),
     Migration(4, "wider text columns: long run ids, authors, stage names, rollback errors", _widen_text_columns),
     Migration(5, "tickets: backend, external key, failure signature and delivery status", _add_ticket_delivery),
+    Migration(6, "approvals.stage: approval stages beyond QA, part of the key", _add_approval_stage),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

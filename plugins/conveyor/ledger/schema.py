@@ -36,6 +36,8 @@ PRODUCTION = "production"
 RELEASE_ID_LENGTH = 400
 # A stage is a task id (with its task group), which Airflow allows up to 250 characters.
 STAGE_LENGTH = 250
+# An approval stage's name (``conveyor.config.STAGE_NAME_RE``: at most 40 characters).
+STAGE_NAME_LENGTH = 40
 # A host name (RFC 1035: up to 253 characters) or a cloud instance id.
 HOST_LENGTH = 255
 
@@ -143,6 +145,8 @@ approvals = sa.Table(
     metadata,
     sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
     sa.Column("approver", sa.String(250), primary_key=True),
+    # Added by migration 6: the approval stage (``qa``, ``manager``, ...); rows from before it are ``qa``.
+    sa.Column("stage", sa.String(STAGE_NAME_LENGTH), primary_key=True, server_default="qa"),
     sa.Column("decision", sa.String(30), nullable=False),
     sa.Column("comment", sa.Text),
     sa.Column("at", UTCDateTime, nullable=False),

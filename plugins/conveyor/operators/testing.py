@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from conveyor.artifacts import ArtifactInfo
     from conveyor.config import Suite
+    from conveyor.operators.base import StageRecord
     from conveyor.suites import SuiteRun
 
 
@@ -31,7 +32,9 @@ class TestSuitesOperator(FleetOperator):
     Each suite command gets ``{junit}`` (where to write JUnit XML) and the environment variables
     ``CONVEYOR_REPLICA_URLS`` (comma-separated base URLs of the replica hosts), ``CONVEYOR_VERSION``,
     plus the suite's own ``env`` (where ``{replica_urls}`` is substituted). Every test result is
-    recorded in the ledger.
+    recorded in the ledger. A load suite (``kind: load``) runs Locust against the replica: each of its
+    thresholds is a test result whose message holds the measured number, its numbers go into the stage's
+    detail (the sign-off body and the ticket show them) and a failure names them.
 
     **Triage** (``triage.enabled``, on by default): when tests fail and production runs a known
     version, the failing suites are run again *against production's version*: the replica is switched
@@ -53,6 +56,7 @@ class TestSuitesOperator(FleetOperator):
     def _run_suites(self, src: Path, suites: Sequence[Suite], urls: str, version: str) -> dict[str, SuiteRun]:
         """Run ``suites`` in the checkout ``src`` against the replica at ``urls``, by suite name."""
         from conveyor.commands import tool_env
+        from conveyor.loadtest import markdown_line
         from conveyor.suites import run_suite
 
         runs: dict[str, SuiteRun] = {}
@@ -63,6 +67,8 @@ class TestSuitesOperator(FleetOperator):
                                 replica_urls=urls)
                 for line in run.result.tail().splitlines():
                     self.log.info("  %s", line)
+                if run.load is not None:
+                    self.log.info("Load suite %s: %s", suite.name, markdown_line(run.load))
                 runs[suite.name] = run
         return runs
 
@@ -129,16 +135,19 @@ class TestSuitesOperator(FleetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         with self.ledger_stage(context) as stage:
-            stage.detail = self._test(context)
+            self._test(context, stage)
         return stage.detail
 
-    def _test(self, context: Context) -> dict[str, Any]:
+    def _test(self, context: Context, stage: StageRecord) -> None:
+        """Run the suites; ``stage.detail`` gets their summaries (a load suite's numbers too) before a failure
+        is raised, so the ledger keeps the evidence of a failed stage."""
         from conveyor.artifacts import checkout
         from conveyor.inventory import resolve_hosts
 
         if not self.service.tests:
             self.log.info("No test suites configured for %s", self.service.id)
-            return {"suites": {}, "failures": [], "pre_existing": []}
+            stage.detail = {"suites": {}, "failures": [], "pre_existing": []}
+            return
         src = checkout(self.service, self.artifact["commit"])
         urls = ",".join(base_url(h.health_url) for h in resolve_hosts(self.service, "replica"))
         runs = self._run_suites(src, self.service.tests, urls, self.artifact["version"])
@@ -151,12 +160,15 @@ class TestSuitesOperator(FleetOperator):
                     release_id, name, case["test"], outcome=case["outcome"], message=case["message"],
                     pre_existing=case["test"] in pre_existing.get(name, set()),
                 )
-        blocking = [f"{s}::{t}" for s, tests in failing.items() for t in tests if t not in pre_existing.get(s, set())]
+        new = [(s, t) for s, tests in failing.items() for t in tests if t not in pre_existing.get(s, set())]
+        blocking = [f"{s}::{t}" for s, t in new]
         known = [f"{s}::{t}" for s, tests in pre_existing.items() for t in sorted(tests)]
         if known:
             self.log.warning("Pre-existing failures (they fail on production's version too): %s", ", ".join(known))
-        if blocking:
-            raise TestSuiteError(f"{len(blocking)} failing test(s): " + ", ".join(blocking), blocking)
         summary = {name: run.summary() for name, run in runs.items()}
+        stage.detail = {"suites": summary, "failures": blocking, "pre_existing": known}
+        if blocking:
+            # a load suite's failure says its numbers: "load::p95_ms (p95 182 ms, over the threshold 120 ms)"
+            named = [f"{s}::{t} ({failing[s][t]})" if runs[s].load is not None else f"{s}::{t}" for s, t in new]
+            raise TestSuiteError(f"{len(blocking)} failing test(s): " + ", ".join(named), blocking)
         self.log.info("All suites passed%s: %s", " apart from pre-existing failures" if known else "", summary)
-        return {"suites": summary, "failures": [], "pre_existing": known}

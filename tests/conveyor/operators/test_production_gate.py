@@ -42,6 +42,7 @@ def no_api(monkeypatch):
 def api(monkeypatch, run_id):
     with StubAirflowApi(f"release_{SERVICE_ID}", run_id) as stub:
         monkeypatch.setenv("AIRFLOW_CONN_CONVEYOR_AIRFLOW_API", stub.connection())
+        stub.answer("client_signoff.approval_1", "client1")  # the demo's client stage; each test answers QA's
         yield stub
 
 
