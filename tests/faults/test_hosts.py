@@ -36,7 +36,14 @@ from tests.conveyor.hooks.fleet_support import (  # noqa: F401 - fixtures
     release_dirs,
     returns,
 )
-from tests.conveyor.operators.conftest import ledger, ledger_path, make_context, release_id, run_id  # noqa: F401
+from tests.conveyor.operators.conftest import (  # noqa: F401 - fixtures
+    bare_ledger,
+    ledger,
+    ledger_path,
+    make_context,
+    release_id,
+    run_id,
+)
 from tests.conveyor.operators.operator_support import operator_kwargs, plan_of
 from tests.faults.hosts_support import (
     ACT,
