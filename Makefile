@@ -39,14 +39,20 @@ stop:
 status: venv
 	@. scripts/env.sh && $(BIN)/conveyor fleet status
 
+# Test files run in parallel (pytest-xdist, one file per worker at a time: a module's platform and fixtures
+# stay in one process). End-to-end tests mostly wait on windows and hosts, so 2 workers halve the wall time
+# even on 2 cores. PYTEST_WORKERS=0 runs in this process (for a debugger or -x).
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+
 test: venv
-	$(BIN)/python -m pytest -m "not services and not faults" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not services and not faults" $(PYTEST_ARGS)
 
 test-services: venv
-	$(BIN)/python -m pytest -m "services and not faults" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "services and not faults" $(PYTEST_ARGS)
 
 faults: venv
-	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m faults tests/faults $(PYTEST_ARGS)
 
 test-all: test test-services
 

@@ -29,15 +29,23 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Label a scenario's reports with its name and guarantee (they travel with the report, so the
+    summary is right when the scenarios run in pytest-xdist workers too)."""
     outcome = yield
-    report = outcome.get_result()
     marker = item.get_closest_marker("fault")
     if marker is None:
         return
     name = marker.kwargs.get("name") or (marker.args[0] if marker.args else item.name)
     guarantee = marker.kwargs.get("guarantee") or (marker.args[1] if len(marker.args) > 1 else "")
     key = f"{name} [{item.callspec.id}]" if hasattr(item, "callspec") else name
-    row = _outcomes.setdefault(key, {"name": key, "guarantee": guarantee, "held": True, "why": ""})
+    outcome.get_result().user_properties.append(("fault", {"name": key, "guarantee": guarantee}))
+
+
+def pytest_runtest_logreport(report):
+    fault = next((value for key, value in report.user_properties if key == "fault"), None)
+    if fault is None:
+        return
+    row = _outcomes.setdefault(fault["name"], {**fault, "held": True, "why": ""})
     if report.failed:
         row["held"] = False
         crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
