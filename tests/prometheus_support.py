@@ -76,16 +76,21 @@ class PrometheusServer:
         self.stop()
         raise RuntimeError("prometheus did not become ready within 30 s")
 
-    def query(self, expr: str) -> list:
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    def query(self, expr: str, at: float | None = None) -> list:
+        """``expr`` now, or at the time ``at`` (seconds since the epoch)."""
+        params = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params)
         with urllib.request.urlopen(url, timeout=5) as resp:
             return json.loads(resp.read())["data"]["result"]
 
     def wait_for(self, expr: str, count: int, timeout: float = 30) -> list:
-        """Until ``expr`` answers at least ``count`` series (the targets were scraped)."""
+        """Until ``expr`` answers at least ``count`` series (the targets were scraped), evaluated as
+        Conveyor's source evaluates it (``QUERY_LAG_S`` in the past)."""
+        from conveyor.hooks.metrics import QUERY_LAG_S
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self.query(expr)
+            result = self.query(expr, at=time.time() - QUERY_LAG_S)
             if len(result) >= count:
                 return result
             time.sleep(0.3)

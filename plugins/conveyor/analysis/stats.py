@@ -426,7 +426,8 @@ def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.n
     however many looks there are: looking after every scrape costs nothing extra. The null law is
     exact (a running convolution of binomials, pruned below 1e-18), conditional on the totals ``m_k``,
     which under H0 carry no information about the canary's share. A look with ``m_k = 0`` or a
-    non-finite ``theta_k`` adds no data but may still reject on what came before if more can be spent.
+    non-finite ``theta_k`` adds no data (its events are not counted) but may still reject on what came
+    before if more can be spent.
     With ``phi`` (per look, >= 1), each look's law is beta-binomial with ``phi`` times the binomial's
     variance: overdispersed counts, tested without rounding them.
     """
@@ -436,9 +437,11 @@ def sequential_test(x: np.ndarray, m: np.ndarray, theta: np.ndarray, spend: np.n
     spend = np.asarray(spend, dtype=float)
     phi = np.ones(x.size) if phi is None else np.asarray(phi, dtype=float)
     n = x.size
-    events = np.cumsum(x)
     boundary = np.full(n, math.inf)
     data = (m > 0) & np.isfinite(theta)
+    # A look without a null (the baseline served nothing in it: a scrape not yet in) counts for neither
+    # side: its canary events are left out of the running total as its null law is left out of the pmf.
+    events = np.cumsum(np.where(data, x, 0.0))
     pmf, lo = np.ones(1), 0  # pmf[i] = P(S = lo + i and no boundary crossed yet), under H0
     spent = 0.0
     first = None

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from conveyor.analysis import Scrape
     from conveyor.config import MetricsSource
 
+#: How far in the past a Prometheus look is evaluated: longer than a scrape takes to be ingested.
+QUERY_LAG_S = 2.0
 MAX_BODY = 4 << 20  # a metrics page or a query answer; anything bigger is not what we asked for
 
 
@@ -223,7 +225,10 @@ class PrometheusSource(MetricSource):
     """Instant queries of the cumulative counters on a Prometheus server's ``/api/v1/query``.
 
     The counters are summed by the host label (and status, and ``le``), never ``rate()``d: the judge
-    gets the same readings as from the hosts themselves and handles counter resets itself.
+    gets the same readings as from the hosts themselves and handles counter resets itself. Every query
+    of one look is evaluated at the same instant, ``QUERY_LAG_S`` in the past: a scrape that Prometheus
+    is still ingesting when the first query runs would otherwise be seen by the later ones only (the
+    requests of one scrape next to the latency buckets of the one before, which reads as a slowdown).
     Connection (type ``http``): ``host`` (a name, or a URL with scheme and path), ``port``,
     ``schema`` (``http``/``https``); ``login``/``password`` for basic auth, or extra ``token`` for a
     bearer token.
@@ -327,7 +332,7 @@ class PrometheusSource(MetricSource):
         if self.base_url is None:
             self.fail("not connected")
             return empty
-        at = time.time()
+        at = time.time() - QUERY_LAG_S  # every query reads the same scrapes (see the class docs)
         queries = self.queries()
         async with httpx.AsyncClient() as client:
             answers = await asyncio.gather(*(self._query(client, q, at) for q in queries.values()),

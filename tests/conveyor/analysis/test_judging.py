@@ -223,6 +223,17 @@ def test_sequential_test_boundaries_match_enumeration():
     assert t0.first is None and t0.boundary[0] == 4 and t0.spent == 0.0
 
 
+def test_a_look_without_a_null_counts_for_neither_side():
+    # The baseline's scrape is not in yet (it served nothing this look) while the canary's is: the
+    # canary's events of that look are compared with nothing, so they never reach the running total
+    # (they did, and a canary just like its baseline was rolled back at its first look).
+    x, m = np.array([2.0, 2.0, 2.0]), np.array([2, 4, 4])
+    theta = np.array([math.nan, 0.5, 0.5])
+    t = stats.sequential_test(x, m, theta, np.full(3, 0.01))
+    assert t.events.tolist() == [0.0, 2.0, 4.0]
+    assert t.first is None
+
+
 def test_sequential_test_keeps_false_alarms_under_alpha_when_looking_every_interval():
     rng = np.random.default_rng(1)
     alpha, runs, rejections = 0.05, 2000, 0
