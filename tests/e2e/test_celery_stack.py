@@ -385,7 +385,15 @@ def test_a_worker_killed_mid_wave_leaves_every_host_on_one_known_version(on_the_
     ran_once(stack, run_id)  # the killed try was not run again, by the restarted worker or either scheduler
 
     # The ledger: every stage that ran once, the interrupted one failed; one row per host it moved, each rolled back.
-    release = ledger_release(stack, run_id)
+    # The killed task's stage is closed by its failure callback, which Airflow runs in the dag-processor
+    # after the scheduler has failed the task: on its own time, possibly after the run has ended.
+    deadline = time.monotonic() + 180
+    while True:
+        release = ledger_release(stack, run_id)
+        closing = [s for s in release["stages"] if s["stage"] == target and s["status"] == "running"]
+        if not closing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert release["status"] == "failed"
     stages = {s["stage"]: s for s in release["stages"]}
     assert len(stages) == len(release["stages"])
