@@ -38,6 +38,7 @@ from conveyor.analysis.model import AnalysisSettings
 from conveyor.durations import format_duration, parse_duration
 from conveyor.exceptions import ServiceConfigError
 from conveyor.paths import services_dir as default_services_dir
+from conveyor.signoff_check import stage_applies
 from conveyor.validation import (
     BRANCH_RE,
     CONN_ID_RE,
@@ -550,7 +551,7 @@ class ApprovalStage(Section):
 
     def applies(self, change: str | None) -> bool:
         """Whether a release of ``change`` (``minor`` | ``major``) needs this stage."""
-        return self.when == "always" or change == self.when
+        return stage_applies(self.when, change)
 
 
 class Notifications(Section):

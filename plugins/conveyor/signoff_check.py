@@ -38,6 +38,11 @@ APPROVAL_TASK_PREFIX = "qa_signoff.approval_"
 QA_STAGE = "qa"
 
 
+def stage_applies(when: str, change: str | None) -> bool:
+    """Whether a stage asked ``when`` (``always`` | ``major``) applies to a release of ``change``."""
+    return when == "always" or change == when
+
+
 def stage_task_prefix(stage: str) -> str:
     """The approval tasks of a stage: ``<stage>_signoff.approval_<k>``."""
     return f"{stage}_signoff.approval_"
@@ -81,7 +86,7 @@ class SignoffPolicy:
         return stage_task_prefix(self.name)
 
     def applies(self, change: str | None) -> bool:
-        return self.when == "always" or change == self.when
+        return stage_applies(self.when, change)
 
     def label(self, text: str) -> str:
         """``text`` about this stage, named (the QA stage's keep their historic wording)."""

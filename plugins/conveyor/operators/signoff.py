@@ -35,7 +35,7 @@ from conveyor.durations import format_duration
 from conveyor.evidence import release_id_for, responder_id
 from conveyor.exceptions import ConveyorError, ReleaseFailed
 from conveyor.operators.base import DEFAULT_LEDGER_CONN_ID, ledger_for, utcnow
-from conveyor.signoff_check import QA_STAGE
+from conveyor.signoff_check import QA_STAGE, stage_applies
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -139,7 +139,7 @@ class SignoffOperator(ApprovalOperator):
 
         dag_run = context["dag_run"]
         params = context["params"] or {}
-        if self.when != "always" and params.get("change") != self.when:
+        if not stage_applies(self.when, params.get("change")):
             raise AirflowSkipException(f"the {self.approval_stage} stage applies to {self.when} changes only; this is a "
                                        f"{params.get('change')} change")
         emergency = bool(params.get("emergency"))
