@@ -55,7 +55,7 @@ def main() -> int:
     from conveyor_lab.fleet.spec import free_ports
 
     ssh_port, app_port = free_ports(2)
-    fleet = Fleet(FleetSpec(replicas=0, production=1, production_base="127.0.0.201", ssh_port=ssh_port,
+    fleet = Fleet(FleetSpec(replicas=0, production=1, dev=0, production_base="127.0.0.201", ssh_port=ssh_port,
                             app_port=app_port, traffic_rate=0), home=home / "conveyor" / "fleet", echo=lambda _: None)
     connects: Counter[str] = Counter()
     real_connect = paramiko.SSHClient.connect

@@ -173,7 +173,7 @@ def main() -> int:
     from conveyor_lab.fleet.spec import free_ports
 
     ssh_port, app_port = free_ports(2)
-    fleet = Fleet(FleetSpec(replicas=0, production=HOSTS, production_base="127.0.0.101", ssh_port=ssh_port,
+    fleet = Fleet(FleetSpec(replicas=0, production=HOSTS, dev=0, production_base="127.0.0.101", ssh_port=ssh_port,
                             app_port=app_port, traffic_rate=0), home=home / "conveyor" / "fleet", echo=lambda _: None)
     ledger_url = f"sqlite:///{home / 'ledger.db'}"
     meter = Meter()

@@ -26,7 +26,7 @@ case "$executor" in
 esac
 mkdir -p "$AIRFLOW_HOME" "$CONVEYOR_HOME"
 
-echo "==> Starting the local fleet (2 replica + 6 production hosts on 127.0.0.x)"
+echo "==> Starting the local fleet (2 replica + 6 production + 2 dev (soak) hosts on 127.0.0.x)"
 # Also creates the demo repository the demo_shop DAGs build from ($CONVEYOR_HOME/repos/demo_shop.git):
 # the lab's job (conveyor_lab), not Conveyor's.
 conveyor fleet up

@@ -1,10 +1,11 @@
 """The local fleet as a pytest fixture: ``local_fleet`` (session scope).
 
-Import it where it is needed (``from tests.fleet_fixtures import local_fleet``). It brings up a full
-fleet (2 replicas + 6 production hosts, each a real SSH server, seeded with the demo shop v1.0.0,
-traffic on) under the test session's ``CONVEYOR_HOME``, on ports chosen at run time so it never
-meets a fleet started by ``make run``, and yields the :class:`conveyor_lab.fleet.Fleet`. At the end of
-the session it stops the fleet and fails if any of its processes is left.
+Import it where it is needed (``from tests.fleet_fixtures import local_fleet``). It brings up a
+fleet of 2 replicas + 6 production hosts (no dev cluster: see :func:`free_fleet_spec`), each a real
+SSH server, seeded with the demo shop v1.0.0, traffic on, under the test session's ``CONVEYOR_HOME``,
+on ports chosen at run time so it never meets a fleet started by ``make run``, and yields the
+:class:`conveyor_lab.fleet.Fleet`. At the end of the session it stops the fleet and fails if any
+of its processes is left.
 
 Importing the fixture into several modules is safe: every copy shares one fleet, started by the
 first user and stopped by the last.
@@ -23,12 +24,16 @@ _shared: dict = {"fleet": None, "users": 0}
 
 
 def free_fleet_spec(**overrides):
-    """A :class:`FleetSpec` on free ports (the addresses are the usual 127.0.0.x ones)."""
+    """A :class:`FleetSpec` on free ports (the addresses are the usual 127.0.0.x ones).
+
+    Without the dev (soak) cluster unless ``dev`` is given: the tests written before it expect their
+    fleets' host lists, and two more SSH servers and apps would slow every session on a shared machine.
+    """
     from conveyor_lab.fleet import FleetSpec
     from conveyor_lab.fleet.spec import free_ports
 
     ssh_port, app_port = free_ports(2)
-    return FleetSpec(**{"ssh_port": ssh_port, "app_port": app_port, **overrides})
+    return FleetSpec(**{"ssh_port": ssh_port, "app_port": app_port, "dev": 0, **overrides})
 
 
 def fleet_processes(fleet) -> list[int]:

@@ -554,6 +554,72 @@ class ApprovalStage(Section):
         return stage_applies(self.when, change)
 
 
+#: The soak cluster's environment name: its hosts' ``environment``, its ledger rows' and its waves'.
+SOAK = "soak"
+#: The promotion's approval stage (``soak.approval``): task group ``promotion_signoff`` of ``promote_<service>``.
+PROMOTION_STAGE = "promotion"
+
+
+class SoakIncidents(Section):
+    """What stops a build's soak for good (an incident): the watch's judge and the health checks."""
+
+    judge: bool = True  # the canary judge (the ``watch`` settings) against the pre-deploy snapshot, window by window
+    health: bool = True  # every host answers healthy on the build's version
+    unhealthy_for: Duration = timedelta(minutes=2)  # a host failing its health check this long (or on another
+    # version at all) is an incident; shorter blips are logged
+
+
+class Soak(Section):
+    """A developer cluster every build runs on before production (``soak:``; docs/soak.md).
+
+    With it, the release DAG deploys a signed-off build to the soak cluster (waves, judge, rollback as
+    for production), watches it for ``min`` (``major_min`` for a major change) and ends there;
+    ``promote_<service>`` releases the newest build whose soak reached its minimum with no incident.
+    """
+
+    inventory: Inventory
+    min: Duration = timedelta(days=7)
+    major_min: Duration = timedelta(days=14)
+    check_interval: Duration = timedelta(minutes=1)  # how often the watch checks health and reads metrics
+    window: Duration = timedelta(hours=1)  # the judge's window; the soak is judged window after window
+    incidents: SoakIncidents = SoakIncidents()
+    # One more approval before production (``promotion_signoff``); None: the release's sign-off suffices.
+    approval: ApprovalStage | None = None
+
+    @field_validator("inventory", mode="before")
+    @classmethod
+    def _hosts_given(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("hosts"), list | tuple) and not value["hosts"]:
+            raise ValueError("no hosts: the soak cluster needs at least one host (hosts: [...]), or use local "
+                             "or aws")
+        return value
+
+    @field_validator("approval", mode="before")
+    @classmethod
+    def _promotion_stage(cls, value: Any) -> Any:
+        return {"name": PROMOTION_STAGE, **value} if isinstance(value, dict) else value
+
+    @field_validator("min", "major_min", "check_interval", "window")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Soak:
+        if self.major_min < self.min:
+            raise ValueError(f"major_min ({format_duration(self.major_min)}) is shorter than min "
+                             f"({format_duration(self.min)}): a major change soaks at least as long as a minor one")
+        if self.approval is not None and self.approval.when != "always":
+            raise ValueError("approval.when: a promotion's approval applies to every promotion; remove when")
+        return self
+
+    def minimum(self, change: str | None) -> timedelta:
+        """How long a build of ``change`` (``minor`` | ``major``) must soak."""
+        return self.major_min if change == "major" else self.min
+
+
 class Notifications(Section):
     slack_webhook_conn_id: ConnId | None = None
 
@@ -661,6 +727,7 @@ class ServiceConfig(Section):
     audit: Audit | None = None  # None: no dependency audit
     ci: CI = CI()
     schedule: Schedule | None = None  # None: manual runs only
+    soak: Soak | None = None  # None: releases go from sign-off to production
 
     _path: Path = PrivateAttr(default=Path("(no file)"))
 
@@ -695,7 +762,20 @@ class ServiceConfig(Section):
             raise ValueError(f"qa.required_approvals: {self.qa.required_approvals} approvals required but the QA "
                              f"group has only {members} member(s)")
         self._check_stages()
+        self._check_soak()
         return self
+
+    def _check_soak(self) -> None:
+        if self.soak is None or self.soak.approval is None:
+            return
+        stage = self.soak.approval
+        unknown = [p for p in stage.group if p.startswith("@") and p[1:] not in self.groups]
+        if unknown:
+            raise ValueError(f"soak.approval.group: unknown group(s) {', '.join(unknown)}; define them under groups:")
+        members = self.people(stage.group)
+        if stage.required > len(members):
+            raise ValueError(f"soak.approval.required: {stage.required} approvals required but the group has only "
+                             f"{len(members)} member(s) ({', '.join(members)})")
 
     def _check_stages(self) -> None:
         if self.approvals is None:
@@ -746,7 +826,11 @@ class ServiceConfig(Section):
         return f"release_{self.id}"
 
     def environment(self, name: str) -> Environment:
-        """``replica`` or ``production``."""
+        """``replica``, ``production``, or ``soak`` (the ``soak`` section's cluster)."""
+        if name == SOAK:
+            if self.soak is None:
+                raise ServiceConfigError(f"{self.path}: soak: not defined (the service has no soak cluster)")
+            return Environment(inventory=self.soak.inventory)
         if name not in Environments.model_fields:
             raise ServiceConfigError(f"{self.path}: environments.{name}: not defined")
         return getattr(self.environments, name)

@@ -72,3 +72,11 @@ class SignoffError(ConveyorError):
         super().__init__(message)
         self.status = status
         self.detail = detail
+
+
+class SoakIncident(ConveyorError):
+    """An incident during a build's soak on the developer cluster: the build is never promoted."""
+
+
+class PromotionRefused(ConveyorError):
+    """A build may not be promoted to production (not soaked its minimum, an incident, older than production)."""

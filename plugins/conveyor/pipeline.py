@@ -7,6 +7,13 @@ validate -> build -> [audit] -> replica.deploy -> replica.populate -> tests
 on any failure:  release_failed -> rollback -> ticket -> fail_run   (the run ends failed)
 ```
 
+With a ``soak`` section the waves go to the soak cluster and the release ends in ``soak`` (the watch
+over the soak's minimum); ``promote_<service>`` (:func:`promote_dag`) takes soaked builds to production:
+
+```
+select -> [promotion_signoff] -> plan -> wave_1 ... -> watch -> finalize   (+ the same failure path)
+```
+
 Parsing does no work: building the DAG reads the service's YAML file and the templates under
 ``include/templates`` and nothing else (no connection, Variable, SSH or database). Everything else
 happens in the tasks.
@@ -25,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.config import ApprovalStage, ServiceConfig, load_service
 from conveyor.paths import TEMPLATES_DIR
 from conveyor.timeouts import task_timeouts
-from conveyor.validation import GIT_REF_PATTERN
+from conveyor.validation import GIT_REF_PATTERN, VERSION_PATTERN
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -37,25 +44,37 @@ if TYPE_CHECKING:
 CHECKED_REF = ("{{ (ti.xcom_pull(task_ids='validate') or {}).get('git_ref') "
                "or (params.git_ref ~ ' (not validated)') }}")
 SIGNOFF_BODY = "signoff_body.md.j2"
+# The build a promotion releases (select's candidate), for every message of ``promote_<service>``.
+PROMOTED_VERSION = ("{{ (ti.xcom_pull(task_ids='select', key='candidate') or {}).get('version') "
+                    "or 'a soaked build' }}")
+PROMOTION_BODY = (
+    "Promote **{{ (ti.xcom_pull(task_ids='select', key='candidate') or {}).get('version') }}** to production.\n\n"
+    "It soaked {{ (ti.xcom_pull(task_ids='select', key='candidate') or {}).get('soaked') }} on the soak cluster "
+    "(minimum {{ (ti.xcom_pull(task_ids='select', key='candidate') or {}).get('minimum') }}) with no incident; "
+    "its release ({{ (ti.xcom_pull(task_ids='select', key='candidate') or {}).get('soak_release_id') }}) was "
+    "signed off and its tests passed. Production runs "
+    "{{ (ti.xcom_pull(task_ids='select', key='candidate') or {}).get('production_version') or 'nothing yet' }}.")
 
 
 def release_dag(service_id: str):
     """Build the ``release_<service_id>`` DAG (call it from a file in ``dags/``)."""
     from airflow.sdk import DAG, TaskGroup, TriggerRule, chain
 
-    from conveyor.operators.analysis import CanaryAnalysisOperator
     from conveyor.operators.base import record_failure
     from conveyor.operators.deploy import DeployOperator, PlanWavesOperator, PopulateReplicaOperator
-    from conveyor.operators.release import BuildOperator, FinalizeReleaseOperator, ValidateReleaseOperator
+    from conveyor.operators.release import BuildOperator, ValidateReleaseOperator
     from conveyor.operators.testing import TestSuitesOperator
     from conveyor.timetables import timetable_for
 
     service = load_service(service_id)
     notify = _Notifications(service)
     bounds = task_timeouts(service)  # execution_timeout by task id (not the human tasks: response_timeout)
+    waves_to = "soak" if service.soak is not None else "production"
     with DAG(
         dag_id=service.dag_id,
-        description=f"Release {service.id}: build, replica, tests, QA sign-off, waves with canary analysis",
+        description=f"Release {service.id}: build, replica, tests, sign-off, " + (
+            "waves to the soak cluster and the soak (promote_" + service.id + " takes it to production)"
+            if service.soak is not None else "waves with canary analysis"),
         schedule=timetable_for(service),  # release windows and freezes, or None (manual runs only)
         start_date=datetime(2026, 1, 1),
         catchup=False,
@@ -83,25 +102,128 @@ def release_dag(service_id: str):
             "validate": validate.task_id, "build": build.task_id, "tests": tests.task_id, "replica": replica.task_id})
         # plan follows every approval: an emergency skips the approvals it does not need, a minor change
         # the ``when: major`` stages, and plan (none_failed_min_one_success) still runs on the ones given.
-        plan = PlanWavesOperator(task_id="plan", n_waves=len(service.waves),
+        plan = PlanWavesOperator(task_id="plan", n_waves=len(service.waves), environment=waves_to,
                                  trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, execution_timeout=bounds["plan"],
                                  **common)
-        waves = _waves(service, notify, build, plan, bounds)
-        with TaskGroup("watch", tooltip="Watch every host on the new version against the pre-deploy baseline"):
-            watch = [CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=None,
-                                            execution_timeout=bounds["watch.analysis"], **common)]
-            watch.append(_decision(service, notify, watch[0]))
-        finalize = FinalizeReleaseOperator(task_id="finalize", artifact=build.output, plan=plan.output,
-                                           on_success_callback=notify.succeeded(), execution_timeout=bounds["finalize"],
-                                           **common)
+        waves = _waves(service, notify, build.output, plan, bounds, environment=waves_to)
+        if service.soak is not None:
+            from conveyor.operators.soak import SoakOperator
+
+            end = [SoakOperator(task_id="soak", artifact=build.output, plan=plan.output,
+                                on_success_callback=notify.soaked(), execution_timeout=bounds["soak"], **common)]
+        else:
+            end = _watch_and_finalize(service, notify, build.output, plan, bounds)
 
         chain(validate, build, *audit, replica, populate, tests, approvals[0])
         chain(*approvals)
         approvals >> plan
-        chain(plan, *waves, *watch, finalize)
+        chain(plan, *waves, *end)
         _failure_path(service, notify, [validate, build, *audit, replica, populate, tests, *approvals, plan,
-                                        *waves, *watch, finalize], bounds)
+                                        *waves, *end], bounds)
     return dag
+
+
+def promote_dag(service_id: str):
+    """Build the ``promote_<service_id>`` DAG, or None when the service has no ``soak`` section (then
+    releases go to production directly and there is nothing to promote).
+
+    Schedule: the service's release windows (and freezes) when it has them, else daily; a manual run may
+    name the ``version`` to promote. See :mod:`conveyor.operators.soak`.
+    """
+    from airflow.sdk import DAG, Param, chain
+
+    from conveyor.operators.base import record_failure
+    from conveyor.operators.deploy import PlanWavesOperator
+    from conveyor.operators.soak import SELECT_TASK_ID, SelectPromotionOperator
+    from conveyor.timetables import timetable_for
+
+    service = load_service(service_id)
+    if service.soak is None:
+        return None
+    notify = _Notifications(service, what=f"{PROMOTED_VERSION} of {service.id}", kind="Promotion")
+    bounds = task_timeouts(service, waves_to="production")
+    with DAG(
+        dag_id=f"promote_{service.id}",
+        description=f"Promote {service.id}: the newest build that soaked its minimum with no incident, to production",
+        schedule=timetable_for(service) or "@daily",
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        params={"version": Param(
+            "", type="string", pattern=f"^$|{VERSION_PATTERN}", maxLength=64, title="Version",
+            description="The soaked build to promote; empty: the newest eligible one.")},
+        tags=["conveyor", "promotion", service.id],
+        doc_md=_promotion_doc(service),
+        default_args={"owner": service.owner, "retries": 0, "on_failure_callback": record_failure},
+    ) as dag:
+        common: dict[str, Any] = {"service_id": service.id}
+        select = SelectPromotionOperator(task_id=SELECT_TASK_ID, on_success_callback=notify.started(),
+                                         execution_timeout=bounds["select"], **common)
+        approvals = _promotion_signoff(service, notify)
+        plan = PlanWavesOperator(task_id="plan", n_waves=len(service.waves), execution_timeout=bounds["plan"],
+                                 **common)
+        waves = _waves(service, notify, select.output, plan, bounds, environment="production", promotion=True)
+        end = _watch_and_finalize(service, notify, select.output, plan, bounds, promotion=True)
+        chain(select, *approvals, plan, *waves, *end)
+        _failure_path(service, notify, [select, *approvals, plan, *waves, *end], bounds)
+    return dag
+
+
+def _promotion_doc(service: ServiceConfig) -> str:
+    soak = service.soak
+    assert soak is not None
+    from conveyor.durations import format_duration
+
+    approval = (f"one more approval ({soak.approval.required} of {', '.join(service.people(soak.approval.group))})"
+                if soak.approval else "no second sign-off (the release's was given)")
+    return (f"# Promote {service.id}\n\nPicks the newest build that soaked on the soak cluster for its minimum "
+            f"({format_duration(soak.min)}; {format_duration(soak.major_min)} for a major change) with no incident and "
+            "that is not older than production, then releases it to production through the same waves, judge and "
+            f"watch as `{service.dag_id}`, with {approval}. The `version` param names a build to promote instead; "
+            "it is refused, with the reason, when it may not be promoted. See docs/soak.md.")
+
+
+def _promotion_signoff(service: ServiceConfig, notify: _Notifications) -> list[BaseOperator]:
+    """The promotion's own approval (``soak.approval``), a task group ``promotion_signoff``; [] without one."""
+    from airflow.sdk import TaskGroup
+
+    from conveyor.operators.signoff import SignoffOperator
+
+    stage = service.soak.approval if service.soak else None
+    if stage is None:
+        return []
+    with TaskGroup(stage.task_group, tooltip=f"Promotion approval: {stage.required} distinct approval(s), never "
+                   "the one who asked for the promotion"):
+        return [
+            SignoffOperator(
+                task_id=f"approval_{k}", service_id=service.id, group=list(service.people(stage.group)), ordinal=k,
+                required=stage.required, emergency_required=stage.required, timeout=stage.timeout, evidence_tasks={},
+                approval_stage=stage.name, title=stage.title, distinct_from_earlier=False,
+                releases_url=f"{_ui_base_url()}/conveyor/releases/{service.id}",
+                subject=f"Promotion approval {k}/{stage.required}: {PROMOTED_VERSION} of {service.id} to production",
+                body=PROMOTION_BODY, notifiers=[notify.approval(stage, k)],
+            )
+            for k in range(1, stage.required + 1)
+        ]
+
+
+def _watch_and_finalize(service: ServiceConfig, notify: _Notifications, artifact: Any, plan: BaseOperator,
+                        bounds: dict[str, timedelta], *, promotion: bool = False) -> list[BaseOperator]:
+    """The post-deploy watch of production and the release's close."""
+    from airflow.sdk import TaskGroup
+
+    from conveyor.operators.analysis import CanaryAnalysisOperator
+    from conveyor.operators.release import FinalizeReleaseOperator
+
+    common: dict[str, Any] = {"service_id": service.id}
+    with TaskGroup("watch", tooltip="Watch every host on the new version against the pre-deploy baseline"):
+        watch = [CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=None,
+                                        execution_timeout=bounds["watch.analysis"], **common)]
+        watch.append(_decision(service, notify, watch[0]))
+    finalize = FinalizeReleaseOperator(task_id="finalize", artifact=artifact, plan=plan.output, promotion=promotion,
+                                       on_success_callback=notify.succeeded(), execution_timeout=bounds["finalize"],
+                                       **common)
+    return [*watch, finalize]
 
 
 def _params(service: ServiceConfig) -> dict:
@@ -140,9 +262,10 @@ def _ui_base_url() -> str:
 class _Notifications:
     """The release's messages (notification log, and Slack when the service names a webhook)."""
 
-    def __init__(self, service: ServiceConfig) -> None:
+    def __init__(self, service: ServiceConfig, *, what: str | None = None, kind: str = "Release") -> None:
         self.service = service
-        self.what = f"{CHECKED_REF} of {service.id}"
+        self.what = what or f"{CHECKED_REF} of {service.id}"
+        self.kind = kind
 
     def _say(self, event: str, text: str) -> ReleaseNotifier:
         from conveyor.notifiers import ReleaseNotifier
@@ -151,30 +274,34 @@ class _Notifications:
                                slack_webhook_conn_id=self.service.notifications.slack_webhook_conn_id)
 
     def started(self) -> ReleaseNotifier:
-        return self._say("started", f"Release {self.what} started by "
+        return self._say("started", f"{self.kind} {self.what} started by "
                          "{{ dag_run.triggering_user_name or 'the schedule' }}"
                          "{{ ' — EMERGENCY: ' ~ params.reason if params.emergency else '' }}")
 
     def approval(self, stage: ApprovalStage, k: int) -> ReleaseNotifier:
         group = ", ".join(self.service.people(stage.group)) or "anyone"
-        return self._say("approval", f"Release {self.what} awaits {stage.title} sign-off {k}/{stage.required} "
+        return self._say("approval", f"{self.kind} {self.what} awaits {stage.title} sign-off {k}/{stage.required} "
                          f"({group}) in Required Actions")
 
     def inconclusive(self) -> ReleaseNotifier:
-        return self._say("inconclusive", f"Release {self.what}: canary analysis inconclusive; continue or roll "
+        return self._say("inconclusive", f"{self.kind} {self.what}: canary analysis inconclusive; continue or roll "
                          "back? (Required Actions)")
 
+    def soaked(self) -> ReleaseNotifier:
+        return self._say("soaked", f"{self.kind} {self.what} soaked its minimum with no incident: eligible for "
+                         f"promotion (promote_{self.service.id})")
+
     def succeeded(self) -> ReleaseNotifier:
-        return self._say("succeeded", f"Release {self.what} reached every production host")
+        return self._say("succeeded", f"{self.kind} {self.what} reached every production host")
 
     def rolled_back(self, rollback_task_id: str) -> ReleaseNotifier:
         result = f"ti.xcom_pull(task_ids='{rollback_task_id}')"
-        return self._say("rollback", f"Release {self.what}: rollback {{{{ {result}['status'] }}}} "
+        return self._say("rollback", f"{self.kind} {self.what}: rollback {{{{ {result}['status'] }}}} "
                          f"{{{{ {result}['rolled_back'] or '' }}}}")
 
     def failed(self, ticket_task_id: str) -> ReleaseNotifier:
         result = f"ti.xcom_pull(task_ids='{ticket_task_id}')"
-        return self._say("failed", f"Release {self.what} FAILED; root-cause ticket {{{{ {result}['ticket_id'] }}}}: "
+        return self._say("failed", f"{self.kind} {self.what} FAILED; root-cause ticket {{{{ {result}['ticket_id'] }}}}: "
                          f"{{{{ {result}['title'] }}}}")
 
 
@@ -222,18 +349,19 @@ def _signoff_stages(service: ServiceConfig, notify: _Notifications, evidence: di
     return tasks
 
 
-def _waves(service: ServiceConfig, notify: _Notifications, build: BaseOperator,
-           plan: BaseOperator, bounds: dict[str, timedelta]) -> list[BaseOperator]:
+def _waves(service: ServiceConfig, notify: _Notifications, artifact: Any, plan: BaseOperator,
+           bounds: dict[str, timedelta], *, environment: str, promotion: bool = False) -> list[BaseOperator]:
     """One task group per wave (deploy, analysis, decide), in order; the tasks, flat."""
     from airflow.sdk import TaskGroup
 
     from conveyor.operators.analysis import CanaryAnalysisOperator
     from conveyor.operators.deploy import DeployOperator
 
+    where = "of the soak cluster" if environment == "soak" else "of production"
     tasks: list[BaseOperator] = []
     for i, size in enumerate(service.waves):
-        with TaskGroup(f"wave_{i + 1}", tooltip=f"Wave {i + 1}: up to {size} of production"):
-            deploy = DeployOperator(task_id="deploy", environment="production", artifact=build.output,
+        with TaskGroup(f"wave_{i + 1}", tooltip=f"Wave {i + 1}: up to {size} {where}"):
+            deploy = DeployOperator(task_id="deploy", environment=environment, artifact=artifact, promotion=promotion,
                                     plan=plan.output, wave=i, service_id=service.id,
                                     execution_timeout=bounds[f"wave_{i + 1}.deploy"])
             analysis = CanaryAnalysisOperator(task_id="analysis", plan=plan.output, wave=i, service_id=service.id,

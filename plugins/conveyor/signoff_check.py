@@ -166,7 +166,7 @@ def suite_problems(release: Mapping[str, Any], stage: str = TESTS_STAGE) -> list
 
 
 def check_signoff(release: Mapping[str, Any] | None, policy: SignoffPolicy | Sequence[SignoffPolicy],
-                  hitl: Sequence[Mapping[str, Any]] | None = None, *, tests_stage: str = TESTS_STAGE) -> SignoffCheck:
+                  hitl: Sequence[Mapping[str, Any]] | None = None, *, tests_stage: str | None = TESTS_STAGE) -> SignoffCheck:
     """What the records say about a release's sign-off (see the module docs).
 
     In each stage of ``policy`` that applies to the release, an approval counts when its decision is
@@ -179,6 +179,8 @@ def check_signoff(release: Mapping[str, Any] | None, policy: SignoffPolicy | Seq
     :param release: the ledger's record (``Ledger.get_release``), or None when there is none.
     :param policy: the stages, in order (one :class:`SignoffPolicy`: a single stage).
     :param hitl: None when Airflow's records were not read (the ledger alone decides).
+    :param tests_stage: the stage whose record shows the tests passed; None: the tests are not this check's
+        (a promotion's own approval: the soaked release's check covers them).
     """
     stages = (policy,) if isinstance(policy, SignoffPolicy) else tuple(policy)
     if not release:
@@ -244,7 +246,8 @@ def check_signoff(release: Mapping[str, Any] | None, policy: SignoffPolicy | Seq
             problems.append(text if stage_name == QA_STAGE else f"{stage_name}: {text}")
     if hitl is not None:
         problems += hitl_answers(hitl, tuple(s.prefix for s in stages))[1]
-    problems += suite_problems(release, tests_stage)
+    if tests_stage is not None:
+        problems += suite_problems(release, tests_stage)
     return SignoffCheck(needed=needed_total, emergency=emergency, counted=tuple(counted),
                         not_counted=tuple(not_counted), problems=tuple(problems), cross_checked=hitl is not None,
                         answers={who: tuple(where) for who, where in answers.items()} if hitl is not None else {},

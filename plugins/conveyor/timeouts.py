@@ -76,10 +76,10 @@ def rounds(hosts: int, max_parallel: int) -> int:
     return math.ceil(hosts / max_parallel)
 
 
-def wave_hosts(service: ServiceConfig) -> list[int]:
+def wave_hosts(service: ServiceConfig, environment: str = "production") -> list[int]:
     """Hosts in each wave of the DAG (one per ``waves`` entry), for the fleet size the file tells."""
-    production = fleet_size(service, "production")
-    return [len(w) for w in plan_waves(list(range(production)), service.waves, len(service.waves))]
+    hosts = fleet_size(service, environment)
+    return [len(w) for w in plan_waves(list(range(hosts)), service.waves, len(service.waves))]
 
 
 def _deploy_s(service: ServiceConfig, hosts: int) -> float:
@@ -88,10 +88,17 @@ def _deploy_s(service: ServiceConfig, hosts: int) -> float:
     return rounds(hosts, service.deploy.max_parallel) * (work.deploy + work.health)
 
 
-def task_timeouts(service: ServiceConfig) -> dict[str, timedelta]:
-    """The ``execution_timeout`` of every non-human task of the release DAG, by task id."""
+def task_timeouts(service: ServiceConfig, waves_to: str | None = None) -> dict[str, timedelta]:
+    """The ``execution_timeout`` of every non-human task of the release DAG, by task id.
+
+    ``waves_to``: the environment the DAG's waves go to (``production``; ``soak`` for the release DAG of a
+    service with a soak cluster). Default: ``soak`` when the service has one. The promotion DAG's
+    (``promote_<service>``) are here too, for ``waves_to="production"``.
+    """
+    waves_to = waves_to or ("soak" if service.soak is not None else "production")
     work, parallel = host_work(service), service.deploy.max_parallel
     replica, production = fleet_size(service, "replica"), fleet_size(service, "production")
+    waves = fleet_size(service, waves_to)  # the hosts the waves, the watch and the rollback work on
     checkout = CHECKOUT_GIT_CALLS * GIT_TIMEOUT_S
     suites = sum(suite.timeout_s for suite in service.tests)
     triage = (suites + 2 * checkout + 2 * _deploy_s(service, replica)) if service.triage.enabled else 0.0
@@ -102,17 +109,22 @@ def task_timeouts(service: ServiceConfig) -> dict[str, timedelta]:
         "replica.deploy": _deploy_s(service, replica),
         "replica.populate": rounds(replica, parallel) * work.populate,
         "tests": checkout + suites + triage,
-        "plan": rounds(production, parallel) * work.read + rounds(production, METRICS_PARALLEL) * METRICS_ROUND_S,
+        "plan": rounds(waves, parallel) * work.read + rounds(waves, METRICS_PARALLEL) * METRICS_ROUND_S,
         "watch.analysis": 0.0,
-        "finalize": rounds(production, parallel) * work.read + rounds(production + replica, parallel) * work.prune,
+        "finalize": rounds(waves, parallel) * work.read + rounds(waves + replica, parallel) * work.prune,
         "release_failed": 0.0,
-        "rollback": rounds(production, parallel) * (work.rollback + work.health),
+        "rollback": rounds(waves, parallel) * (work.rollback + work.health),
         "ticket": TICKET_S,
         "fail_run": 0.0,
     }
     if service.audit is not None:
         seconds["audit"] = service.audit.timeout_s
-    for i, hosts in enumerate(wave_hosts(service), start=1):
+    if service.soak is not None:
+        # the soak's stretches on a worker: its hosts' versions before the deferral; the wait is the trigger's
+        seconds["soak"] = rounds(waves, parallel) * work.read
+        # the promotion's choice: production's versions
+        seconds["select"] = rounds(production, parallel) * work.read
+    for i, hosts in enumerate(wave_hosts(service, waves_to), start=1):
         seconds[f"wave_{i}.deploy"] = _deploy_s(service, hosts)
         seconds[f"wave_{i}.analysis"] = 0.0  # a worker's stretches only: the wait is the trigger's
     return {task_id: timedelta(seconds=math.ceil(s + BOOKKEEPING_S)) for task_id, s in seconds.items()}

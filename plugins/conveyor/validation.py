@@ -53,6 +53,7 @@ APP_ROOT_PARENTS = ("/srv/", "/opt/", "/home/", "/var/www/", "/var/lib/", "/data
 
 # The same pattern as JSON schema (Params) can use: it must refuse at trigger time.
 GIT_REF_PATTERN = GIT_REF_RE.pattern
+VERSION_PATTERN = VERSION_RE.pattern
 
 
 def _check(value: object, regex: re.Pattern[str], what: str) -> str:

@@ -11,7 +11,7 @@ tag       change                                                                
 v1.0.0    the shop as the fleet starts with                                        -
 v1.1.0    a good release                                                           -
 v1.2.0    recommendations fail 25% of the time (about 5% of all traffic)          canary analysis
-v1.3.0    needs a setting only the replica has: does not start in production      canary health check
+v1.3.0    needs a setting only the replica has: does not start in soak/production canary health check
 v1.4.0    a synchronous audit call adds 150 ms to every request                    load test (p95)
 v1.5.0    the bulk discount is applied twice                                       unit tests
 v1.6.0    a new test for a bug production already has (case-sensitive search)      pre-existing failure
@@ -165,7 +165,7 @@ def traffic_request(rng: random.Random, products: int = 50) -> tuple[str, str, b
     """One request of the demo's steady traffic: ``(method, path, body)``.
 
     The mix: 40% catalog pages, 25% product pages, 20% recommendations, 15% cart updates.
-    ``products`` bounds the ids asked for (production hosts hold the 50-product default catalog).
+    ``products`` bounds the ids asked for (production and soak hosts hold the 50-product default catalog).
     """
     r = rng.random()
     pid = rng.randint(1, products)

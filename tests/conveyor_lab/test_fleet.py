@@ -16,8 +16,10 @@ import time
 import paramiko
 import pytest
 
-from conveyor_lab.fleet import Fleet, FleetError, procs
+from conveyor.exceptions import InvalidInputError
+from conveyor_lab.fleet import Fleet, FleetError, FleetSpec, procs
 from conveyor_lab.fleet.layout import host_env
+from conveyor_lab.fleet.traffic import TrafficGenerator
 from tests.fleet_fixtures import fleet_processes, free_fleet_spec, local_fleet, stop_and_check  # noqa: F401
 
 CONN_ID = "conveyor_fleet"
@@ -43,6 +45,15 @@ def run(hook, command: str) -> tuple[int, str, str]:
         status, out, err = hook.exec_ssh_client_command(client, command, get_pty=False, environment=None,
                                                         timeout=30)
     return status, out.decode(), err.decode()
+
+
+def requests_served(url: str) -> float:
+    """The app's ``shop_http_requests_total`` summed over every label set, read from ``url`` (/metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("shop_http_requests_total{"))
 
 
 def other_key(tmp_path, name: str) -> tuple[str, str]:
@@ -114,13 +125,6 @@ def test_up_again_is_a_no_op(local_fleet, capsys):  # noqa: F811
 
 
 def test_traffic_reaches_every_host(local_fleet):  # noqa: F811
-    import urllib.request
-
-    def requests_served(url: str) -> float:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("shop_http_requests_total{"))
-
     urls = [h.metrics_url for h in local_fleet.hosts()]
     first = [requests_served(u) for u in urls]
     time.sleep(1.5)
@@ -306,3 +310,110 @@ def test_restart_never_kills_a_process_it_did_not_start(small_fleet):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+# ------------------------------------------------------------------------- the dev (soak) cluster
+
+
+def test_the_default_fleet_has_a_two_host_soak_cluster_after_production():
+    hosts = FleetSpec().hosts()
+    assert [(h.name, h.environment, h.address) for h in hosts[-2:]] == [
+        ("dev-1", "soak", "127.0.0.31"), ("dev-2", "soak", "127.0.0.32")]
+    assert [h.environment for h in hosts] == ["replica"] * 2 + ["production"] * 6 + ["soak"] * 2
+    assert FleetSpec().summary() == "2 replica, 6 production, 2 soak hosts"
+    assert [h.name for h in FleetSpec(dev=0).hosts()] == ["replica-1", "replica-2", *(f"prod-{i}" for i in range(1, 7))]
+    moved = FleetSpec(dev=3, dev_base="127.0.0.201")
+    assert moved.host("dev-3").address == "127.0.0.203"
+
+
+def test_a_spec_saved_before_the_dev_cluster_gains_it():
+    """``spec.json`` of an older ``fleet up`` has no ``dev``: the next ``up`` starts the soak hosts too."""
+    saved = {k: v for k, v in FleetSpec().to_dict().items() if k not in ("dev", "dev_base")}
+    assert [h.name for h in FleetSpec.from_dict(saved).hosts()][-2:] == ["dev-1", "dev-2"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"dev": -1}, "fleet dev: expected 0..50 hosts, got -1"),
+    ({"dev": 51}, "fleet dev: expected 0..50 hosts, got 51"),
+    ({"dev": "2"}, "fleet dev: expected 0..50 hosts, got '2'"),
+    ({"dev_base": "127.0.0.25"}, "fleet addresses overlap: prod-5 and dev-1 are both on 127.0.0.25"),
+    ({"dev_base": "127.0.0.12"}, "fleet addresses overlap: replica-2 and dev-1 are both on 127.0.0.12"),
+    ({"dev_base": "dev.local"}, "fleet dev_base: 'dev.local' is not an IPv4 address"),
+    ({"dev_base": "127.255.255.254"}, "fleet dev_base: 2 addresses from 127.255.255.254 leave"),
+])
+def test_bad_dev_cluster_input_is_refused_with_the_field(overrides, message):
+    with pytest.raises(InvalidInputError) as refused:
+        FleetSpec(**overrides)
+    assert str(refused.value).startswith(message), refused.value
+
+
+def test_an_overlap_message_names_every_base():
+    with pytest.raises(InvalidInputError) as refused:
+        FleetSpec(production=12)  # 127.0.0.21-32 runs into the dev cluster at 127.0.0.31
+    assert str(refused.value) == (
+        "fleet addresses overlap: prod-11 and dev-1 are both on 127.0.0.31 (2 replicas from replica_base "
+        "127.0.0.11, 12 production from production_base 127.0.0.21, 2 dev from dev_base 127.0.0.31)")
+
+
+@pytest.mark.parametrize(("to_replicas", "expected"), [
+    (True, ["replica-1", "prod-1", "prod-2", "dev-1", "dev-2"]),
+    (False, ["prod-1", "prod-2", "dev-1", "dev-2"]),
+])
+def test_traffic_goes_to_production_and_soak_always_and_to_replicas_on_request(to_replicas, expected):
+    spec = FleetSpec(replicas=1, production=2, dev=2, traffic_to_replicas=to_replicas)
+    assert [h.name for h in TrafficGenerator(spec).targets] == expected
+
+
+def test_soak_hosts_are_configured_like_production(tmp_path):
+    """The replica-only drift (``SHOP_PAYMENT_GATEWAY``) stays off the soak hosts, as in production."""
+    spec = FleetSpec(replicas=1, production=1, dev=1)
+    paths = Fleet(spec, home=tmp_path / "fleet").paths
+    envs = {h.name: host_env(paths, spec, h) for h in spec.hosts()}
+    assert envs["replica-1"]["SHOP_PAYMENT_GATEWAY"] == "sandbox"
+    assert "SHOP_PAYMENT_GATEWAY" not in envs["prod-1"]
+    assert "SHOP_PAYMENT_GATEWAY" not in envs["dev-1"]
+    assert envs["dev-1"]["CONVEYOR_HOST_ENVIRONMENT"] == "soak"
+
+
+@pytest.fixture
+def soak_fleet(tmp_path):
+    """1 replica, 1 production and the 2 dev (soak) hosts in tmp_path, with traffic to production and
+    soak only; stopped (and checked) at the end."""
+    fleet = Fleet(free_fleet_spec(replicas=1, production=1, dev=2, traffic_rate=5, traffic_to_replicas=False),
+                  home=tmp_path / "fleet", echo=lambda line: None)
+    yield fleet
+    stop_and_check(fleet, fleet_processes(fleet))
+
+
+def test_a_fleet_with_a_dev_cluster_lists_serves_and_loads_the_soak_hosts(soak_fleet):
+    soak_fleet.up(seed_version="v1.0.0", wait=True)
+    spec = soak_fleet.spec
+
+    inventory = json.loads(soak_fleet.inventory_path.read_text())
+    soak = [h for h in inventory["hosts"] if h["environment"] == "soak"]
+    assert [h["name"] for h in inventory["hosts"]] == ["replica-1", "prod-1", "dev-1", "dev-2"]
+    assert soak == [
+        {"name": f"dev-{i}", "environment": "soak", "address": f"127.0.0.3{i}", "ssh_port": spec.ssh_port,
+         "app_root": "app", "restart": "bin/restart", "health_url": f"http://127.0.0.3{i}:{spec.app_port}/health",
+         "metrics_url": f"http://127.0.0.3{i}:{spec.app_port}/metrics"}
+        for i in (1, 2)
+    ]
+
+    rows = {r["name"]: r for r in soak_fleet.status()}
+    for name in ("dev-1", "dev-2"):
+        assert rows[name]["environment"] == "soak"
+        assert rows[name]["app_alive"], rows[name]
+        assert rows[name]["health"]["status"] == "ok", rows[name]
+        assert rows[name]["health"]["version"] == "v1.0.0", rows[name]
+
+    # Traffic reaches production and the soak hosts: their request counters grow (a bounded wait, no
+    # timing assertion). /health and /metrics are not counted, so only the generator moves them.
+    urls = {name: spec.host(name).metrics_url for name in ("prod-1", "dev-1", "dev-2")}
+    first = {name: requests_served(url) for name, url in urls.items()}
+    deadline = time.monotonic() + 30
+    grown: dict[str, float] = {}
+    while time.monotonic() < deadline and len(grown) < len(urls):
+        time.sleep(0.5)
+        grown.update({name: now for name, url in urls.items() if (now := requests_served(url)) > first[name]})
+    assert grown.keys() == urls.keys(), (first, grown)
+    assert requests_served(spec.host("replica-1").metrics_url) == 0  # traffic_to_replicas=False

@@ -412,6 +412,32 @@ class Ledger:
             row = conn.execute(query).first()
         return dict(row._mapping) if row else None
 
+    # -- soaks ------------------------------------------------------------------------------------------
+
+    def upsert_soak(self, release_id: str, **fields: Any) -> None:
+        """Create or update the soak of the build ``release_id`` released (columns of ``soaks``)."""
+        self._upsert(schema.soaks, {"release_id": release_id}, fields)
+
+    def get_soak(self, release_id: str) -> dict[str, Any] | None:
+        s = schema.soaks
+        release_id = _fit(s.c.release_id, release_id)
+        with self._read() as conn:
+            row = conn.execute(sa.select(s).where(s.c.release_id == release_id)).first()
+        return dict(row._mapping) if row else None
+
+    def list_soaks(self, service: str, *, status: str | list[str] | None = None,
+                   limit: int | None = 100) -> list[dict[str, Any]]:
+        """The service's soaks, newest first (by ``started_at``)."""
+        s = schema.soaks
+        query = sa.select(s).where(s.c.service == service)
+        if status is not None:
+            query = query.where(s.c.status.in_([status] if isinstance(status, str) else list(status)))
+        query = query.order_by(s.c.started_at.desc(), s.c.release_id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return _as_dicts(conn.execute(query))
+
     def services(self) -> list[str]:
         """Every service with at least one release, sorted."""
         r = schema.releases

@@ -110,6 +110,12 @@ def _add_approval_stage(conn: Connection) -> None:
     conn.execute(sa.text("DROP TABLE approvals_v5"))
 
 
+def _create_soaks(conn: Connection) -> None:
+    conn.execute(CreateTable(schema.soaks, if_not_exists=True))
+    sa.Index("ix_soaks_service_started", schema.soaks.c.service, schema.soaks.c.started_at).create(
+        conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _create_core_tables),
     Migration(2, "indexes for service/time queries", _add_query_indexes),
@@ -117,6 +123,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "wider text columns: long run ids, authors, stage names, rollback errors", _widen_text_columns),
     Migration(5, "tickets: backend, external key, failure signature and delivery status", _add_ticket_delivery),
     Migration(6, "approvals.stage: approval stages beyond QA, part of the key", _add_approval_stage),
+    Migration(7, "soaks: builds soaking on the developer cluster before promotion", _create_soaks),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -24,7 +24,9 @@ from sqlalchemy.types import TypeDecorator
 
 # A status in this set is final: a later upsert with a non-final status (say "running") does not replace
 # it unless the caller asks for it with ``reset=True``.
-TERMINAL_STATUSES = frozenset({"success", "failed", "rolled_back", "rejected", "cancelled", "skipped"})
+TERMINAL_STATUSES = frozenset({"success", "failed", "rolled_back", "rejected", "cancelled", "skipped",
+                               # a soak's ends (``soaks``): an incident stops a build's soak for good
+                               "incident", "superseded", "promoted"})
 # Statuses recorded only when there is no status yet, never replacing one: "unchanged" (a rerun finds the
 # host already on the version and must not forget that the first run deployed it) and "deploying" (written
 # before a host changes, so a task killed halfway leaves a row; a rerun's must not hide the outcome).
@@ -205,6 +207,30 @@ commits = sa.Table(
     sa.Column("ci_status", sa.String(30)),
     sa.Column("checked_at", UTCDateTime),
     sa.Column("ci_detail", sa.Text),  # added by migration 3: why CI judged the commit red
+)
+
+# A build's soak on the developer cluster (migration 7): one row per release that soaked a build. The
+# status goes ``soaking`` -> ``passed`` (the watch covered the minimum with no incident) -> ``promoted``,
+# or ``incident`` (for good) or ``superseded`` (another build replaced it before its minimum).
+soaks = sa.Table(
+    "soaks",
+    metadata,
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
+    sa.Column("service", sa.String(100), nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("commit_sha", sa.String(64)),
+    sa.Column("change_kind", sa.String(20)),
+    sa.Column("artifact", _json()),  # the build (ArtifactInfo as a dict): what a promotion deploys
+    sa.Column("hosts", _json()),  # the soak cluster's hosts
+    sa.Column("status", sa.String(30), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),  # every soak host ran the build from then
+    sa.Column("min_seconds", sa.Float, nullable=False),  # the minimum that applies (min or major_min)
+    sa.Column("watched_until", UTCDateTime),  # the watch's last look with no incident
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("incident", sa.Text),  # why the soak stopped for good
+    sa.Column("detail", _json()),  # the watch's summary: windows judged, health
+    sa.Column("promoted_release_id", sa.String(RELEASE_ID_LENGTH)),
+    sa.Column("promoted_at", UTCDateTime),
 )
 
 # Tables created by the first migration, in creation order.

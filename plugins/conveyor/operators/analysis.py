@@ -71,7 +71,7 @@ class CanaryAnalysisOperator(ConveyorOperator):
         out = {}
         for row in release.get("hosts", []):
             at = row.get("at")
-            if row.get("environment") == "production" and row.get("status") == "deployed" and at:
+            if row.get("environment") != "replica" and row.get("status") == "deployed" and at:
                 stamp = at.timestamp() if hasattr(at, "timestamp") else _epoch(at)
                 if stamp is not None:
                     out[row["host"]] = stamp

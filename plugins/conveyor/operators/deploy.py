@@ -27,24 +27,28 @@ if TYPE_CHECKING:
 class DeployOperator(FleetOperator):
     """Deploy the artifact to a set of hosts in parallel (bounded), then health-check them.
 
-    Either ``environment="replica"`` (all replica hosts) or ``plan`` + ``wave`` (one production
-    wave from the plan). Raises :class:`DeployError` / :class:`HealthCheckError` naming the hosts.
+    Either ``environment="replica"`` (all replica hosts) or ``plan`` + ``wave`` (one wave of the plan,
+    in ``production`` or on the ``soak`` cluster). Raises :class:`DeployError` / :class:`HealthCheckError`
+    naming the hosts. Before a wave changes any host, the gate checks the records: the release's sign-off
+    (and tests), or for a promotion (``promotion=True``) the soak and the soaked release's sign-off.
 
     :param artifact: the build's result (templated, usually ``build.output``).
-    :param environment: ``replica`` or ``production``.
-    :param plan: the wave plan (templated, ``plan.output``), for production.
-    :param wave: index of the wave in the plan, for production.
+    :param environment: ``replica``, ``production`` or ``soak``.
+    :param plan: the wave plan (templated, ``plan.output``), for waves.
+    :param wave: index of the wave in the plan, for waves.
+    :param promotion: the DAG is ``promote_<service>``: gate on :func:`conveyor.operators.soak.verify_promotion`.
     """
 
     template_fields = ("artifact", "plan")
 
     def __init__(self, *, artifact: Any, environment: str, plan: Any = None, wave: int | None = None,
-                 **kwargs: Any) -> None:
+                 promotion: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.artifact = artifact
         self.environment = environment
         self.plan = plan
         self.wave = wave
+        self.promotion = promotion
 
     def _hosts(self) -> list[Host]:
         from conveyor.hosts import Host
@@ -59,7 +63,12 @@ class DeployOperator(FleetOperator):
         from conveyor.artifacts import ArtifactInfo, ArtifactStore
 
         with self.ledger_stage(context) as stage:
-            if self.environment == "production":
+            if self.promotion:
+                # The promotion's gate: the soak, the soaked release's sign-off, the promotion's approval.
+                from conveyor.operators.soak import verify_promotion
+
+                verify_promotion(self, context, self.plan)
+            elif self.environment != "replica":
                 # The gate, where it acts: every wave, before any host changes, checks the sign-off in
                 # the records (task states can be set by hand). Raises "sign-off missing: ...".
                 from conveyor.operators.signoff import verify_production_signoff
@@ -72,7 +81,7 @@ class DeployOperator(FleetOperator):
                 stage.detail = {"hosts": [], "changed": []}
                 return stage.detail
             tarball = ArtifactStore.for_service(self.service).fetch(info)  # verifies sha256
-            label = "replica" if self.environment == "replica" else f"wave-{self.wave + 1}"
+            label = "replica" if self.environment == "replica" else self._wave_label()
             self.log.info("Deploying %s to %s: %s", info.version, label, ", ".join(h.name for h in hosts))
             self._record_start(context, label, info.version, hosts)
             results, errors = self.on_each_host(hosts, lambda s: self._deploy_one(s, info, tarball))
@@ -104,15 +113,18 @@ class DeployOperator(FleetOperator):
             result["unhealthy"] = exc
         return result
 
+    def _wave_label(self) -> str:
+        return f"{'soak-' if self.environment == 'soak' else ''}wave-{self.wave + 1}"
+
     def _original(self) -> dict[str, str | None]:
-        """What each production host ran before this release (the plan's record); nothing for the replica."""
-        return (self.plan or {}).get("original", {}) if self.environment == "production" else {}
+        """What each host of the waves ran before this release (the plan's record); nothing for the replica."""
+        return (self.plan or {}).get("original", {}) if self.environment != "replica" else {}
 
     def _record_start(self, context: Context, label: str, version: str, hosts: list[Host]) -> None:
-        """Production hosts are recorded as ``deploying`` before any of them changes: a task killed
-        halfway leaves a row for every host it may have touched (the rollback and the ticket read them).
+        """Wave hosts are recorded as ``deploying`` before any of them changes: a task killed halfway
+        leaves a row for every host it may have touched (the rollback and the ticket read them).
         ``deploying`` never replaces what an earlier try recorded."""
-        if self.environment != "production":
+        if self.environment == "replica":
             return
         original = self._original()
         for host in hosts:
@@ -132,7 +144,7 @@ class DeployOperator(FleetOperator):
         original = self._original()
         for name, res in results.items():
             before = original[name] if name in original else res["from"]
-            changed = res["changed"] or (self.environment == "production" and before != res["to"])
+            changed = res["changed"] or (self.environment != "replica" and before != res["to"])
             self.ledger.upsert_host_deployment(
                 release_id, name, environment=self.environment, wave=label, from_version=before,
                 to_version=res["to"], status="deployed" if changed else "unchanged", at=utcnow(),
@@ -193,11 +205,13 @@ class PlanWavesOperator(FleetOperator):
     waves, and what the rollback returns each host to, never change under a release.
 
     :param n_waves: how many wave task groups the DAG has.
+    :param environment: whose hosts the waves go to: ``production``, or the ``soak`` cluster.
     """
 
-    def __init__(self, *, n_waves: int, **kwargs: Any) -> None:
+    def __init__(self, *, n_waves: int, environment: str = "production", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.n_waves = n_waves
+        self.environment = environment
 
     def execute(self, context: Context) -> dict[str, Any]:
         recorded = (self.recorded_stage(context) or {}).get("detail") or {}
@@ -214,7 +228,7 @@ class PlanWavesOperator(FleetOperator):
         from conveyor.inventory import resolve_hosts
         from conveyor.waves import plan_waves
 
-        hosts = resolve_hosts(self.service, "production")
+        hosts = resolve_hosts(self.service, self.environment)
         versions, errors = self.on_each_host(hosts, lambda s: s.current_version())
         if errors:
             raise DeployError("cannot read versions: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
@@ -296,7 +310,7 @@ class RollbackOperator(FleetOperator):
             self.log.error("Could not read the release's host records: %s: %s", type(exc).__name__, exc)
             return {}
         return {h["host"]: h.get("to_version") for h in release.get("hosts", [])
-                if h.get("environment") == "production" and h.get("status") in ("deploying", "deployed")
+                if h.get("environment") != "replica" and h.get("status") in ("deploying", "deployed")
                 and h.get("to_version") != h.get("from_version")}
 
     @staticmethod

@@ -201,14 +201,16 @@ class FinalizeReleaseOperator(FleetOperator):
 
     :param artifact: the build's result (templated).
     :param plan: the wave plan (templated, ``plan.output``).
+    :param promotion: the DAG is ``promote_<service>``: mark the soaked build promoted.
     """
 
     template_fields = ("artifact", "plan")
 
-    def __init__(self, *, artifact: Any, plan: Any, **kwargs: Any) -> None:
+    def __init__(self, *, artifact: Any, plan: Any, promotion: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.artifact = artifact
         self.plan = plan
+        self.promotion = promotion
 
     def execute(self, context: Context) -> dict[str, Any]:
         from conveyor.hosts import Host
@@ -225,6 +227,10 @@ class FinalizeReleaseOperator(FleetOperator):
                                               + [f"{n}: {e}" for n, e in errors.items()]))
             now = utcnow()
             self.ledger.upsert_release(self.release_id(context), status="success", finished_at=now, deployed_at=now)
+            if self.promotion:  # the soaked build reached production: its soak's row says so
+                from conveyor.operators.soak import mark_promoted
+
+                mark_promoted(self, context)
             self.log.info("Release %s of %s is complete", version, self.service_id)
             pruned = self._prune(production + resolve_hosts(self.service, "replica"))
             stage.detail = {"status": "success", "version": version, "pruned": pruned}

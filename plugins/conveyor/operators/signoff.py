@@ -235,12 +235,21 @@ def verify_production_signoff(task: ConveyorOperator, context: Context) -> dict[
     connection is defined but Airflow's records cannot be read: the gate never passes unverified.
     Without the connection the ledger alone decides, and the log says so.
     """
-    from conveyor.hooks.airflow_api import AirflowApiHook
-    from conveyor.signoff_check import SignoffMissing, SignoffPolicy, SignoffUnverified, check_signoff
+    from conveyor.signoff_check import SignoffPolicy
 
     dag_run = context["dag_run"]
     release = task.ledger.get_release(task.release_id(context))
-    policies = SignoffPolicy.of(task.service)
+    return verify_signoff(task, release, SignoffPolicy.of(task.service), dag_run.dag_id, dag_run.run_id)
+
+
+def verify_signoff(task: ConveyorOperator, release: dict[str, Any] | None, policies: Any, dag_id: str, run_id: str,
+                   *, tests_stage: str | None = "tests") -> dict[str, Any]:
+    """Check ``release``'s sign-off (``policies``, the run ``dag_id``/``run_id`` whose Required Actions
+    gave it) in the ledger and in Airflow's records; see :func:`verify_production_signoff`. A promotion
+    checks the soaked release's sign-off with it, and its own promotion approval."""
+    from conveyor.hooks.airflow_api import AirflowApiHook
+    from conveyor.signoff_check import SignoffMissing, SignoffUnverified, check_signoff
+
     hook = AirflowApiHook()
     hitl = None
     if not hook.defined():
@@ -248,15 +257,16 @@ def verify_production_signoff(task: ConveyorOperator, context: Context) -> dict[
                          "only, not cross-checked with Airflow's Required Actions", hook.airflow_api_conn_id)
     else:
         try:
-            hitl = hook.approval_answers(dag_run.dag_id, dag_run.run_id, tuple(p.prefix for p in policies))
+            hitl = hook.approval_answers(dag_id, run_id, tuple(p.prefix for p in policies))
         except Exception as e:  # whatever stops the read, the gate must not pass
             raise SignoffUnverified(f"could not verify sign-off: reading Airflow's Required Actions through "
                                     f"connection {hook.airflow_api_conn_id} failed: {e}") from None
-    check = check_signoff(release, policies, hitl)
+    check = check_signoff(release, policies, hitl, tests_stage=tests_stage)
     if not check.ok:
         raise SignoffMissing(check.message)
-    task.log.info("Sign-off verified: %d of %d approval(s) by %s%s; tests passed", len(check.counted), check.needed,
-                  ", ".join(check.counted), " (emergency)" if check.emergency else "")
+    task.log.info("Sign-off verified: %d of %d approval(s) by %s%s%s", len(check.counted), check.needed,
+                  ", ".join(check.counted), " (emergency)" if check.emergency else "",
+                  "; tests passed" if tests_stage else "")
     task.log.info("Stages: %s%s", "; ".join(f"{name}: {', '.join(who) or 'none needed'}"
                                              for name, who in check.stages.items()),
                   f"; not required for this change: {', '.join(check.not_required)}" if check.not_required else "")

@@ -1,7 +1,8 @@
-"""The local fleet: simulated replica and production hosts, each a real SSH server on loopback.
+"""The local fleet: simulated replica, production and dev (soak) hosts, each a real SSH server on loopback.
 
-``conveyor fleet up`` (or :meth:`Fleet.up`) starts 2 replica and 6 production hosts on
-127.0.0.11-12 and 127.0.0.21-26, each with an SSH server (port 2222) whose logins land in the host's
+``conveyor fleet up`` (or :meth:`Fleet.up`) starts 2 replica, 6 production and 2 dev hosts on
+127.0.0.11-12, 127.0.0.21-26 and 127.0.0.31-32 (environment ``soak``: the developer cluster where
+builds run for a while before production), each with an SSH server (port 2222) whose logins land in the host's
 own home directory, the demo shop on port 8000, and steady traffic to every shop. Conveyor releases
 to these hosts exactly as it would to real ones: over SSH with the fleet connection
 (:meth:`Fleet.connection_uri`) and the inventory in ``fleet/inventory.json``.

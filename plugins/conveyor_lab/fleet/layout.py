@@ -196,7 +196,8 @@ def host_env(paths: FleetPaths, spec: FleetSpec, host: HostSpec) -> dict[str, st
         "CONVEYOR_APP_PORT": str(host.app_port),
         MARKER_ENV: str(paths.home),
         # Configuration drift for the demo: only the replica has the payment gateway set, so v1.3.0
-        # (which needs it) passes the replica and fails to start in production.
+        # (which needs it) passes the replica and fails to start in production. The soak hosts are
+        # configured like production (catching what the replica hides is what a soak is for).
         **({"SHOP_PAYMENT_GATEWAY": "sandbox"} if host.environment == "replica" else {}),
     }
 

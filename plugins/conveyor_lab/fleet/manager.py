@@ -41,10 +41,12 @@ def fetch_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
 
 
 class Fleet:
-    """The local fleet: ``spec.replicas`` replica and ``spec.production`` production hosts on loopback.
+    """The local fleet: ``spec.replicas`` replica, ``spec.production`` production and ``spec.dev`` dev
+    (soak) hosts on loopback.
 
     :param spec: the fleet's shape. None means the one saved by the last ``up`` (``spec.json``), or
-        the defaults (2 replicas on 127.0.0.11-12, 6 production hosts on 127.0.0.21-26, ports 2222/8000).
+        the defaults (2 replicas on 127.0.0.11-12, 6 production hosts on 127.0.0.21-26, 2 dev hosts
+        on 127.0.0.31-32, ports 2222/8000).
     :param home: the fleet directory; default ``$CONVEYOR_HOME/fleet``.
     :param echo: where progress lines go (``print`` by default; ``lambda _: None`` for silence).
     """
@@ -214,7 +216,7 @@ class Fleet:
         self._restart(startable)
         if wait:
             self.wait_healthy(startable)
-        self.echo(f"The local fleet is up: {len(hosts)} hosts, SSH on port {self.spec.ssh_port}, "
+        self.echo(f"The local fleet is up: {self.spec.summary()}, SSH on port {self.spec.ssh_port}, "
                   f"apps on port {self.spec.app_port}, traffic {self.spec.traffic_rate:g} req/s per host.")
 
     def _seed(self, hosts: list[HostSpec], version: str) -> None:

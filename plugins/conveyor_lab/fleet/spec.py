@@ -23,7 +23,7 @@ class HostSpec:
     """One simulated host: an SSH server on ``address:ssh_port`` and the app on ``address:app_port``."""
 
     name: str
-    environment: str  # "replica" | "production"
+    environment: str  # "replica" | "production" | "soak" (the dev cluster)
     address: str
     ssh_port: int
     app_port: int
@@ -43,18 +43,22 @@ class FleetSpec:
 
     :param replicas: number of replica hosts (``replica-1``..), on ``replica_base`` and up.
     :param production: number of production hosts (``prod-1``..), on ``production_base`` and up.
+    :param dev: number of developer (soak) cluster hosts (``dev-1``..), on ``dev_base`` and up; their
+        environment is ``soak``: builds run there for a while before they are promoted to production.
     :param ssh_port: the SSH port on every host address.
     :param app_port: the app's HTTP port on every host address.
     :param traffic_rate: requests per second sent to each host (a Poisson stream); 0 turns traffic off.
     :param traffic_timeout: seconds one traffic request may take before it counts as failed.
-    :param traffic_to_replicas: send traffic to replica hosts too, not only to production.
+    :param traffic_to_replicas: send traffic to replica hosts too, not only to production and soak.
     :param python: the interpreter that runs the app on the hosts (and ``python`` in their PATH).
     """
 
     replicas: int = 2
     production: int = 6
+    dev: int = 2
     replica_base: str = "127.0.0.11"
     production_base: str = "127.0.0.21"
+    dev_base: str = "127.0.0.31"
     ssh_port: int = 2222
     app_port: int = 8000
     traffic_rate: float = 10.0
@@ -64,7 +68,7 @@ class FleetSpec:
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
-        for name in ("replicas", "production"):
+        for name in ("replicas", "production", "dev"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= 50:
                 raise InvalidInputError(f"fleet {name}: expected 0..50 hosts, got {value!r}")
@@ -78,11 +82,15 @@ class FleetSpec:
             raise InvalidInputError(f"fleet traffic_rate: expected 0..1000 requests/s, got {self.traffic_rate!r}")
         if not 0 < self.traffic_timeout <= 60:
             raise InvalidInputError(f"fleet traffic_timeout: expected 0..60 s, got {self.traffic_timeout!r}")
-        addresses = [h.address for h in self.hosts()]
-        if len(addresses) != len(set(addresses)):
-            raise InvalidInputError(
-                f"fleet addresses overlap: replicas from {self.replica_base}, production from {self.production_base}"
-            )
+        seen: dict[str, str] = {}
+        for h in self.hosts():
+            if h.address in seen:
+                raise InvalidInputError(
+                    f"fleet addresses overlap: {seen[h.address]} and {h.name} are both on {h.address} "
+                    f"({self.replicas} replicas from replica_base {self.replica_base}, {self.production} production "
+                    f"from production_base {self.production_base}, {self.dev} dev from dev_base {self.dev_base})"
+                )
+            seen[h.address] = h.name
 
     def _addresses(self, base: str, count: int, what: str) -> list[str]:
         try:
@@ -95,14 +103,22 @@ class FleetSpec:
         return [str(a) for a in out]
 
     def hosts(self) -> list[HostSpec]:
-        """Every host, replicas first, each environment in name order."""
+        """Every host: replicas, then production, then the dev (soak) cluster, each in name order."""
         out = []
-        groups = (("replica", "replica", self.replica_base, self.replicas),
-                  ("production", "prod", self.production_base, self.production))
-        for environment, prefix, base, count in groups:
-            for i, address in enumerate(self._addresses(base, count, f"{environment}_base"), start=1):
+        groups = (("replica", "replica", "replica_base", self.replicas),
+                  ("production", "prod", "production_base", self.production),
+                  ("soak", "dev", "dev_base", self.dev))
+        for environment, prefix, base_field, count in groups:
+            base = getattr(self, base_field)
+            for i, address in enumerate(self._addresses(base, count, base_field), start=1):
                 out.append(HostSpec(f"{prefix}-{i}", environment, address, self.ssh_port, self.app_port))
         return out
+
+    def summary(self) -> str:
+        """The host count of each environment, for people: ``2 replica, 6 production, 2 soak hosts``."""
+        counts = (("replica", self.replicas), ("production", self.production), ("soak", self.dev))
+        parts = [f"{n} {environment}" for environment, n in counts if n]
+        return ", ".join(parts) + " hosts" if parts else "no hosts"
 
     def host(self, name: str) -> HostSpec:
         for h in self.hosts():

@@ -20,6 +20,9 @@ from conveyor_lab.fleet.spec import FleetSpec, HostSpec
 log = logging.getLogger(__name__)
 
 RequestPicker = Callable[[random.Random], tuple[str, str, "bytes | None"]]
+#: Environments that always get traffic: production, and the dev cluster's soak hosts, which the canary
+#: judge watches while a build soaks there. Replicas get it only with ``FleetSpec.traffic_to_replicas``.
+ALWAYS_SERVED = ("production", "soak")
 MAX_IN_FLIGHT = 200  # across all hosts; beyond it new arrivals are dropped (apps stuck until the timeout)
 
 
@@ -74,14 +77,15 @@ async def send_request(address: str, port: int, method: str, path: str, body: by
 
 
 class TrafficGenerator:
-    """Poisson arrivals at ``spec.traffic_rate`` requests/s to each production host (and replicas)."""
+    """Poisson arrivals at ``spec.traffic_rate`` requests/s to each production and soak host (and replicas)."""
 
     def __init__(self, spec: FleetSpec, picker: RequestPicker | None = None, seed: int | None = None):
         self.spec = spec
         self.picker = picker or traffic_request
         self.rng = random.Random(seed)
         self.targets: list[HostSpec] = [
-            h for h in spec.hosts() if h.environment == "production" or spec.traffic_to_replicas
+            h for h in spec.hosts()
+            if h.environment in ALWAYS_SERVED or (h.environment == "replica" and spec.traffic_to_replicas)
         ]
         self.sent = 0
         self.dropped = 0
