@@ -1,7 +1,7 @@
 """The local fleet as a pytest fixture: ``local_fleet`` (session scope).
 
 Import it where it is needed (``from tests.fleet_fixtures import local_fleet``). It brings up a
-fleet of 2 replicas + 6 production hosts (no dev cluster: see :func:`free_fleet_spec`), each a real
+fleet of 2 replicas + 6 production hosts + the 2-host dev (soak) cluster, each a real
 SSH server, seeded with the demo shop v1.0.0, traffic on, under the test session's ``CONVEYOR_HOME``,
 on ports chosen at run time so it never meets a fleet started by ``make run``, and yields the
 :class:`conveyor_lab.fleet.Fleet`. At the end of the session it stops the fleet and fails if any
@@ -63,7 +63,7 @@ def local_fleet():
         home = fleet_dir()
         if not os.environ.get("CONVEYOR_HOME") or home.is_relative_to(Path(PROJECT_ROOT) / ".conveyor"):
             pytest.fail("local_fleet needs CONVEYOR_HOME set to a temporary directory (tests/conftest.py does it)")
-        fleet = Fleet(free_fleet_spec(), home=home, echo=lambda line: print(f"[fleet] {line}"))
+        fleet = Fleet(free_fleet_spec(dev=2), home=home, echo=lambda line: print(f"[fleet] {line}"))
         try:
             fleet.up(seed_version="v1.0.0", wait=True)
         except BaseException:

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command: the local fleet, root-cause tickets, QA sign-off and the demo repository.
+"""The ``conveyor`` command: the local fleet, root-cause tickets, soak clocks, sign-off and the demo repository.
 
 ::
 
@@ -8,6 +8,7 @@
     conveyor fleet connection          # the Airflow connection (JSON) for AIRFLOW_CONN_CONVEYOR_FLEET
     conveyor tickets list [--json] [--service S] [--pending]
     conveyor tickets show ID [--json]
+    conveyor soak status [--service ID] [--json]
     conveyor approve RUN_ID --as USER [--password P] [--comment TEXT] [--dag D] [--api URL]
     conveyor reject RUN_ID --as USER --reason TEXT [--password P] [--dag D] [--api URL]
     conveyor demo commit --red|--green [--message M] [--author NAME]
@@ -24,6 +25,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from conveyor.exceptions import ConveyorError
@@ -89,7 +91,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         _print_json({"running": True, "daemon_pid": daemon, "home": str(fleet.home),
                      "inventory": str(fleet.inventory_path), "hosts": rows})
         return EXIT_OK
-    print(f"Local fleet: daemon pid {daemon}, {fleet.home}")
+    print(f"Local fleet: {fleet.spec.summary()}, daemon pid {daemon}, {fleet.home}")
     print(_table(
         [[r["name"], r["environment"], f"{r['address']}:{r['ssh_port']}", r["version"] or "-",
           f"pid {r['app_pid']}" if r["app_alive"] else "stopped", _health_text(r)] for r in rows],
@@ -211,6 +213,92 @@ def add_ticket_commands(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_tickets_show)
 
 
+# -------------------------------------------------------------------------------------- soak
+
+
+def _ledger():
+    """The release ledger of the ``conveyor_ledger`` connection, as tasks see it, or :class:`CommandFailed`.
+
+    Without the connection the hook falls back to the local SQLite ledger; here that file must exist
+    already, so a status query never creates an empty ledger and reports "no soaks" for a wrong setup.
+    """
+    import contextlib
+
+    from conveyor.ledger import Ledger
+    from conveyor.ledger.hook import LedgerHook
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the hook logs; keep stdout for the output (--json)
+            url = LedgerHook().ledger_url()
+        ledger = Ledger(url)
+    except (ValueError, ConveyorError) as e:  # a connection of the wrong type, a malformed URL
+        raise CommandFailed(f"the release ledger (connection conveyor_ledger) is misconfigured: {e}") from None
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise CommandFailed(
+            f"no release ledger at {url.database}: no release has been recorded there yet, or the ledger is "
+            "elsewhere; set the conveyor_ledger connection (e.g. AIRFLOW_CONN_CONVEYOR_LEDGER)")
+    return ledger
+
+
+def _soak_rows(clocks: list[Any]) -> list[list[str]]:
+    return [[c.service, c.version, c.status, c.started_at.strftime("%Y-%m-%d %H:%M"), c.minimum, c.soaked,
+             c.remaining, "yes" if c.eligible else "no", c.why] for c in clocks]
+
+
+def cmd_soak_status(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from conveyor.paths import services_dir
+    from conveyor.soak import soak_clocks
+    from conveyor.validation import SERVICE_ID_RE
+
+    if args.service is not None and not SERVICE_ID_RE.match(args.service):
+        raise UsageError(f"invalid --service {args.service!r}: a service id is a lowercase letter, then "
+                         "lowercase letters, digits or _")
+    ledger = _ledger()
+    now = dt.datetime.now(dt.UTC)
+    clocks = []
+    try:
+        known = ledger.services()
+        service_file = services_dir() / f"{args.service}.yaml"
+        if (args.service is not None and args.service not in known and not service_file.exists()
+                and not ledger.list_soaks(args.service, limit=1)):
+            raise UsageError(f"unknown service {args.service!r}: no service file {service_file} and no release "
+                             f"in the ledger; known: {', '.join(known) or 'none'}")
+        for service in [args.service] if args.service else known:
+            rows = ledger.list_soaks(service)
+            if rows:
+                last = ledger.last_successful_release(service)
+                clocks += soak_clocks(rows, production_version=last["version"] if last else None, now=now)
+    except sa.exc.SQLAlchemyError as e:
+        raise CommandFailed(f"cannot read the release ledger {ledger!r}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0]}") from None
+    finally:
+        ledger.dispose()
+    if args.json:
+        _print_json([c.to_dict() for c in clocks])
+        return EXIT_OK
+    if not clocks:
+        print(f"No soaks are recorded{f' for {args.service}' if args.service else ''}.")
+        return EXIT_OK
+    print(_table(_soak_rows(clocks), ["SERVICE", "VERSION", "STATUS", "STARTED (UTC)", "MINIMUM", "SOAKED",
+                                      "REMAINING", "ELIGIBLE", "WHY"]))
+    return EXIT_OK
+
+
+def add_soak_commands(sub: argparse._SubParsersAction) -> None:
+    soak = sub.add_parser("soak", help="builds soaking on the developer cluster before production",
+                          description="Soak clocks from the release ledger: how long each build has soaked, what "
+                          "is left of its minimum, and whether it may be promoted to production (and why).")
+    cmds = soak.add_subparsers(dest="soak_command", metavar="COMMAND", required=True)
+    status = cmds.add_parser("status", help="each build's soak clock, newest first")
+    status.add_argument("--service", metavar="ID", help="only this service (default: every service with soaks)")
+    status.add_argument("--json", action="store_true", help="machine-readable output (a list of clocks)")
+    status.set_defaults(func=cmd_soak_status)
+
+
 # ---------------------------------------------------------------------------------- sign-off
 
 
@@ -326,7 +414,7 @@ def add_demo_commands(sub: argparse._SubParsersAction) -> None:
 
 #: Every command group; a new group is an ``add_*(subparsers)`` function appended here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_fleet_commands, add_ticket_commands, add_signoff_commands, add_demo_commands,
+    add_fleet_commands, add_ticket_commands, add_soak_commands, add_signoff_commands, add_demo_commands,
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -11,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.ledger import Ledger
 from conveyor.tickets import LocalTicketBackend, render_ticket
 from tests.fleet_fixtures import local_fleet  # noqa: F401 - the session fleet fixture
 
 CONVEYOR = Path(sys.executable).with_name("conveyor")
 
 
-def conveyor(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CONVEYOR_HOME": str(home)}
+def conveyor(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CONVEYOR_HOME": str(home), **(env or {})}
     return subprocess.run([str(CONVEYOR), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -81,6 +83,91 @@ def test_tickets_show_errors(home):
     result = conveyor(home, "tickets", "show", "../../etc/passwd")
     assert result.returncode == 2
     assert "invalid ticket id" in result.stderr
+
+
+def seed_soaks(home: Path) -> None:
+    """The local ledger ($CONVEYOR_HOME/ledger.db): production runs demo_shop v1.1.0, three builds soaked."""
+    t0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+    home.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+    ledger.upsert_release("demo_shop/r1", service="demo_shop", version="v1.1.0", status="success", started_at=t0)
+    ledger.upsert_release("other/r1", service="other", version="v3.0.0", status="success", started_at=t0)
+    for version, hours, status, min_hours, watched, incident in [
+        ("v1.0.5", 0, "passed", 1, 2, None), ("v1.2.0", 3, "incident", 1, 0.5, "error rate 4.2% vs 0.3%"),
+        ("v1.3.0", 6, "passed", 24, 25, None),
+    ]:
+        started = t0 + dt.timedelta(hours=hours)
+        ledger.upsert_soak(f"demo_shop/soak-{version}", service="demo_shop", version=version, status=status,
+                           change_kind="major" if min_hours == 24 else "minor", started_at=started,
+                           min_seconds=min_hours * 3600, watched_until=started + dt.timedelta(hours=watched),
+                           incident=incident)
+    ledger.dispose()
+
+
+def test_soak_status_shows_each_builds_clock(home):
+    seed_soaks(home)
+    result = conveyor(home, "soak", "status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["SERVICE", "VERSION", "STATUS", "STARTED", "(UTC)", "MINIMUM", "SOAKED", "REMAINING",
+                                "ELIGIBLE", "WHY"]
+    assert [line.split()[1:3] for line in lines[1:]] == [["v1.3.0", "passed"], ["v1.2.0", "incident"],
+                                                         ["v1.0.5", "passed"]]
+    assert lines[1].split()[3:] == ["2026-11-20", "15:00", "1d", "1d", "1h", "0s", "yes", "eligible:", "soaked", "1d",
+                                    "1h", "with", "no", "incident"]
+    assert re.search(r" no +never promoted: incident during soak: error rate 4\.2% vs 0\.3%$", lines[2]), lines[2]
+    assert re.search(r" no +never promoted: older than v1\.1\.0, which production runs$", lines[3]), lines[3]
+
+    result = conveyor(home, "soak", "status", "--service", "demo_shop", "--json")
+    assert result.returncode == 0, result.stderr
+    clocks = json.loads(result.stdout)
+    assert [(c["version"], c["eligible"], c["minimum"], c["soaked"]) for c in clocks] == [
+        ("v1.3.0", True, "1d", "1d 1h"), ("v1.2.0", False, "1h", "30m"), ("v1.0.5", False, "1h", "2h")]
+    assert clocks[0]["started_at"] == "2026-11-20T15:00:00+00:00"
+    assert clocks[1]["incident"] == "error rate 4.2% vs 0.3%"
+
+
+def test_soak_status_of_a_service_without_soaks(home):
+    seed_soaks(home)
+    result = conveyor(home, "soak", "status", "--service", "other")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "No soaks are recorded for other."
+    result = conveyor(home, "soak", "status", "--service", "other", "--json")
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize(("service", "message"), [
+    ("nope", "unknown service 'nope': no service file"),
+    ("Bad-Id", "invalid --service 'Bad-Id'"),
+])
+def test_soak_status_of_an_unknown_service(home, service, message):
+    seed_soaks(home)
+    result = conveyor(home, "soak", "status", "--service", service)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_soak_status_without_a_ledger(home):
+    result = conveyor(home, "soak", "status")
+    assert result.returncode == 1
+    assert f"no release ledger at {home / 'ledger.db'}" in result.stderr
+    assert "conveyor_ledger connection" in result.stderr
+    assert not (home / "ledger.db").exists()  # a status query does not create an empty ledger
+
+
+@pytest.mark.parametrize(("connection", "message"), [
+    ("postgresql://conveyor:secret@127.0.0.1:1/conveyor_ledger", "cannot read the release ledger"),
+    ("mysql://conveyor@127.0.0.1/ledger", "the release ledger (connection conveyor_ledger) is misconfigured"),
+])
+def test_soak_status_when_the_ledger_is_unreachable(home, connection, message):
+    result = conveyor(home, "soak", "status", "--json", env={"AIRFLOW_CONN_CONVEYOR_LEDGER": connection})
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_fleet_status_when_the_fleet_is_not_running(home):

@@ -143,7 +143,7 @@ def fleet_hosts(environment: str | None = None):
     from conveyor.inventory import resolve_hosts
 
     service = load_service("demo_shop")
-    envs = [environment] if environment else ["replica", "production"]
+    envs = [environment] if environment else ["replica", "production"] + (["soak"] if service.soak else [])
     return [h for env in envs for h in resolve_hosts(service, env)]
 
 

@@ -216,15 +216,15 @@ soaks = sa.Table(
     "soaks",
     metadata,
     sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
-    sa.Column("service", sa.String(100), nullable=False),
-    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("service", sa.String(100)),
+    sa.Column("version", sa.String(100)),
     sa.Column("commit_sha", sa.String(64)),
     sa.Column("change_kind", sa.String(20)),
     sa.Column("artifact", _json()),  # the build (ArtifactInfo as a dict): what a promotion deploys
     sa.Column("hosts", _json()),  # the soak cluster's hosts
-    sa.Column("status", sa.String(30), nullable=False),
-    sa.Column("started_at", UTCDateTime, nullable=False),  # every soak host ran the build from then
-    sa.Column("min_seconds", sa.Float, nullable=False),  # the minimum that applies (min or major_min)
+    sa.Column("status", sa.String(30)),
+    sa.Column("started_at", UTCDateTime),  # every soak host ran the build from then
+    sa.Column("min_seconds", sa.Float),  # the minimum that applies (min or major_min)
     sa.Column("watched_until", UTCDateTime),  # the watch's last look with no incident
     sa.Column("ended_at", UTCDateTime),
     sa.Column("incident", sa.Text),  # why the soak stopped for good

@@ -6,7 +6,10 @@ Airflow UI's navigation (``external_views``):
 * ``GET /conveyor/api/dora?service=<id>&days=<n>[&end=<ISO time>]``: the DORA numbers as JSON
   (:meth:`conveyor.ledger.core.Ledger.dora`); without ``service``, over all services;
 * ``GET /conveyor/dora?service=&days=``: the same numbers as a page with per-day charts (inline SVG);
-* ``GET /conveyor/releases[?service=]``: recent releases;
+* ``GET /conveyor/releases[?service=]``: recent releases, and each service's soak clocks (builds soaking on
+  the developer cluster: minimum, soaked, remaining, eligible for promotion and why) when it has soaks;
+* ``GET /conveyor/api/soak?service=<id>``: the same soak clocks as JSON (newest first; without ``service``,
+  every service's);
 * ``GET /conveyor/releases/<release id>/changelog`` (and ``/conveyor/api/releases/<id>/changelog``): the
   release page: the commits it shipped since the previous successful release, and its canary analyses
   (per-metric table of canary vs baseline, the Prometheus graph link, the chart);
@@ -46,6 +49,7 @@ from conveyor.web import charts
 
 if TYPE_CHECKING:
     from conveyor.ledger import Ledger
+    from conveyor.soak import SoakClock
 
 URL_PREFIX = "/conveyor"
 # A chart is a document of its own: nothing in it may run or load anything, whatever a ledger row holds.
@@ -195,6 +199,23 @@ def _outside_calendar(end: dt.datetime | None, days: int) -> HTTPException:
                                                  "the period must lie between 0001-01-01 and 9999-12-31 (UTC)")
 
 
+def soak_clocks_of(ledger: Ledger, services: list[str], now: dt.datetime) -> dict[str, list[SoakClock]]:
+    """Each of ``services``' soak clocks, newest first; services without soaks are left out.
+
+    Production's version is the one of the service's last successful release: the pages cannot ask the
+    hosts, and the ledger says what was released there.
+    """
+    from conveyor.soak import soak_clocks
+
+    out = {}
+    for service in services:
+        rows = ledger.list_soaks(service)
+        if rows:
+            last = ledger.last_successful_release(service)
+            out[service] = soak_clocks(rows, production_version=last["version"] if last else None, now=now)
+    return out
+
+
 def get_ledger(request: Request) -> Ledger:
     return request.app.state.ledger_factory()
 
@@ -283,6 +304,19 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"release {release_id!r} is not in the ledger")
         return jsonable_encoder(changelog)
 
+    @app.get("/api/soak", dependencies=[ApiUser])
+    def api_soak(ledger: LedgerDep, service: ServiceQuery = None) -> list[dict[str, Any]]:
+        """Soak clocks of a service (or all), newest first: minimum, soaked, remaining, eligible and why."""
+        service = _check_service(service)
+        known = ledger.services()
+        if service is not None and service not in known and not ledger.list_soaks(service, limit=1):
+            raise HTTPException(
+                status_code=404,
+                detail=f"no releases are recorded for service {service!r}; known: {', '.join(known) or 'none'}",
+            )
+        clocks = soak_clocks_of(ledger, [service] if service else known, dt.datetime.now(dt.UTC))
+        return jsonable_encoder([clock.to_dict() for per_service in clocks.values() for clock in per_service])
+
     # -- pages -------------------------------------------------------------------------------------
 
     @app.get("/", include_in_schema=False)
@@ -324,8 +358,10 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> HTMLResponse:
         service = _check_service(service)
         releases = ledger.list_releases(service, limit=limit)
-        return render(request, "releases.html", releases=releases, service=service, services=ledger.services(),
-                      limit=limit)
+        services = ledger.services()
+        soaks = soak_clocks_of(ledger, [service] if service else services, dt.datetime.now(dt.UTC))
+        return render(request, "releases.html", releases=releases, service=service, services=services,
+                      limit=limit, soaks=soaks)
 
     @app.get("/releases/{release_id:path}/changelog", response_class=HTMLResponse, dependencies=[PageUser])
     def changelog_page(request: Request, release_id: str, ledger: LedgerDep) -> HTMLResponse:

@@ -247,7 +247,8 @@ def test_the_changelog_endpoint(client):
 
 @pytest.mark.parametrize(
     "path", ["/conveyor/api/dora?service=shop", "/conveyor/dora", "/conveyor/releases",
-             f"/conveyor/releases/{quote(RID, safe='/:')}/changelog", "/conveyor/api/releases/x/y/changelog"],
+             f"/conveyor/releases/{quote(RID, safe='/:')}/changelog", "/conveyor/api/releases/x/y/changelog",
+             "/conveyor/api/soak?service=demo_shop"],
 )
 def test_every_route_needs_a_login(anonymous, path):
     response = anonymous.get(path)
@@ -371,6 +372,106 @@ def test_an_empty_ledger_renders(tmp_path, auth_manager, token):
         assert "No releases are recorded" in client.get("/conveyor/releases").text
         assert client.get("/conveyor/api/dora").json()["deployment_frequency"]["count"] == 0
     empty.dispose()
+
+
+# ---------------------------------------------------------------------------------------------- soak
+
+SOAK_T0 = dt.datetime(2025, 3, 12, 9, 0, tzinfo=dt.UTC)
+INCIDENT = '<script>alert("soak")</script> error rate 4.2% vs 0.3%'
+
+
+def record_soak(ledger: Ledger, version: str, hours: float, status: str, min_hours: float, watched_hours: float,
+                change: str = "minor", **fields) -> None:
+    ledger.upsert_soak(f"demo_shop/manual__{version}", service="demo_shop", version=version, change_kind=change,
+                       status=status, started_at=SOAK_T0 + dt.timedelta(hours=hours), min_seconds=min_hours * 3600,
+                       watched_until=SOAK_T0 + dt.timedelta(hours=hours + watched_hours), **fields)
+
+
+@pytest.fixture
+def soaked(tmp_path, auth_manager, token) -> Iterator[TestClient]:
+    """demo_shop: production runs v1.1.0 (its last successful release) and three builds have soaked."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'soaked.db'}")
+    record_full_release(ledger)
+    ledger.upsert_release("other/manual__1", service="other", version="v3.0.0", status="success",
+                          started_at=SOAK_T0)
+    record_soak(ledger, "v1.0.5", 0, "passed", 1, 2)  # older than production's v1.1.0
+    record_soak(ledger, "v1.2.0", 3, "incident", 1, 0.5, incident=INCIDENT)
+    record_soak(ledger, "v1.3.0", 6, "passed", 24, 25, change="major")
+    root = FastAPI()
+    root.mount(URL_PREFIX, create_app(lambda: ledger))
+    with TestClient(root, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
+    ledger.dispose()
+
+
+def soak_rows(page: str) -> list[dict[str, str]]:
+    """The soak table rows of a releases page: release id, eligible and the cells' text by column."""
+    columns = ["version", "change", "status", "started", "minimum", "soaked", "remaining", "incident", "eligible"]
+    rows = []
+    for rid, eligible, cells in re.findall(
+            r'<tr data-soak-release-id="([^"]+)" data-eligible="(yes|no)">(.*?)</tr>', page, re.S):
+        texts = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>",
+                                                                                        cells, re.S)]
+        rows.append({"release_id": html.unescape(rid), "data-eligible": eligible,
+                     **dict(zip(columns, texts, strict=True))})
+    return rows
+
+
+def test_the_releases_page_shows_each_builds_soak_clock(soaked):
+    response = soaked.get("/conveyor/releases?service=demo_shop")
+    assert response.status_code == 200
+    assert '<section class="soak" id="soak-demo_shop" data-service="demo_shop">' in response.text
+    assert soak_rows(response.text) == [
+        {"release_id": "demo_shop/manual__v1.3.0", "data-eligible": "yes", "version": "v1.3.0", "change": "major",
+         "status": "passed", "started": "2025-03-12 15:00", "minimum": "1d", "soaked": "1d 1h", "remaining": "0s",
+         "incident": "—", "eligible": "yes: eligible: soaked 1d 1h with no incident"},
+        {"release_id": "demo_shop/manual__v1.2.0", "data-eligible": "no", "version": "v1.2.0", "change": "minor",
+         "status": "incident", "started": "2025-03-12 12:00", "minimum": "1h", "soaked": "30m",
+         "remaining": "0s", "incident": INCIDENT,
+         "eligible": f"no: never promoted: incident during soak: {INCIDENT}"},
+        {"release_id": "demo_shop/manual__v1.0.5", "data-eligible": "no", "version": "v1.0.5", "change": "minor",
+         "status": "passed", "started": "2025-03-12 09:00", "minimum": "1h", "soaked": "2h", "remaining": "0s",
+         "incident": "—", "eligible": "no: never promoted: older than v1.1.0, which production runs"},
+    ]
+    # The incident text is the ledger's, so it is escaped: shown, never run.
+    assert "<script>" not in response.text
+    assert "&lt;script&gt;alert(&#34;soak&#34;)&lt;/script&gt;" in response.text
+
+    # All services: the sections of those with soaks; a service without soaks has none.
+    assert soak_rows(soaked.get("/conveyor/releases").text) == soak_rows(response.text)
+    other = soaked.get("/conveyor/releases?service=other").text
+    assert "soak" not in other.lower()
+    assert re.findall(r'<tr data-release-id="([^"]+)"', other) == ["other/manual__1"]
+
+
+def test_the_soak_endpoint_gives_the_clocks(soaked):
+    response = soaked.get("/conveyor/api/soak?service=demo_shop")
+    assert response.status_code == 200, response.text
+    clocks = response.json()
+    assert [(c["version"], c["status"], c["eligible"]) for c in clocks] == [
+        ("v1.3.0", "passed", True), ("v1.2.0", "incident", False), ("v1.0.5", "passed", False)]
+    assert clocks[0] == {
+        "release_id": "demo_shop/manual__v1.3.0", "service": "demo_shop", "version": "v1.3.0", "change": "major",
+        "status": "passed", "started_at": "2025-03-12T15:00:00+00:00", "min_seconds": 86400.0,
+        "soaked_seconds": 90000.0, "remaining_seconds": 0.0, "incident": None, "eligible": True,
+        "why": "eligible: soaked 1d 1h with no incident", "promoted_release_id": None,
+        "minimum": "1d", "soaked": "1d 1h", "remaining": "0s",
+    }
+    assert clocks[1]["incident"] == INCIDENT
+    assert clocks[2]["why"] == "never promoted: older than v1.1.0, which production runs"
+
+    assert soaked.get("/conveyor/api/soak").json() == clocks  # every service: only demo_shop has soaks
+    assert soaked.get("/conveyor/api/soak?service=other").json() == []
+
+
+@pytest.mark.parametrize(("query", "status", "message"), [
+    ("service=nope", 404, "no releases are recorded for service 'nope'; known: demo_shop, other"),
+    ("service=Bad-Id", 422, "service must be a service id"),
+])
+def test_the_soak_endpoint_refuses_unknown_services(soaked, query, status, message):
+    response = soaked.get(f"/conveyor/api/soak?{query}")
+    assert response.status_code == status
+    assert message in response.json()["detail"]
 
 
 def test_the_chart_marks_values_exactly():
