@@ -99,3 +99,12 @@ def test_the_release_of_a_soaked_service_ends_in_the_soak_and_promote_exists_onl
     _write(tmp_path, lambda d: None)
     assert promote_dag("demo_shop") is None
     assert "finalize" in release_dag("demo_shop").task_ids
+
+
+def test_the_soak_example_is_the_demo_with_a_soak_of_minutes():
+    example = load_service(ROOT / "include" / "services" / "examples" / "soak" / "demo_shop.yaml")
+    demo = load_service(DEMO)
+    assert example.soak.minimum("minor") == timedelta(minutes=10) and example.soak.minimum("major") == timedelta(
+        minutes=30)
+    assert example.soak.approval.name == "promotion" and example.people(example.soak.approval.group) == ("ops", "admin")
+    assert example.model_dump(exclude={"soak"}) == demo.model_dump(exclude={"soak"})
