@@ -97,7 +97,14 @@ def _record(ledger: Ledger, service_id: str, commit: dict[str, str], status: str
     ledger.upsert_commit(service_id, commit["sha"], **fields)
 
 
-def last_released_commit(ledger: Ledger, service_id: str) -> dict[str, Any] | None:
+def last_released_commit(ledger: Ledger, service_id: str, *, soaked: bool = False) -> dict[str, Any] | None:
+    """The last commit a release took: to production; for a service with a soak (``soaked``), to the soak
+    cluster (its newest soak, whatever became of it: a build that had an incident is not released again by
+    the schedule, a new commit is)."""
+    if soaked:
+        newest = next((s for s in ledger.list_soaks(service_id, limit=20) if s.get("commit_sha")), None)
+        if newest:
+            return newest
     release = ledger.last_successful_release(service_id)
     return release if release and release.get("commit_sha") else None
 
@@ -119,7 +126,7 @@ def new_commits(service: ServiceConfig, since: str | None = None, *, ledger: Led
     git_dir = mirror(service)
     limit = limit or service.ci.max_commits
     if since is None:
-        last = last_released_commit(ledger, service.id)
+        last = last_released_commit(ledger, service.id, soaked=service.soak is not None)
         since = last["commit_sha"] if last else None
     if since and not _exists(git_dir, since):
         log.warning("commit %s is not in the repository any more; looking at the whole branch", since[:12])
@@ -243,7 +250,7 @@ def release_candidate(service: ServiceConfig, ledger: Ledger) -> tuple[str, dict
     git_dir = mirror(service)
     branch = service.repo.release_branch
     head = branch_head(git_dir, branch)
-    last = last_released_commit(ledger, service.id)
+    last = last_released_commit(ledger, service.id, soaked=service.soak is not None)
     since = last["commit_sha"] if last and _exists(git_dir, last["commit_sha"]) else None
     where = f"{last.get('version') or last['commit_sha'][:12]} ({last['commit_sha'][:12]})" if since else None
     if since and (head == since or _is_ancestor(git_dir, head, since)):

@@ -246,3 +246,21 @@ def test_ci_dag_run_on_a_pushed_red_commit(airflow_db, service, ledger):
     assert red[:12] in note["text"]
     assert "Dev Patel" in note["text"]
     assert note["dag_id"] == "ci_demo_shop"
+
+
+def test_with_a_soak_the_schedule_releases_a_commit_once_to_the_soak_cluster(service, ledger):
+    """A soaked service's last release is its newest soak (soaking, passed or with an incident): the
+    schedule does not send the same commit to the soak cluster again, which would restart its clock."""
+    soaked = service.model_copy(update={"soak": parse_service(
+        {**yaml.safe_load(service.path.read_text()), "soak": {"inventory": "local", "min": "1h"}}, service.path).soak})
+    _released(ledger, _main_head(service))  # production runs main's head
+    green = push_demo_commit(red=False)
+    _judged(ledger, green, ci.GREEN)
+    assert ci.scheduled_release_gate(soaked, ledger)[:2] == (ci.RELEASE, green)
+
+    ledger.upsert_soak("demo_shop/scheduled__3", service="demo_shop", version="v1.1.0-1-g" + green[:7],
+                       commit_sha=green, status="incident", started_at=dt.datetime.now(dt.UTC), min_seconds=3600)
+
+    decision, sha, message = ci.scheduled_release_gate(soaked, ledger)
+    assert (decision, sha) == (ci.NO_CHANGE, None) and "nothing new on main" in message
+    assert ci.scheduled_release_gate(service, ledger)[:2] == (ci.RELEASE, green)  # without a soak: production's

@@ -12,6 +12,7 @@ from conveyor.operators.base import ConveyorOperator, FleetOperator, utcnow
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from conveyor.config import ServiceConfig
     from conveyor.hosts import Host
 
 
@@ -77,30 +78,7 @@ class ValidateReleaseOperator(ConveyorOperator):
         return release
 
     def _check_user(self, context: Context, emergency: bool) -> None:
-        """``release.allowed`` and ``release.emergency``: who may release, who may declare an emergency."""
-        from conveyor.operators.gate import is_scheduled
-
-        if is_scheduled(context):
-            return
-        service = self.service
-        user = getattr(context["dag_run"], "triggering_user_name", None)
-        allowed = service.people(service.release.allowed)
-        if allowed and user not in allowed:
-            raise InvalidInputError(
-                f"{user or 'a run without a triggering user'} may not release {service.id}: release.allowed in "
-                f"{service.path} is {', '.join(service.release.allowed)} ({', '.join(allowed)})")
-        if not emergency:
-            return
-        declarers = service.people(service.release.emergency)
-        if not declarers:
-            raise InvalidInputError(
-                f"emergency releases of {service.id} are refused: nobody may declare one (set release.emergency "
-                f"in {service.path} to the users or @groups who may)")
-        if user not in declarers:
-            raise InvalidInputError(
-                f"{user or 'a run without a triggering user'} may not declare an emergency for {service.id}: "
-                f"release.emergency in {service.path} is {', '.join(service.release.emergency)} "
-                f"({', '.join(declarers)})")
+        check_user(self.service, context, emergency)
 
     def _check_line(self, context: Context, emergency: bool) -> None:
         """A manual non-emergency run while the line is stopped (CI's newest verdict on the branch is red)."""
@@ -119,25 +97,55 @@ class ValidateReleaseOperator(ConveyorOperator):
                                     "(or is declared an emergency)")
 
     def _check_window(self, context: Context, emergency: bool, reason: str) -> None:
-        """Freezes and release windows: refuse a normal manual run in a freeze, skip a stale slot."""
-        from airflow.sdk.exceptions import AirflowSkipException
+        check_window(context, emergency, reason)
 
-        from conveyor.timetables import ReleaseWindowTimetable
 
-        timetable = getattr(context.get("dag"), "timetable", None)
-        if not isinstance(timetable, ReleaseWindowTimetable):
-            return
-        dag_run = context["dag_run"]
-        run_type = str(getattr(dag_run, "run_type", "") or "")
-        if run_type.endswith("scheduled"):
-            run_after = getattr(dag_run, "run_after", None)
-            if run_after is not None and timetable.is_stale(run_after):
-                raise AirflowSkipException(f"slot {run_after.isoformat()} is stale (more than "
-                                           f"{timetable.max_lateness} late): not releasing")
-            return
-        refusal = timetable.manual_run_refusal(utcnow(), emergency=emergency, reason=reason)
-        if refusal:
-            raise InvalidInputError(refusal)
+def check_user(service: ServiceConfig, context: Context, emergency: bool) -> None:
+    """``release.allowed`` and ``release.emergency``: who may release, who may declare an emergency."""
+    from conveyor.operators.gate import is_scheduled
+
+    if is_scheduled(context):
+        return
+    user = getattr(context["dag_run"], "triggering_user_name", None)
+    allowed = service.people(service.release.allowed)
+    if allowed and user not in allowed:
+        raise InvalidInputError(
+            f"{user or 'a run without a triggering user'} may not release {service.id}: release.allowed in "
+            f"{service.path} is {', '.join(service.release.allowed)} ({', '.join(allowed)})")
+    if not emergency:
+        return
+    declarers = service.people(service.release.emergency)
+    if not declarers:
+        raise InvalidInputError(
+            f"emergency releases of {service.id} are refused: nobody may declare one (set release.emergency "
+            f"in {service.path} to the users or @groups who may)")
+    if user not in declarers:
+        raise InvalidInputError(
+            f"{user or 'a run without a triggering user'} may not declare an emergency for {service.id}: "
+            f"release.emergency in {service.path} is {', '.join(service.release.emergency)} "
+            f"({', '.join(declarers)})")
+
+
+def check_window(context: Context, emergency: bool, reason: str) -> None:
+    """Freezes and release windows: refuse a normal manual run in a freeze, skip a stale slot."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from conveyor.timetables import ReleaseWindowTimetable
+
+    timetable = getattr(context.get("dag"), "timetable", None)
+    if not isinstance(timetable, ReleaseWindowTimetable):
+        return
+    dag_run = context["dag_run"]
+    run_type = str(getattr(dag_run, "run_type", "") or "")
+    if run_type.endswith("scheduled"):
+        run_after = getattr(dag_run, "run_after", None)
+        if run_after is not None and timetable.is_stale(run_after):
+            raise AirflowSkipException(f"slot {run_after.isoformat()} is stale (more than "
+                                       f"{timetable.max_lateness} late): not releasing")
+        return
+    refusal = timetable.manual_run_refusal(utcnow(), emergency=emergency, reason=reason)
+    if refusal:
+        raise InvalidInputError(refusal)
 
 
 class BuildOperator(FleetOperator):

@@ -172,8 +172,10 @@ def production_version(versions: dict[str, str | None]) -> str | None:
 class SelectPromotionOperator(FleetOperator):
     """Pick the build to promote and open the promotion's release record; returns the build's artifact.
 
-    The newest build whose soak passed with no incident and that is not older than what production runs;
-    or the one the run's ``version`` param names (refused, the run failing with the reason, when it may
+    Who may promote by hand is ``release.allowed``; a manual promotion in a freeze is refused, a stale
+    scheduled slot skips (the service's release windows, as for releases). The newest build whose soak
+    passed with no incident and that is not older than what production runs; or the one the run's
+    ``version`` param names (refused, the run failing with the reason, when it may
     not be promoted). With no eligible build, the run skips and says why (a scheduled promotion with
     nothing to promote is not a failure). A rerun keeps the candidate it recorded first.
     """
@@ -193,6 +195,10 @@ class SelectPromotionOperator(FleetOperator):
                 self.log.info("Reusing the candidate the first run of this task chose: %s", row and row["version"])
                 candidate = {"soak_release_id": recorded, "version": row["version"], "why": "chosen by an earlier try"}
             else:
+                from conveyor.operators.release import check_user, check_window
+
+                check_user(self.service, context, emergency=False)  # release.allowed: who may promote by hand
+                check_window(context, emergency=False, reason="")  # a manual promotion in a freeze is refused
                 asked = ((context["params"] or {}).get("version") or "").strip() or None
                 if asked:
                     asked = validation.version(asked)
