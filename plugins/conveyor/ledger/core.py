@@ -521,8 +521,9 @@ class Ledger:
         """DORA metrics of one service (or all with ``None``) over the last ``days`` days.
 
         See :mod:`conveyor.ledger.dora` for the definitions; a release "changed production" here when a
-        production host was touched (``deploying``, ``deployed``, ``failed`` or ``rolled_back``), it has a
-        rollback, or it has a ``deployed_at``.
+        production host was touched (``deploying``, ``deployed``, ``failed`` or ``rolled_back``), it rolled a
+        production host back, or it has a ``deployed_at``. A soak's deploys and rollbacks (environment
+        ``soak``) are not production's: a soak incident is not a failed change.
         """
         now = schema.to_utc(now) or dt.datetime.now(dt.UTC)
         r, h, rb, c = schema.releases, schema.host_deployments, schema.rollbacks, schema.commits
@@ -530,7 +531,10 @@ class Ledger:
             sa.select(h.c.release_id).where(
                 h.c.environment == schema.PRODUCTION, h.c.status.in_(_TOUCHED_HOST_STATUSES)
             ),
-            sa.select(rb.c.release_id),
+            # a rollback of production hosts (a soak's rollback puts the soak cluster back: not production)
+            sa.select(rb.c.release_id).select_from(rb.outerjoin(
+                h, sa.and_(h.c.release_id == rb.c.release_id, h.c.host == rb.c.host)
+            )).where(sa.or_(h.c.environment.is_(None), h.c.environment == schema.PRODUCTION)),
         ).subquery()
         query = sa.select(r, touched.c.release_id.is_not(None).label("touched")).outerjoin(
             touched, touched.c.release_id == r.c.release_id

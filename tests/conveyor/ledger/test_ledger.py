@@ -541,6 +541,23 @@ def test_dora_numbers_for_a_known_history(ledger):
     assert sum(day["deployments"] for day in numbers["series"]) == 3
 
 
+def test_a_soak_incident_is_not_a_failed_change_of_production(ledger):
+    """A release whose soak had an incident deployed to the soak cluster and rolled it back: production
+    never changed, so DORA's change failure rate does not count it (nor is it a deployment)."""
+    seed_dora_history(ledger)
+    before = ledger.dora("shop", days=7, now=NOW)
+    ledger.upsert_release("shop/S1", service="shop", status="failed", started_at=T("2025-03-30T09:00"),
+                          finished_at=T("2025-03-30T10:00"), commit_range=["c7"])
+    for host in ("dev-1", "dev-2"):
+        ledger.upsert_host_deployment("shop/S1", host, environment="soak", wave="soak-wave-1", status="deployed",
+                                      at=T("2025-03-30T09:10"))
+        ledger.upsert_rollback("shop/S1", host, from_version="S1", to_version="R7", status="rolled back",
+                               at=T("2025-03-30T09:50"))
+    after = ledger.dora("shop", days=7, now=NOW)
+    assert after["change_failure_rate"] == before["change_failure_rate"] == {"rate": 4 / 7, "failed": 4, "total": 7}
+    assert after["deployment_frequency"] == before["deployment_frequency"]
+
+
 def test_dora_over_all_services_and_other_periods(ledger):
     seed_dora_history(ledger)
     everything = ledger.dora(None, days=7, now=NOW)
