@@ -234,7 +234,7 @@ def test_fleet_status_and_connection_of_a_running_fleet(local_fleet):  # noqa: F
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["running"] is True
-    assert [h["version"] for h in status["hosts"]] == ["v1.0.0"] * 8
+    assert [h["version"] for h in status["hosts"]] == ["v1.0.0"] * 10  # 2 replicas, 6 production, dev-1..2
     result = conveyor(home, "fleet", "status")
     assert result.returncode == 0
     assert "prod-6" in result.stdout

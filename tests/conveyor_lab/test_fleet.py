@@ -72,15 +72,17 @@ def other_key(tmp_path, name: str) -> tuple[str, str]:
 
 def test_every_host_is_up_and_healthy_on_the_seed_version(local_fleet):  # noqa: F811
     rows = local_fleet.status()
-    assert [r["name"] for r in rows] == ["replica-1", "replica-2", *(f"prod-{i}" for i in range(1, 7))]
-    assert [r["address"] for r in rows] == ["127.0.0.11", "127.0.0.12", *(f"127.0.0.2{i}" for i in range(1, 7))]
+    assert [r["name"] for r in rows] == ["replica-1", "replica-2", *(f"prod-{i}" for i in range(1, 7)), "dev-1", "dev-2"]
+    assert [r["address"] for r in rows] == ["127.0.0.11", "127.0.0.12", *(f"127.0.0.2{i}" for i in range(1, 7)),
+                                            "127.0.0.31", "127.0.0.32"]
     for row in rows:
         assert row["version"] == "v1.0.0", row
         assert row["app_alive"], row
         assert row["health"]["status"] == "ok", row
         assert row["health"]["version"] == "v1.0.0", row
     assert {r["environment"] for r in rows[:2]} == {"replica"}
-    assert {r["environment"] for r in rows[2:]} == {"production"}
+    assert {r["environment"] for r in rows[2:8]} == {"production"}
+    assert {r["environment"] for r in rows[8:]} == {"soak"}
 
 
 def test_state_files_follow_the_documented_layout(local_fleet):  # noqa: F811
