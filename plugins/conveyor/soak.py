@@ -24,6 +24,7 @@ from typing import Any
 from conveyor.durations import format_duration
 
 SOAKING, PASSED, INCIDENT, SUPERSEDED, PROMOTED = "soaking", "passed", "incident", "superseded", "promoted"
+ABORTED = "aborted"  # the release failed around the soak (its watch could not run, it timed out): cluster rolled back
 _RELEASE = re.compile(r"^v?(\d+(?:\.\d+)*)$")
 
 
@@ -137,6 +138,9 @@ def soak_clocks(rows: Iterable[Mapping[str, Any]], *, production_version: str | 
         elif status == SUPERSEDED:
             by = (row.get("detail") or {}).get("superseded_by") or "another build replaced it on the soak cluster"
             why = f"soak ended after {_span(soaked)} of {format_duration(dt.timedelta(seconds=minimum))}: {by}"
+        elif status == ABORTED:
+            why = (f"soak aborted after {_span(soaked)} of {format_duration(dt.timedelta(seconds=minimum))}: "
+                   f"{(row.get('detail') or {}).get('aborted') or 'the release failed'}")
         elif status == SOAKING:
             why = (f"soaking: {_span(soaked)} of {format_duration(dt.timedelta(seconds=minimum))}, "
                    f"{_span(remaining)} to go" if remaining > 0 else
@@ -188,5 +192,5 @@ def pick_candidate(clocks: Iterable[SoakClock], version: str | None = None) -> t
     return None, f"no build is eligible for promotion ({listed})"
 
 
-__all__ = ["INCIDENT", "PASSED", "PROMOTED", "SOAKING", "SUPERSEDED", "SoakClock", "pick_candidate",
+__all__ = ["ABORTED", "INCIDENT", "PASSED", "PROMOTED", "SOAKING", "SUPERSEDED", "SoakClock", "pick_candidate",
            "soak_clocks", "version_key"]

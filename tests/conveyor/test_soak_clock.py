@@ -40,10 +40,8 @@ def soak(ledger: Ledger, version: str, *, started: float, status: str = "passed"
 
 
 def update(ledger: Ledger, release_id: str, **fields) -> None:
-    """A later write to a soak; it repeats the row's NOT NULL columns, as an INSERT .. ON CONFLICT must."""
-    row = ledger.get_soak(release_id)
-    required = {name: row[name] for name in ("service", "version", "started_at", "min_seconds")}
-    ledger.upsert_soak(release_id, **required, **fields)
+    """A later write to a soak gives only what changes (every column but the key may be NULL)."""
+    ledger.upsert_soak(release_id, **fields)
 
 
 def clocks(ledger: Ledger, production: str | None = None, now: dt.datetime | None = None):
@@ -106,6 +104,15 @@ def test_a_superseded_build_is_not_eligible(ledger):
     assert clock.eligible is False
     assert clock.soaked_seconds == 20 * 60
     assert clock.why == "soak ended after 20m of 1h: another build replaced it on the soak cluster"
+
+
+def test_a_soak_aborted_by_its_release_is_not_eligible_and_says_why(ledger):
+    rid = soak(ledger, "v1.1.0", started=0, status="soaking")
+    update(ledger, rid, status="aborted", ended_at=at(30), detail={"aborted": "the soak cluster was rolled back"})
+    update(ledger, rid, status="passed", watched_until=at(70))  # a late write does not revive it
+    clock = clocks(ledger)["v1.1.0"]
+    assert (clock.status, clock.eligible) == ("aborted", False)
+    assert clock.why == "soak aborted after 30m of 1h: the soak cluster was rolled back"
 
 
 def test_a_promoted_build_is_not_eligible_again(ledger):

@@ -26,7 +26,7 @@ from sqlalchemy.types import TypeDecorator
 # it unless the caller asks for it with ``reset=True``.
 TERMINAL_STATUSES = frozenset({"success", "failed", "rolled_back", "rejected", "cancelled", "skipped",
                                # a soak's ends (``soaks``): an incident stops a build's soak for good
-                               "incident", "superseded", "promoted"})
+                               "incident", "superseded", "promoted", "aborted"})
 # Statuses recorded only when there is no status yet, never replacing one: "unchanged" (a rerun finds the
 # host already on the version and must not forget that the first run deployed it) and "deploying" (written
 # before a host changes, so a task killed halfway leaves a row; a rerun's must not hide the outcome).
@@ -211,7 +211,8 @@ commits = sa.Table(
 
 # A build's soak on the developer cluster (migration 7): one row per release that soaked a build. The
 # status goes ``soaking`` -> ``passed`` (the watch covered the minimum with no incident) -> ``promoted``,
-# or ``incident`` (for good) or ``superseded`` (another build replaced it before its minimum).
+# or ``incident`` (for good), ``superseded`` (another build replaced it before its minimum) or ``aborted``
+# (the release failed around it: its watch could not run, or it timed out; the soak cluster was rolled back).
 soaks = sa.Table(
     "soaks",
     metadata,

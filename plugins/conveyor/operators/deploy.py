@@ -291,6 +291,8 @@ class RollbackOperator(FleetOperator):
             unhealthy = self._check_health([h for h in hosts if h.name in touched], plan["original"])
             errors.update(unhealthy)
             self._record(context, plan["original"], touched, errors)
+            if any(h.environment == "soak" for h in hosts) and not errors:
+                self._end_soak(context, touched)
             stage.detail = {
                 "rolled_back": sorted(n for n in touched if n not in errors),
                 "touched": sorted(set(touched) | (set(errors) - set(results))),
@@ -301,6 +303,15 @@ class RollbackOperator(FleetOperator):
             if errors:
                 raise RollbackError("rollback incomplete: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
         return stage.detail
+
+    def _end_soak(self, context: Context, touched: dict[str, Any]) -> None:
+        """A soak cluster rolled back: the soak of this release (if it had started) ends unfinished."""
+        from conveyor.operators.soak import abort_soak
+
+        try:
+            abort_soak(self, context, f"the soak cluster was rolled back ({', '.join(sorted(touched))})")
+        except Exception as exc:  # the rollback's outcome stands; the soak row says "soaking" until superseded
+            self.log.error("Could not end the soak in the ledger: %s: %s", type(exc).__name__, exc)
 
     def _deployed(self, context: Context) -> dict[str, str | None]:
         """Production hosts this release recorded as (being) deployed, with the version it put there."""

@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.exceptions import ConveyorError, DeployError, PromotionRefused, SoakIncident
 from conveyor.operators.base import FleetOperator, utcnow
-from conveyor.soak import INCIDENT, PASSED, PROMOTED, SOAKING, SUPERSEDED, pick_candidate, soak_clocks
+from conveyor.soak import (
+    ABORTED,
+    INCIDENT,
+    PASSED,
+    PROMOTED,
+    SOAKING,
+    SUPERSEDED,
+    pick_candidate,
+    soak_clocks,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -152,8 +161,7 @@ class SoakOperator(FleetOperator):
                     stage.detail["verdict"] = event["verdict"]
                 raise SoakIncident(f"incident during the soak of {version}: {reason}; it will never be promoted")
             if status != "passed":
-                raise ConveyorError(f"the soak watch could not run: {event.get('message')} (the soak's clock goes "
-                                    "on; clear this task to watch again)")
+                raise ConveyorError(f"the soak watch could not run: {event.get('message')}")
             self.ledger.upsert_soak(release_id, status=PASSED, watched_until=now, detail=summary)
             self.ledger.upsert_release(release_id, status="soaked", finished_at=now)
             row = self.ledger.get_soak(release_id) or {}
@@ -161,6 +169,16 @@ class SoakOperator(FleetOperator):
                           timedelta(seconds=float(row.get("min_seconds") or 0)), event.get("windows_judged"))
             stage.detail = {"version": version, "status": PASSED, **summary}
         return stage.detail
+
+
+def abort_soak(task: ConveyorOperator, context: Context, why: str) -> None:
+    """The release failed while its build soaked (the watch could not run, the task timed out) and its
+    rollback put the soak cluster back: the soak ends unfinished (never promotable), saying why."""
+    release_id = task.release_id(context)
+    row = task.ledger.get_soak(release_id)
+    if row and row["status"] == SOAKING:
+        task.ledger.upsert_soak(release_id, status=ABORTED, ended_at=utcnow(),
+                                detail={**(row.get("detail") or {}), "aborted": why})
 
 
 def production_version(versions: dict[str, str | None]) -> str | None:
@@ -286,5 +304,5 @@ def mark_promoted(task: ConveyorOperator, context: Context) -> None:
                                 promoted_release_id=task.release_id(context), promoted_at=utcnow())
 
 
-__all__ = ["CANDIDATE_KEY", "SELECT_TASK_ID", "SelectPromotionOperator", "SoakOperator", "mark_promoted",
+__all__ = ["CANDIDATE_KEY", "SELECT_TASK_ID", "SelectPromotionOperator", "SoakOperator", "abort_soak", "mark_promoted",
            "production_version", "verify_promotion"]
