@@ -249,8 +249,12 @@ def _render_doc(service: ServiceConfig) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined, autoescape=False)
+    from conveyor.durations import format_duration
+
+    soak = service.soak
     return env.get_template("release_dag.md.j2").render(
-        service=service, stages=[(stage, service.people(stage.group)) for stage in service.stages])
+        service=service, stages=[(stage, service.people(stage.group)) for stage in service.stages],
+        soak_min=format_duration(soak.min) if soak else None, soak_major_min=format_duration(soak.major_min) if soak else None)
 
 
 def _ui_base_url() -> str:
