@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "conveyor.windows", "conveyor.config", "conveyor.analysis", "conveyor.waves", "conveyor.hosts",
         "conveyor.evidence", "conveyor.tickets", "conveyor.junit", "conveyor.commands", "conveyor.suites",
         "conveyor.health", "conveyor.parallel", "conveyor.signoff_client", "conveyor.web.charts", "conveyor.audit",
-        "conveyor.signoff_check", "conveyor.timeouts",
+        "conveyor.signoff_check", "conveyor.timeouts", "conveyor.soak",
         "conveyor.ledger.core", "conveyor.ledger.schema", "conveyor.ledger.migrations", "conveyor.ledger.dora",
         "conveyor.ledger",
     ),
