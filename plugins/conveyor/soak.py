@@ -127,8 +127,10 @@ def soak_clocks(rows: Iterable[Mapping[str, Any]], *, production_version: str | 
         ended = _utc(row.get("ended_at"))
         if status == SOAKING:
             soaked = (now - started).total_seconds()
-        else:
+        elif status in (PASSED, PROMOTED):  # what the watch covered
             soaked = ((watched or ended or started) - started).total_seconds()
+        else:  # it ended (incident, superseded, aborted): a later write of watched_until does not extend it
+            soaked = ((ended or watched or started) - started).total_seconds()
         remaining = max(0.0, minimum - soaked) if status in (SOAKING, PASSED) else 0.0
         eligible = False
         if status == INCIDENT:

@@ -53,7 +53,7 @@ def test_a_ledger_from_before_the_stages_keeps_its_approvals_as_the_qa_stage(led
     _as_of_version_5(ledger_url)
     old = Ledger(ledger_url)
     try:
-        assert old.migrate() == [6, 7]
+        assert old.migrate() == list(range(6, migrations.LATEST_VERSION + 1))
         assert old.schema_version() == migrations.LATEST_VERSION
         old.upsert_release(RID, service="demo_shop", status="running")
         old.upsert_approval(RID, "qa1", stage="client", decision="approved", at=AT + dt.timedelta(1))
