@@ -5,14 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run run-celery stop status test test-services test-all faults bench lint clean compose-env
+.PHONY: help venv run run-celery stop status test test-services unleash test-all faults bench lint clean compose-env
 
 help:
 	@echo "make run            start the local fleet and Airflow (http://localhost:8080)"
 	@echo "make run-celery     the same on CeleryExecutor, PostgreSQL and Redis (127.0.0.1:5432, :6379)"
 	@echo "make stop           stop everything 'make run' or 'make run-celery' started"
 	@echo "make test           run the test suite (no external services needed)"
-	@echo "make test-services  tests that need PostgreSQL/Redis on 127.0.0.1"
+	@echo "make test-services  tests that need PostgreSQL/Redis on 127.0.0.1 (and Unleash, installed by make unleash)"
 	@echo "make faults         the fault-injection suite (last line: faults_held=N/M)"
 	@echo "make bench          benchmarks under bench/"
 	@echo "make lint           ruff"
@@ -48,7 +48,18 @@ XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 test: venv
 	$(BIN)/python -m pytest $(XDIST) -m "not services and not faults" $(PYTEST_ARGS)
 
-test-services: venv
+# Unleash (feature flags) for the services tests: the npm package in a cache dir, run by node there.
+UNLEASH_VERSION := 8.2.0
+UNLEASH_DIR := .cache/unleash
+UNLEASH_STAMP := $(UNLEASH_DIR)/.installed-$(UNLEASH_VERSION)
+
+unleash: $(UNLEASH_STAMP)
+
+$(UNLEASH_STAMP):
+	npm install --prefix $(UNLEASH_DIR) --no-audit --no-fund --loglevel=error unleash-server@$(UNLEASH_VERSION)
+	touch $(UNLEASH_STAMP)
+
+test-services: venv unleash
 	$(BIN)/python -m pytest $(XDIST) -m "services and not faults" $(PYTEST_ARGS)
 
 faults: venv

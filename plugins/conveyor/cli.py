@@ -1,4 +1,4 @@
-"""The ``conveyor`` command: the local fleet, root-cause tickets, soak clocks, sign-off and the demo repository.
+"""The ``conveyor`` command: the local fleet, root-cause tickets, soak clocks, incidents, sign-off, the demo repository.
 
 ::
 
@@ -9,6 +9,7 @@
     conveyor tickets list [--json] [--service S] [--pending]
     conveyor tickets show ID [--json]
     conveyor soak status [--service ID] [--json]
+    conveyor incident add SERVICE RELEASE_ID --reason TEXT [--at ISO] [--json]
     conveyor approve RUN_ID --as USER [--password P] [--comment TEXT] [--dag D] [--api URL]
     conveyor reject RUN_ID --as USER --reason TEXT [--password P] [--dag D] [--api URL]
     conveyor demo commit --red|--green [--message M] [--author NAME]
@@ -299,6 +300,66 @@ def add_soak_commands(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_soak_status)
 
 
+# ---------------------------------------------------------------------------------- incidents
+
+
+def cmd_incident_add(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import getpass
+
+    import sqlalchemy as sa
+
+    from conveyor.validation import SERVICE_ID_RE
+
+    if not SERVICE_ID_RE.match(args.service):
+        raise UsageError(f"invalid service {args.service!r}: a service id is a lowercase letter, then lowercase "
+                         "letters, digits or _")
+    reason = args.reason.strip()
+    if not reason:
+        raise UsageError("--reason must say what went wrong in production; it is empty")
+    at = None
+    if args.at is not None:
+        try:
+            at = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            raise UsageError(f"invalid --at {args.at!r}: give an ISO 8601 time such as 2026-11-20T14:30:00Z "
+                             "(naive is UTC)") from None
+    ledger = _ledger()
+    try:
+        release = ledger.get_release(args.release_id)
+        if release is None:
+            raise CommandFailed(f"release {args.release_id!r} is not in the ledger {ledger!r}; a release id is "
+                                "<service>/<run id> (see the Releases page)")
+        if release["service"] != args.service:
+            raise CommandFailed(f"release {args.release_id!r} is a release of {release['service']!r}, "
+                                f"not of {args.service!r}")
+        row = ledger.add_incident(args.release_id, reason=reason, at=at, recorded_by=getpass.getuser())
+    except sa.exc.SQLAlchemyError as e:
+        raise CommandFailed(f"cannot write to the release ledger {ledger!r}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0]}") from None
+    finally:
+        ledger.dispose()
+    if args.json:
+        _print_json({k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()})
+    else:
+        print(f"Recorded an incident of {row['release_id']} at {row['at']:%Y-%m-%d %H:%M} UTC: {row['reason']}")
+    return EXIT_OK
+
+
+def add_incident_commands(sub: argparse._SubParsersAction) -> None:
+    incident = sub.add_parser("incident", help="incidents in production after a release",
+                              description="Record an incident after a release, so that what escaped to production "
+                              "counts in the release statistics (the Statistics page, /conveyor/api/stats).")
+    cmds = incident.add_subparsers(dest="incident_command", metavar="COMMAND", required=True)
+    add = cmds.add_parser("add", help="record an incident of a release")
+    add.add_argument("service", help="the service id")
+    add.add_argument("release_id", help="the release id (<service>/<run id>)")
+    add.add_argument("--reason", required=True, help="what went wrong in production")
+    add.add_argument("--at", metavar="ISO", help="when the incident began (ISO 8601, naive is UTC; default now)")
+    add.add_argument("--json", action="store_true", help="print the recorded incident as JSON")
+    add.set_defaults(func=cmd_incident_add)
+
+
 # ---------------------------------------------------------------------------------- sign-off
 
 
@@ -414,7 +475,8 @@ def add_demo_commands(sub: argparse._SubParsersAction) -> None:
 
 #: Every command group; a new group is an ``add_*(subparsers)`` function appended here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_fleet_commands, add_ticket_commands, add_soak_commands, add_signoff_commands, add_demo_commands,
+    add_fleet_commands, add_ticket_commands, add_soak_commands, add_incident_commands, add_signoff_commands,
+    add_demo_commands,
 ]
 
 

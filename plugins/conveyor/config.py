@@ -37,6 +37,7 @@ from pydantic import (
 from conveyor.analysis.model import AnalysisSettings
 from conveyor.durations import format_duration, parse_duration
 from conveyor.exceptions import ServiceConfigError
+from conveyor.flags import FLAG_NAME_RE
 from conveyor.paths import services_dir as default_services_dir
 from conveyor.signoff_check import stage_applies
 from conveyor.validation import (
@@ -657,6 +658,39 @@ class Tickets(Section):
         return self
 
 
+class Flag(Section):
+    """A feature flag the service declares (``flags:``); ``flag_<service>`` rolls out only these."""
+
+    name: _pattern(FLAG_NAME_RE)
+    description: Text
+
+
+UNLEASH_NAME_RE = strict(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class UnleashFlags(Section):
+    conn_id: ConnId = "unleash_default"  # base URL in host, admin API token in password (docs/flags.md)
+    project: _pattern(UNLEASH_NAME_RE) = "default"
+    # Conveyor's environments -> Unleash's (Unleash starts with ``development`` and ``production``)
+    environments: dict[Literal["replica", "production", "soak"], _pattern(UNLEASH_NAME_RE)] = {
+        "replica": "development", "production": "production"}
+
+
+class FlagStoreSettings(Section):
+    """Where the service's flags live: files on the fleet's hosts (``local``) or an Unleash server."""
+
+    backend: Literal["local", "unleash"] = "local"
+    unleash: UnleashFlags | None = None
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> FlagStoreSettings:
+        if self.backend == "unleash" and self.unleash is None:
+            raise ValueError("unleash: required when backend is 'unleash' (conn_id, project, environments)")
+        if self.backend == "local" and self.unleash is not None:
+            raise ValueError("unleash: given but backend is 'local'; set backend: unleash or remove it")
+        return self
+
+
 class AllowedAdvisory(Section):
     id: Text  # the advisory (GHSA-..., PYSEC-..., CVE-...)
     until: date  # the exception expires: after this day the advisory blocks again
@@ -697,6 +731,124 @@ class Schedule(Section):
         return parse_freezes(value, info.data.get("timezone") or ZoneInfo("UTC"))
 
 
+#: How messages name a month of a rotation (its keys may also be 1-12 or full names).
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+               "november", "december")  # not the locale's (calendar.month_name): a service file reads the same anywhere
+
+
+def _month_number(key: Any) -> int:
+    """A rotation's month key: ``1``-``12``, ``jan``-``dec`` or the full name (any case)."""
+    if isinstance(key, int) and not isinstance(key, bool) and 1 <= key <= 12:
+        return key
+    word = key.strip().lower() if isinstance(key, str) else ""
+    if word.isdigit() and 1 <= int(word) <= 12:
+        return int(word)
+    for number, name in enumerate(MONTH_NAMES, start=1):
+        if word in (name, name[:3]):
+            return number
+    raise ValueError(f"{_short(key)} is not a month: 1-12 or jan-dec")
+
+
+class Rotation(Section):
+    """Which areas run in which month: ``months: {jan: [cart], feb: [...], ...}`` (or ``1: [...]``), or
+    ``per_month: N``: N areas a month, round robin in the areas' declared order, starting again every January."""
+
+    months: dict[int, Items[SuiteName]] | None = None  # month number -> areas; a month not given runs none
+    per_month: Annotated[int, Field(ge=1, le=100)] | None = None
+
+    @field_validator("months", mode="before")
+    @classmethod
+    def _month_keys(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        months: dict[int, Any] = {}
+        for key, areas in value.items():
+            number = _month_number(key)
+            if number in months:
+                raise ValueError(f"{_short(key)}: month {MONTHS[number - 1]} is given twice")
+            months[number] = areas
+        return months
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Rotation:
+        if (self.months is None) == (self.per_month is None):
+            raise ValueError("give exactly one of months (areas by month) or per_month (N areas a month, "
+                             "round robin)")
+        return self
+
+
+class Regression(Section):
+    """The rotating regression calendar (``regression:``; docs/regression.md): each area is a suite run
+    against the replica on production's version, in the months its ``rotation`` gives, every area at least
+    once a year. ``regression_<service>`` runs a month's areas; a failing area files one ticket, and the
+    same failure at the area's next turn comments on it while it is within ``dedup_window``."""
+
+    areas: Annotated[dict[SuiteName, Suite], Field(min_length=1)]  # name -> a suite (kind: command), as in tests:
+    rotation: Rotation
+    # An area runs again months later: a recurrence within this comments on the open ticket
+    # (tickets.dedup_window is for releases, days apart).
+    dedup_window: Duration = timedelta(days=400)
+
+    @field_validator("areas", mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        """An area's suite is named by its key (``name`` is not given again)."""
+        if not isinstance(value, dict):
+            return value
+        named = {}
+        for name, spec in value.items():
+            if isinstance(spec, dict) and "name" in spec:
+                raise ValueError(f"{name}.name: an area's suite is named by its key; remove name")
+            named[name] = {"name": name, **spec} if isinstance(spec, dict) else spec
+        return named
+
+    @field_validator("areas", mode="after")
+    @classmethod
+    def _commands(cls, value: dict[str, Suite]) -> dict[str, Suite]:
+        for name, suite in value.items():
+            if suite.kind != "command":
+                raise ValueError(f"{name}.kind: an area is a command suite (it writes JUnit XML); load suites "
+                                 "belong under tests:")
+        return value
+
+    @model_validator(mode="after")
+    def _covered(self) -> Regression:
+        names, per_month = list(self.areas), self.rotation.per_month
+        if per_month is not None and per_month > len(names):
+            raise ValueError(f"rotation.per_month: {per_month} areas a month but only {len(names)} area(s) "
+                             f"are defined ({', '.join(names)})")
+        for month, areas in sorted((self.rotation.months or {}).items()):
+            unknown = [a for a in areas if a not in self.areas]
+            if unknown:
+                raise ValueError(f"rotation.months.{MONTHS[month - 1]}: unknown area(s) {', '.join(unknown)}; "
+                                 f"the areas are {', '.join(names)}")
+            if len(set(areas)) != len(areas):
+                raise ValueError(f"rotation.months.{MONTHS[month - 1]}: an area is given twice: {list(areas)}")
+        covered = {a for month in range(1, 13) for a in self.areas_in(month)}
+        for name in names:
+            if name not in covered:
+                how = ("add it to a month" if self.rotation.months is not None else
+                       f"12 months of per_month: {per_month} reach only {12 * (per_month or 0)} of the "
+                       f"{len(names)} areas; raise per_month")
+                raise ValueError(f"rotation: area {name!r} is never run: {how}")
+        return self
+
+    def areas_in(self, month: int) -> tuple[str, ...]:
+        """The areas that run in ``month`` (1-12), in declared order for a round robin."""
+        if not 1 <= month <= 12:
+            raise ValueError(f"month must be 1-12, got {month!r}")
+        if self.rotation.months is not None:
+            return tuple(self.rotation.months.get(month, ()))
+        names, n = list(self.areas), self.rotation.per_month or 0
+        start = (month - 1) * n
+        return tuple(dict.fromkeys(names[(start + i) % len(names)] for i in range(n)))
+
+    def calendar(self) -> dict[int, tuple[str, ...]]:
+        """The year's rotation: month number -> its areas."""
+        return {month: self.areas_in(month) for month in range(1, 13)}
+
+
 # ---------------------------------------------------------------------------------- service
 
 
@@ -728,6 +880,9 @@ class ServiceConfig(Section):
     ci: CI = CI()
     schedule: Schedule | None = None  # None: manual runs only
     soak: Soak | None = None  # None: releases go from sign-off to production
+    regression: Regression | None = None  # None: no regression calendar (no ``regression_<service>`` DAG)
+    flags: Items[Flag] = ()  # the feature flags ``flag_<service>`` may roll out (docs/flags.md)
+    flag_store: FlagStoreSettings = FlagStoreSettings()
 
     _path: Path = PrivateAttr(default=Path("(no file)"))
 
@@ -761,6 +916,9 @@ class ServiceConfig(Section):
         if self.qa.group and self.qa.required_approvals > members:
             raise ValueError(f"qa.required_approvals: {self.qa.required_approvals} approvals required but the QA "
                              f"group has only {members} member(s)")
+        flags = [f.name for f in self.flags]
+        if len(flags) != len(set(flags)):
+            raise ValueError(f"flags: flag names must be unique, got {flags}")
         self._check_stages()
         self._check_soak()
         return self

@@ -412,3 +412,98 @@ def _failure_path(service: ServiceConfig, notify: _Notifications, main: list[Bas
                                      ticket_task_id=ticket.task_id, trigger_rule=TriggerRule.NONE_SKIPPED,
                                      on_failure_callback=None, execution_timeout=bounds["fail_run"], **common)
     main >> failed >> rollback >> ticket >> outcome
+
+
+REGRESSION_DOC = """
+### Regression calendar of `{id}`
+
+On the 1st of every month this DAG deploys the version production runs now to the replica, resets the
+replica's data, and runs that month's regression areas against it, each as a suite of the service file's
+`regression.areas` (JUnit XML, like the release's tests). Every area's result is recorded in the release
+ledger (`regression_results`, one row per month and area: a rerun replaces it), and a failing area files one
+ticket; the same failure at the area's next turn is added to that ticket instead of filing another. The
+run ends failed when an area failed.
+
+* **Rotation:** {rotation}.
+* **Manual runs:** `area` runs one area now; `month` (1-12) runs that month's areas instead of this month's.
+* **Calendar:** the Airflow UI's *Browse > Regression calendar* (`/conveyor/regression?service={id}`).
+
+The replica is shared with `release_{id}`: schedule releases away from the 1st at 06:00 UTC, or expect one
+of the two to find the replica on the other's version. Service file: `{path}`.
+"""
+
+
+def regression_dag(service_id: str):
+    """Build the ``regression_<service_id>`` DAG, or None when the service has no ``regression`` section.
+
+    ``plan -> production_version -> replica.deploy -> replica.populate -> areas -> tickets -> report``
+    (:mod:`conveyor.operators.regression`). Monthly (the 1st, 06:00 UTC), no catch-up, one run at a time.
+    """
+    from airflow.sdk import DAG, Param, TaskGroup, chain, task
+
+    from conveyor.config import MONTHS
+    from conveyor.operators.base import record_failure
+    from conveyor.operators.deploy import DeployOperator, PopulateReplicaOperator
+    from conveyor.operators.regression import (
+        ProductionVersionOperator,
+        RegressionAreasOperator,
+        RegressionPlanOperator,
+        RegressionTicketsOperator,
+    )
+    from conveyor.timeouts import regression_timeouts
+
+    service = load_service(service_id)
+    regression = service.regression
+    if regression is None:
+        return None
+    bounds = regression_timeouts(service)
+    areas = list(regression.areas)
+    rotation = (f"{regression.rotation.per_month} area(s) a month, round robin over {', '.join(areas)}"
+                if regression.rotation.per_month else "by month: " + "; ".join(
+                    f"{MONTHS[m - 1]}: {', '.join(a) or '(none)'}" for m, a in regression.calendar().items()))
+    with DAG(
+        dag_id=f"regression_{service.id}",
+        description=f"Regression calendar of {service.id}: this month's areas against a replica of production",
+        schedule="0 6 1 * *",
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,  # one replica: two runs would deploy over each other
+        params={
+            "area": Param(None, type=["null", "string"], enum=[None, *areas], title="Area",
+                          description="Run this one area now; empty: the month's areas of the rotation."),
+            "month": Param(None, type=["null", "integer"], minimum=1, maximum=12, title="Month",
+                           description="Run this month's areas (1-12); empty: the run's own month."),
+        },
+        tags=["conveyor", "regression", service.id],
+        doc_md=REGRESSION_DOC.format(id=service.id, rotation=rotation, path=service.path.name),
+        default_args={"owner": service.owner, "retries": 0, "on_failure_callback": record_failure},
+    ) as dag:
+        common: dict[str, Any] = {"service_id": service.id}
+        plan = RegressionPlanOperator(task_id="plan", execution_timeout=bounds["plan"], **common)
+        target = ProductionVersionOperator(task_id="production_version",
+                                           execution_timeout=bounds["production_version"], **common)
+        with TaskGroup("replica", tooltip="Deploy production's version to the replica and reset its data"):
+            replica = DeployOperator(task_id="deploy", environment="replica", artifact=target.output,
+                                     execution_timeout=bounds["replica.deploy"], **common)
+            populate = PopulateReplicaOperator(task_id="populate", artifact=target.output,
+                                               execution_timeout=bounds["replica.populate"], **common)
+        run = RegressionAreasOperator(task_id="areas", artifact=target.output, plan=plan.output,
+                                      execution_timeout=bounds["areas"], **common)
+        tickets = RegressionTicketsOperator(task_id="tickets", results=run.output,
+                                            execution_timeout=bounds["tickets"], **common)
+
+        @task(task_id="report", execution_timeout=bounds["report"])
+        def report(results: dict[str, Any], filed: dict[str, Any]) -> dict[str, str]:
+            """End the run failed when an area failed, naming the areas, their tests and tickets."""
+            from conveyor.exceptions import TestSuiteError
+
+            failed = [r for r in results["results"] if r["outcome"] == "failed"]
+            if failed:
+                raise TestSuiteError(
+                    f"{len(failed)} regression area(s) fail on {results['version']} ({results['month']}): " + "; ".join(
+                        f"{r['area']}: {', '.join(r['failing_tests'])} (ticket {filed['tickets'].get(r['area'])})"
+                        for r in failed), [f"{r['area']}::{t}" for r in failed for t in r["failing_tests"]])
+            return {r["area"]: r["outcome"] for r in results["results"]}
+
+        chain(plan, target, replica, populate, run, tickets, report(run.output, tickets.output))
+    return dag

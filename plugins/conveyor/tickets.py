@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -429,3 +430,92 @@ class LocalTicketBackend:
                 attachments[name] = path.read_text()
         return Ticket(ticket_id=ticket_id, title=data["title"], body=data["body"], fields=fields,
                       attachments=attachments)
+
+
+# ------------------------------------------------------------------------------- regression calendar
+
+
+def regression_signature(service: str, area: str, failing: list[str]) -> str:
+    """What makes two regression failures "the same": the service, the area and the tests that fail, as 12 hex
+    digits. The version is left out: the same tests failing at the area's next turn are the same failure."""
+    text = "\n".join((service, "regression", area, *sorted(failing)))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def render_regression_ticket(ticket_id: str, result: dict[str, Any], occurrences: list[dict[str, Any]]) -> Ticket:
+    """The ticket of a failing regression area: ``result`` is the latest month's (service, area, month,
+    version, release_id, run_url, failing_tests, passed, failed, signature); ``occurrences`` every month
+    the same failure was seen, oldest first."""
+    service, area, failing = result["service"], result["area"], list(result["failing_tests"])
+    title = f"[{service}] regression area {area} fails on production's {result['version']}"
+    seen = [f"{o['month']}: {o['version']}, {o['failed']} failing, run {o.get('run_url') or o['release_id']}"
+            for o in occurrences]
+    body = f"""# {title}
+
+| field | value |
+|---|---|
+| service | {service} |
+| area | {area} |
+| month | {result['month']} |
+| version tested | {result['version']} (what production runs, deployed to the replica) |
+| results | {result['passed']} passed, {result['failed']} failed |
+| failure signature | `{result['signature']}` (service, area, failing tests) |
+| Airflow run | {result.get('run_url')} |
+
+## Failing tests
+{_bullets(failing, "none")}
+
+## Seen in
+{_bullets(seen, "this month only")}
+
+The regression calendar (`regression_{service}`) ran this area against a replica of production: these
+tests fail on the version production runs now. Next time the area's turn comes, the same failure is added
+here.
+"""
+    fields = {"kind": "regression", "service": service, "area": area, "month": result["month"],
+              "version": result["version"], "release_id": result["release_id"], "run_url": result.get("run_url"),
+              "signature": result["signature"], "failing_tests": failing, "failed_stage": f"regression:{area}",
+              "error_kind": "failing tests", "occurrences": occurrences}
+    return Ticket(ticket_id=ticket_id, title=title, body=body, fields=fields)
+
+
+def file_regression_ticket(local: LocalTicketBackend, result: dict[str, Any], *, window: dt.timedelta,
+                           now: dt.datetime, target: dict[str, Any] | None = None) -> tuple[Ticket, Path]:
+    """File (or add to) the ticket of a failing area; ``result`` as :func:`render_regression_ticket` takes it.
+
+    Deduplicated by signature: a ticket of the same signature whose last occurrence is within ``window`` is
+    the same ticket (this month is added to its occurrences; a rerun of the month changes nothing more), else
+    a new one. With a ticket system (``target``), a new month on a delivered ticket is delivered again:
+    :func:`deliver_pending` then comments on the open ticket of the signature.
+    """
+    signature = result["signature"]
+    same = [t for t in local.list() if t.get("kind") == "regression" and t.get("signature") == signature
+            and _last_seen(t) >= now - window]
+    previous = max(same, key=_last_seen) if same else None
+    month = result["month"]
+    if previous is not None:
+        ticket_id = previous["ticket_id"]
+        occurrences = [o for o in previous.get("occurrences") or [] if o["month"] != month]
+    else:
+        key = f"regression/{result['service']}/{result['area']}/{month}/{signature}"
+        ticket_id = "RCA-" + hashlib.sha1(key.encode()).hexdigest()[:10].upper()
+        occurrences = []
+    new_month = previous is not None and all(o["month"] != month for o in previous.get("occurrences") or [])
+    occurrences = sorted([*occurrences, {k: result.get(k) for k in ("month", "version", "release_id", "run_url",
+                                                                    "failed")} | {"at": now.isoformat()}],
+                         key=lambda o: o["month"])
+    ticket = render_regression_ticket(ticket_id, result, occurrences)
+    path = local.file(ticket, created_at=now.isoformat(), target=target)
+    delivery = (local.get(ticket_id) or {}).get("delivery") or {}
+    if target is not None and new_month and delivery.get("status") in DELIVERED:
+        local.set_delivery(ticket_id, {**delivery, "status": "pending", "target": target, "error": None})
+    return ticket, path
+
+
+def _last_seen(ticket: dict[str, Any]) -> dt.datetime:
+    """When a regression ticket's failure was last seen (its newest occurrence, else its creation)."""
+    times = [o.get("at") for o in ticket.get("occurrences") or [] if o.get("at")] or [ticket.get("created_at")]
+    try:
+        return max(dt.datetime.fromisoformat(t) for t in times if t)
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)

@@ -128,3 +128,23 @@ def task_timeouts(service: ServiceConfig, waves_to: str | None = None) -> dict[s
         seconds[f"wave_{i}.deploy"] = _deploy_s(service, hosts)
         seconds[f"wave_{i}.analysis"] = 0.0  # a worker's stretches only: the wait is the trigger's
     return {task_id: timedelta(seconds=math.ceil(s + BOOKKEEPING_S)) for task_id, s in seconds.items()}
+
+
+def regression_timeouts(service: ServiceConfig) -> dict[str, timedelta]:
+    """The ``execution_timeout`` of every task of ``regression_<service>``, by task id (same bounds as the
+    release's: production's version read host after host, a build, the replica, the areas' suites in turn)."""
+    assert service.regression is not None
+    work, parallel = host_work(service), service.deploy.max_parallel
+    replica, production = fleet_size(service, "replica"), fleet_size(service, "production")
+    checkout = CHECKOUT_GIT_CALLS * GIT_TIMEOUT_S
+    seconds: dict[str, float] = {
+        "plan": 0.0,
+        "production_version": production * work.read + service.build.timeout_s + BUILD_GIT_CALLS * GIT_TIMEOUT_S,
+        "replica.deploy": _deploy_s(service, replica),
+        "replica.populate": rounds(replica, parallel) * work.populate,
+        # at most every area runs (the rotation's month, or one area by hand)
+        "areas": checkout + sum(suite.timeout_s for suite in service.regression.areas.values()),
+        "tickets": TICKET_S,
+        "report": 0.0,
+    }
+    return {task_id: timedelta(seconds=math.ceil(s + BOOKKEEPING_S)) for task_id, s in seconds.items()}

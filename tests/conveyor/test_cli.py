@@ -170,6 +170,46 @@ def test_soak_status_when_the_ledger_is_unreachable(home, connection, message):
     assert result.stdout == ""
 
 
+def test_incident_add_records_an_incident_of_a_release(home):
+    seed_soaks(home)
+    result = conveyor(home, "incident", "add", "demo_shop", "demo_shop/r1", "--reason", "checkout 500s",
+                      "--at", "2026-11-21T08:30:00Z")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Recorded an incident of demo_shop/r1 at 2026-11-21 08:30 UTC: checkout 500s"
+    result = conveyor(home, "incident", "add", "demo_shop", "demo_shop/r1", "--reason", "and slow", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["reason"] == "and slow"
+    ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+    try:
+        incidents = ledger.list_incidents("demo_shop")
+    finally:
+        ledger.dispose()
+    assert [(i["release_id"], i["reason"]) for i in incidents] == [("demo_shop/r1", "checkout 500s"),
+                                                                   ("demo_shop/r1", "and slow")]
+    assert incidents[0]["at"] == dt.datetime(2026, 11, 21, 8, 30, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["demo_shop", "demo_shop/nope", "--reason", "x"], 1, "release 'demo_shop/nope' is not in the ledger"),
+    (["demo_shop", "other/r1", "--reason", "x"], 1, "release 'other/r1' is a release of 'other', not of 'demo_shop'"),
+    (["demo_shop", "demo_shop/r1", "--reason", "  "], 2, "--reason must say what went wrong"),
+    (["demo_shop", "demo_shop/r1", "--reason", "x", "--at", "tomorrow"], 2, "invalid --at 'tomorrow'"),
+    (["Bad-Id", "demo_shop/r1", "--reason", "x"], 2, "invalid service 'Bad-Id'"),
+    (["demo_shop", "demo_shop/r1"], 2, "the following arguments are required: --reason"),
+])
+def test_incident_add_errors(home, args, code, message):
+    seed_soaks(home)
+    result = conveyor(home, "incident", "add", *args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+    try:
+        assert ledger.list_incidents() == []
+    finally:
+        ledger.dispose()
+
+
 def test_fleet_status_when_the_fleet_is_not_running(home):
     for args in (("fleet", "status"), ("fleet", "status", "--json")):
         result = conveyor(home, *args)

@@ -8,7 +8,8 @@ on it (one SSH connection; the remote script is installed at most once, by check
     with FleetHook("conveyor_fleet", command_s=120).session(host) as fleet:
         fleet.deploy(artifact, tarball)        # no-op when the host already runs that version
 
-The session's raw calls (``run``, ``run_shell``, ``upload``, ``remote``) return what the host said;
+The session's raw calls (``run``, ``run_shell``, ``upload``, ``remote``, and ``read_bytes`` /
+``write_atomic`` for small files such as the flags file) return what the host said;
 its release steps (``current_version``, ``deploy``, ``activate``, ``restart``, ``prune``) say what
 that means (exit 3 of ``stage`` is a corrupted artifact, exit 5 a full disk) and raise
 :class:`DeployError` naming the host. Every step is idempotent, and the switch itself is done on
@@ -32,6 +33,7 @@ import select
 import shlex
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -275,6 +277,35 @@ class FleetSession:
         except FileNotFoundError:
             pass
         sftp.rename(tmp, remote)
+
+    def read_bytes(self, remote: str) -> bytes | None:
+        """The contents of the small file ``remote`` (relative to the login directory), None when there is
+        none; within ``command_s``."""
+        with self._bounded("read", self.bounds.command_s):
+            try:
+                with self._sftp().open(remote, "rb") as fh:
+                    return fh.read()
+            except FileNotFoundError:
+                return None
+
+    def write_atomic(self, remote: str, data: bytes) -> None:
+        """Replace the small file ``remote`` (relative to the login directory) with ``data`` at once: written
+        under a temporary name by SFTP, then renamed with ``mv`` (rename(2)), so a reader on the host sees
+        the old file or the new one, never a part, and never no file (as SFTP's own rename would allow)."""
+        tmp = f"{remote}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            with self._bounded("write", self.bounds.command_s):
+                with self._sftp().open(tmp, "wb") as fh:
+                    fh.write(data)
+        except StepTimeout:
+            raise
+        except (OSError, EOFError) as e:
+            self._discard(tmp)
+            raise DeployError(f"{self.host.name}: writing {remote} failed: {e}") from e
+        moved = self.run(["mv", "-f", "--", tmp, remote], step="rename")
+        if not moved.ok:
+            self._discard(tmp)
+            raise DeployError(f"{self.host.name}: cannot replace {remote}: {moved.describe()}")
 
     def _discard(self, *paths: str) -> None:
         """Remove what a failed step left on the host; a failure here is logged, never raised. After a

@@ -41,6 +41,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from conveyor.ledger import migrations, schema
 from conveyor.ledger.dora import commit_shas, compute_dora
+from conveyor.ledger.stats import compute_stats
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +439,23 @@ class Ledger:
         with self._read() as conn:
             return _as_dicts(conn.execute(query))
 
+    # -- regression calendar ----------------------------------------------------------------------------
+
+    def upsert_regression_result(self, service: str, month: str, area: str, **fields: Any) -> None:
+        """Record an area's result of a month (``YYYY-MM``): release_id, outcome (passed | failed), passed,
+        failed, failing_tests, version, ticket_id, at. A rerun in the same month replaces the result."""
+        self._upsert(schema.regression_results, {"service": service, "month": month, "area": area}, fields,
+                     reset=True)
+
+    def list_regression_results(self, service: str, *, year: int | None = None) -> list[dict[str, Any]]:
+        """The service's regression results, by month then area; optionally of one year."""
+        r = schema.regression_results
+        query = sa.select(r).where(r.c.service == service)
+        if year is not None:
+            query = query.where(r.c.month.like(f"{int(year):04d}-%"))
+        with self._read() as conn:
+            return _as_dicts(conn.execute(query.order_by(r.c.month, r.c.area)))
+
     def services(self) -> list[str]:
         """Every service with at least one release, sorted."""
         r = schema.releases
@@ -565,3 +583,68 @@ class Ledger:
         result = compute_dora(releases, commit_rows, now=now, days=days)
         return {"service": service, **result}
 
+    # -- incidents and statistics -----------------------------------------------------------------------
+
+    def add_incident(self, release_id: str, *, reason: str, at: dt.datetime | None = None,
+                     recorded_by: str | None = None) -> dict[str, Any]:
+        """Record an incident after a release (what escaped to production); return the row.
+
+        The release must be in the ledger and the reason must say something; recording the same release
+        and moment again updates the reason. Raises :class:`LookupError` for an unknown release and
+        :class:`ValueError` for an empty reason.
+        """
+        reason = (reason or "").strip()
+        if not reason:
+            raise ValueError("an incident needs a reason (what went wrong in production)")
+        release = self.get_release(release_id)
+        if release is None:
+            raise LookupError(f"release {release_id!r} is not in the ledger")
+        now = dt.datetime.now(dt.UTC)
+        at = schema.to_utc(at) or now
+        row = {"release_id": release["release_id"], "at": at, "service": release["service"], "reason": reason,
+               "recorded_by": recorded_by, "recorded_at": now}
+        self._upsert(schema.incidents, {"release_id": row["release_id"], "at": at},
+                     {k: v for k, v in row.items() if k not in ("release_id", "at")})
+        return row
+
+    def list_incidents(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Recorded incidents, oldest first; optionally of one service."""
+        i = schema.incidents
+        query = sa.select(i).order_by(i.c.at, i.c.release_id)
+        if service is not None:
+            query = query.where(i.c.service == service)
+        with self._read() as conn:
+            return _as_dicts(conn.execute(query))
+
+    def _full_releases(self, service: str | None, since: dt.datetime) -> list[dict[str, Any]]:
+        """Releases started since ``since`` with their children, as :meth:`get_release` gives one (in bulk)."""
+        t = schema
+        query = sa.select(t.releases).where(t.releases.c.started_at >= since)
+        if service is not None:
+            query = query.where(t.releases.c.service == service)
+        children = {"stages": t.stages, "hosts": t.host_deployments, "approvals": t.approvals,
+                    "tests": t.test_results, "rollbacks": t.rollbacks}
+        with self._read() as conn:
+            releases = {row["release_id"]: row for row in _as_dicts(conn.execute(query))}
+            for release in releases.values():
+                release.update({name: [] for name in children})
+            ids = list(releases)
+            for name, table in children.items():
+                for k in range(0, len(ids), 500):
+                    rows = conn.execute(sa.select(table).where(table.c.release_id.in_(ids[k:k + 500])))
+                    for row in _as_dicts(rows):
+                        releases[row["release_id"]][name].append(row)
+        return list(releases.values())
+
+    def stats(self, service: str | None, days: int, now: dt.datetime | None = None) -> dict[str, Any]:
+        """Release statistics of one service (or all with ``None``) over the last ``days`` days.
+
+        See :mod:`conveyor.ledger.stats` for the definitions.
+        """
+        if days < 1:
+            raise ValueError("days must be at least 1")
+        now = schema.to_utc(now) or dt.datetime.now(dt.UTC)
+        start = dt.datetime.combine(now.date() - dt.timedelta(days=days - 1), dt.time(), tzinfo=dt.UTC)
+        releases = self._full_releases(service, start)
+        result = compute_stats(releases, now=now, days=days, incidents=self.list_incidents(service))
+        return {"service": service, **result}

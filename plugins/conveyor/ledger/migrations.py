@@ -116,6 +116,16 @@ def _create_soaks(conn: Connection) -> None:
         conn, checkfirst=True)
 
 
+def _create_incidents(conn: Connection) -> None:
+    conn.execute(CreateTable(schema.incidents, if_not_exists=True))
+    sa.Index("ix_incidents_service_at", schema.incidents.c.service, schema.incidents.c.at).create(
+        conn, checkfirst=True)
+
+
+def _create_regression_results(conn: Connection) -> None:
+    conn.execute(CreateTable(schema.regression_results, if_not_exists=True))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _create_core_tables),
     Migration(2, "indexes for service/time queries", _add_query_indexes),
@@ -124,6 +134,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "tickets: backend, external key, failure signature and delivery status", _add_ticket_delivery),
     Migration(6, "approvals.stage: approval stages beyond QA, part of the key", _add_approval_stage),
     Migration(7, "soaks: builds soaking on the developer cluster before promotion", _create_soaks),
+    Migration(8, "incidents: problems recorded after a release, for the release statistics", _create_incidents),
+    Migration(9, "regression_results: the regression calendar's result per service, month and area",
+              _create_regression_results),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

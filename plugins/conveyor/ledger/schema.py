@@ -234,6 +234,37 @@ soaks = sa.Table(
     sa.Column("promoted_at", UTCDateTime),
 )
 
+# Incidents recorded after a release (migration 8): what escaped to production, for the statistics
+# (:mod:`conveyor.ledger.stats`). One row per release and moment; a repeated record updates the reason.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),
+    sa.Column("at", UTCDateTime, primary_key=True),  # when the incident began (default: when it was recorded)
+    sa.Column("service", sa.String(100), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("recorded_by", sa.Text),  # the Airflow user (REST) or the OS user (CLI)
+    sa.Column("recorded_at", UTCDateTime),
+)
+
+# The regression calendar's results (migration 9): one row per service, month (``YYYY-MM``) and area,
+# written by ``regression_<service>``; a rerun in the same month replaces the month's result.
+regression_results = sa.Table(
+    "regression_results",
+    metadata,
+    sa.Column("service", sa.String(100), primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("area", sa.String(32), primary_key=True),  # conveyor.validation.SUITE_NAME_RE: at most 32
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH)),  # <service>/<run_id> of the regression run
+    sa.Column("outcome", sa.String(30), nullable=False),  # passed | failed
+    sa.Column("passed", sa.Integer),
+    sa.Column("failed", sa.Integer),
+    sa.Column("failing_tests", _json()),  # names of the failing tests
+    sa.Column("version", sa.String(100)),  # production's version, which the replica ran
+    sa.Column("ticket_id", sa.String(250)),  # the failing area's ticket
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
 # Tables created by the first migration, in creation order.
 V1_TABLES = (releases, stages, host_deployments, approvals, test_results, rollbacks, tickets, commits)
 

@@ -1,4 +1,4 @@
-"""Conveyor's pages on the Airflow API server: DORA metrics, the release list and per-release changelogs.
+"""Conveyor's pages on the Airflow API server: DORA metrics, release statistics, releases and changelogs.
 
 A FastAPI app that :mod:`conveyor_plugin` mounts at ``/conveyor`` (``fastapi_apps``) and links from the
 Airflow UI's navigation (``external_views``):
@@ -6,10 +6,20 @@ Airflow UI's navigation (``external_views``):
 * ``GET /conveyor/api/dora?service=<id>&days=<n>[&end=<ISO time>]``: the DORA numbers as JSON
   (:meth:`conveyor.ledger.core.Ledger.dora`); without ``service``, over all services;
 * ``GET /conveyor/dora?service=&days=``: the same numbers as a page with per-day charts (inline SVG);
+* ``GET /conveyor/api/stats?service=<id>&days=<n>[&end=<ISO time>]``: release statistics as JSON
+  (:meth:`conveyor.ledger.core.Ledger.stats`: durations, tests, approvals and their waits, rollbacks, hosts,
+  success rate, failed changes caught before full production and where); ``GET /conveyor/stats``: the
+  same as a page with charts (stage durations per day, catches per stage) and the period's releases;
+* ``POST /conveyor/api/incidents`` (JSON ``{"service", "release_id", "reason"[, "at"]}``): record an incident
+  after a release, so that what escaped to production counts in the statistics. Besides the login, the
+  user must be allowed to edit the release's DAG (a viewer may read the numbers but not change them);
 * ``GET /conveyor/releases[?service=]``: recent releases, and each service's soak clocks (builds soaking on
   the developer cluster: minimum, soaked, remaining, eligible for promotion and why) when it has soaks;
 * ``GET /conveyor/api/soak?service=<id>``: the same soak clocks as JSON (newest first; without ``service``,
   every service's);
+* ``GET /conveyor/api/regression?service=<id>[&year=<yyyy>]``: the service's regression calendar
+  (:func:`regression_calendar`): the year's rotation, each month's areas with their result that month, and
+  each area's last result; ``GET /conveyor/regression?service=&year=``: the same as a page;
 * ``GET /conveyor/releases/<release id>/changelog`` (and ``/conveyor/api/releases/<id>/changelog``): the
   release page: the commits it shipped since the previous successful release, and its canary analyses
   (per-metric table of canary vs baseline, the Prometheus graph link, the chart);
@@ -43,6 +53,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, Field
 
 from conveyor.validation import SERVICE_ID_RE
 from conveyor.web import charts
@@ -180,6 +191,7 @@ DaysQuery = Annotated[int, Query(ge=1, le=MAX_DAYS, description="length of the p
 EndQuery = Annotated[
     dt.datetime | None, Query(description="end of the period (ISO 8601, naive is UTC); default now")
 ]
+YearQuery = Annotated[int | None, Query(ge=1970, le=9999, description="a calendar year; default this year")]
 
 
 def _check_period(end: dt.datetime | None, days: int) -> None:
@@ -216,12 +228,83 @@ def soak_clocks_of(ledger: Ledger, services: list[str], now: dt.datetime) -> dic
     return out
 
 
+class IncidentIn(BaseModel):
+    """An incident after a release: the body of ``POST /conveyor/api/incidents``."""
+
+    service: str = Field(max_length=63, description="the service id the release belongs to")
+    release_id: str = Field(min_length=1, max_length=400, description="the release id (<service>/<run id>)")
+    reason: str = Field(max_length=4000, description="what went wrong in production")
+    at: dt.datetime | None = Field(None, description="when the incident began (ISO 8601); default now")
+
+
+def may_edit_dag(user: Any, dag_id: str | None) -> bool:
+    """Whether Airflow's auth manager lets ``user`` change the DAG ``dag_id`` (any DAG when ``None``)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    return get_auth_manager().is_authorized_dag(method="PUT", user=user, details=DagDetails(id=dag_id))
+
+
+def regression_services() -> list[str]:
+    """Ids of the service files that have a ``regression`` section (a broken file is left out)."""
+    from conveyor.config import load_service, service_files
+    from conveyor.exceptions import ServiceConfigError
+
+    found = []
+    for path in service_files():
+        try:
+            if load_service(path).regression is not None:
+                found.append(path.stem)
+        except ServiceConfigError:
+            continue
+    return found
+
+
+def regression_calendar(service_id: str, ledger: Ledger, year: int) -> dict[str, Any]:
+    """A service's regression calendar for ``year``: its rotation from the service file, each month's areas
+    with their result that month (None: not run), and each area's last result of any month, from the ledger.
+
+    404 when the service has no file or no ``regression`` section; 500 naming the field when its file is broken.
+    """
+    from conveyor.config import MONTHS, load_service
+    from conveyor.exceptions import ServiceConfigError
+    from conveyor.paths import services_dir
+
+    if not (services_dir() / f"{service_id}.yaml").is_file():
+        raise HTTPException(status_code=404, detail=f"no service file for {service_id!r}")
+    try:
+        regression = load_service(service_id).regression
+    except ServiceConfigError as exc:
+        raise HTTPException(status_code=500, detail=str(exc)) from None
+    if regression is None:
+        raise HTTPException(status_code=404, detail=f"service {service_id!r} has no regression: section")
+    fields = ("month", "outcome", "passed", "failed", "failing_tests", "version", "ticket_id", "release_id", "at")
+    last: dict[str, dict[str, Any] | None] = dict.fromkeys(regression.areas)
+    of_year: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in ledger.list_regression_results(service_id):  # oldest month first: the last one stays
+        result = {k: row[k] for k in fields}
+        last[row["area"]] = result
+        if row["month"].startswith(f"{year:04d}-"):
+            of_year[(row["month"], row["area"])] = result
+    months = []
+    for number, areas in regression.calendar().items():
+        month = f"{year:04d}-{number:02d}"
+        months.append({"month": month, "name": MONTHS[number - 1], "areas": [
+            {"area": area, "result": of_year.get((month, area))} for area in areas]})
+    rotation = regression.rotation
+    return {"service": service_id, "year": year, "areas": list(regression.areas),
+            "rotation": {"per_month": rotation.per_month} if rotation.per_month else {
+                "months": {MONTHS[m - 1]: list(areas) for m, areas in sorted((rotation.months or {}).items())}},
+            "months": months, "last": last}
+
+
 def get_ledger(request: Request) -> Ledger:
     return request.app.state.ledger_factory()
 
 
 # Module level: with postponed annotations FastAPI resolves these names in the module's globals.
 LedgerDep = Annotated[Any, Depends(get_ledger)]
+UserDep = Annotated[Any, Depends(airflow_user)]
 
 
 # ------------------------------------------------------------------------------------------------ app
@@ -285,6 +368,20 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
         except OverflowError:  # a day of the period past 9999-12-31 that _check_period did not foresee
             raise _outside_calendar(end, days) from None
 
+    def _stats(ledger: Ledger, service: str | None, days: int, end: dt.datetime | None) -> dict[str, Any]:
+        service = _check_service(service)
+        _check_period(end, days)
+        known = ledger.services()
+        if service is not None and service not in known:
+            raise HTTPException(
+                status_code=404,
+                detail=f"no releases are recorded for service {service!r}; known: {', '.join(known) or 'none'}",
+            )
+        try:
+            return ledger.stats(service, days=days, now=end)
+        except OverflowError:
+            raise _outside_calendar(end, days) from None
+
     # -- JSON --------------------------------------------------------------------------------------
 
     @app.get("/api/openapi.json", include_in_schema=False, dependencies=[ApiUser])
@@ -296,6 +393,43 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
                  end: EndQuery = None) -> dict[str, Any]:
         """DORA metrics of a service (or all) over ``days`` days ending at ``end``."""
         return _dora(ledger, service, days, end)
+
+    @app.get("/api/stats", dependencies=[ApiUser])
+    def api_stats(ledger: LedgerDep, service: ServiceQuery = None, days: DaysQuery = 30,
+                  end: EndQuery = None) -> dict[str, Any]:
+        """Release statistics of a service (or all) over ``days`` days ending at ``end``."""
+        return _stats(ledger, service, days, end)
+
+    @app.post("/api/incidents", status_code=201)
+    def api_add_incident(body: IncidentIn, ledger: LedgerDep, user: UserDep) -> dict[str, Any]:
+        """Record an incident after a release (the user must be allowed to edit the release's DAG)."""
+        service = _check_service(body.service)
+        if service is None:
+            raise HTTPException(status_code=422, detail="service: a service id is required")
+        release = ledger.get_release(body.release_id)
+        if release is None:
+            raise HTTPException(status_code=404, detail=f"release {body.release_id!r} is not in the ledger")
+        if release["service"] != service:
+            raise HTTPException(status_code=422, detail=f"release {body.release_id!r} is a release of "
+                                                        f"{release['service']!r}, not of {service!r}")
+        if not may_edit_dag(user, release.get("dag_id")):
+            raise HTTPException(status_code=403, detail="recording an incident needs permission to edit the "
+                                                        f"release's DAG ({release.get('dag_id') or 'any DAG'})")
+        try:
+            row = ledger.add_incident(body.release_id, reason=body.reason, at=body.at,
+                                      recorded_by=getattr(user, "get_name", lambda: None)())
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=f"reason: {exc}") from None
+        return jsonable_encoder(row)
+
+    @app.get("/api/regression", dependencies=[ApiUser])
+    def api_regression(ledger: LedgerDep, service: Annotated[str, Query(max_length=63)],
+                       year: YearQuery = None) -> dict[str, Any]:
+        """A service's regression calendar of ``year`` (default: this year)."""
+        service = _check_service(service)
+        if service is None:
+            raise HTTPException(status_code=422, detail="service: a service id is required")
+        return jsonable_encoder(regression_calendar(service, ledger, year or dt.datetime.now(dt.UTC).year))
 
     @app.get("/api/releases/{release_id:path}/changelog", dependencies=[ApiUser])
     def api_changelog(release_id: str, ledger: LedgerDep) -> dict[str, Any]:
@@ -353,6 +487,39 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
                       charts=chart_list, days=days, end=end, period_choices=PERIOD_CHOICES,
                       json_url=f"{base_path(request)}/api/dora?{urlencode(query)}")
 
+    @app.get("/stats", response_class=HTMLResponse, dependencies=[PageUser])
+    def stats_page(request: Request, ledger: LedgerDep, service: ServiceQuery = None, days: DaysQuery = 30,
+                   end: EndQuery = None) -> HTMLResponse:
+        from conveyor.ledger.stats import PHASES
+
+        numbers = _stats(ledger, service, days, end)
+        catches = [{"stage": stage, "caught": count, "escaped": 0}
+                   for stage, count in numbers["failed_changes"]["caught_by_stage"].items()]
+        catches += [{"stage": stage, "caught": 0, "escaped": count}
+                    for stage, count in numbers["failed_changes"]["escaped_by_stage"].items()]
+        colours = dict(zip(PHASES, ("#2b6cb0", "#2f855a", "#6b46c1", "#c05621", "#718096", "#b7791f", "#c53030"),
+                           strict=True))
+        # soak (days long) and recovery would dwarf the others; their medians are in the cards
+        charted = [p for p in PHASES if p not in ("soak", "recovery")]
+        chart_list = [
+            charts.bar_chart(numbers["series"], [("succeeded", "succeeded", "#2f855a"),
+                                                 ("failed", "failed", "#c53030")],
+                             title="Releases per day (by start)", chart_id="chart-releases"),
+            charts.bar_chart(numbers["series"], [(f"{p}_median_seconds", p, colours[p]) for p in charted],
+                             title="Stage durations per day (median per phase)", formatter=charts.duration,
+                             chart_id="chart-stage-durations"),
+            charts.bar_chart(catches, [("caught", "caught before full production", "#2f855a"),
+                                       ("escaped", "escaped to production", "#c53030")],
+                             title="Failed changes by the stage that stopped them", chart_id="chart-catches",
+                             label_key="stage"),
+        ]
+        query = {"days": days, **({"service": numbers["service"]} if numbers["service"] else {})}
+        if end is not None:
+            query["end"] = end.isoformat()
+        return render(request, "stats.html", numbers=numbers, services=ledger.services(), charts=chart_list,
+                      catches=catches, phases=PHASES, days=days, end=end, period_choices=PERIOD_CHOICES,
+                      json_url=f"{base_path(request)}/api/stats?{urlencode(query)}")
+
     @app.get("/releases", response_class=HTMLResponse, dependencies=[PageUser])
     def releases_page(request: Request, ledger: LedgerDep, service: ServiceQuery = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> HTMLResponse:
@@ -362,6 +529,17 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
         soaks = soak_clocks_of(ledger, [service] if service else services, dt.datetime.now(dt.UTC))
         return render(request, "releases.html", releases=releases, service=service, services=services,
                       limit=limit, soaks=soaks)
+
+    @app.get("/regression", response_class=HTMLResponse, dependencies=[PageUser])
+    def regression_page(request: Request, ledger: LedgerDep, service: ServiceQuery = None,
+                        year: YearQuery = None) -> HTMLResponse:
+        service = _check_service(service)
+        services = regression_services()
+        year = year or dt.datetime.now(dt.UTC).year
+        service = service or (services[0] if services else None)
+        calendar = regression_calendar(service, ledger, year) if service else None
+        return render(request, "regression.html", calendar=calendar, services=services, service=service, year=year,
+                      json_url=f"{base_path(request)}/api/regression?{urlencode({'service': service or '', 'year': year})}")
 
     @app.get("/releases/{release_id:path}/changelog", response_class=HTMLResponse, dependencies=[PageUser])
     def changelog_page(request: Request, release_id: str, ledger: LedgerDep) -> HTMLResponse:

@@ -52,12 +52,15 @@ def bar_chart(
     chart_id: str,
     width: int = 720,
     height: int = 170,
+    label_key: str = "date",
 ) -> str:
     """An SVG bar chart of a per-day series, one group of bars per day.
 
     :param series: the days, oldest first (``date`` plus the values).
     :param bars: ``(key, label, colour)`` per bar of a group.
     :param formatter: turns a value into the text of its tooltip and of the axis maximum.
+    :param label_key: the key naming each group (``date``; a category such as ``stage`` for a chart of
+        counts per category). Bars carry it as ``data-date`` either way.
     """
     left, right, top, bottom = 56, 8, 22, 24
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -82,17 +85,17 @@ def bar_chart(
             value = day.get(key)
             h = 0.0 if value is None else plot_h * value / peak
             x = x0 + j * bar_w
-            tip = f"{day['date']} {label}: {formatter(value)}"
+            tip = f"{day[label_key]} {label}: {formatter(value)}"
             parts.append(
-                f'<rect class="bar" data-date="{escape(day["date"])}" data-key="{escape(key)}" '
+                f'<rect class="bar" data-date="{escape(str(day[label_key]))}" data-key="{escape(key)}" '
                 f'data-value="{escape(data_value(value))}" x="{x:.2f}" y="{top + plot_h - h:.2f}" '
                 f'width="{bar_w:.2f}" height="{h:.2f}" fill="{escape(colour)}"><title>{escape(tip)}</title></rect>'
             )
     if series:
-        parts.append(f'<text x="{left}" y="{height - 6}" class="tick">{escape(series[0]["date"])}</text>')
+        parts.append(f'<text x="{left}" y="{height - 6}" class="tick">{escape(str(series[0][label_key]))}</text>')
         parts.append(
             f'<text x="{left + plot_w}" y="{height - 6}" text-anchor="end" class="tick">'
-            f"{escape(series[-1]['date'])}</text>"
+            f"{escape(str(series[-1][label_key]))}</text>"
         )
     if len(bars) > 1:
         x = left + plot_w

@@ -4,7 +4,8 @@ Runs inside the fleet daemon's event loop as a bare asyncio protocol (one short 
 per connection), with a bounded number of requests in flight: the machine is shared with Airflow,
 so the generator must stay light. The requests are the demo's mix (:func:`conveyor_lab.demo.traffic_request`).
 Outcomes are not recorded here: the app's own ``/metrics`` counts requests, errors and latency, which
-is what canary analysis reads.
+is what canary analysis reads. Each request comes from one of ``USERS`` simulated users (the
+``X-Shop-User`` header), which is what the demo's feature flags are sticky by.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ RequestPicker = Callable[[random.Random], tuple[str, str, "bytes | None"]]
 #: Environments that always get traffic: production, and the dev cluster's soak hosts, which the canary
 #: judge watches while a build soaks there. Replicas get it only with ``FleetSpec.traffic_to_replicas``.
 ALWAYS_SERVED = ("production", "soak")
+USERS = 1000  # distinct user ids: enough that a 5% rollout holds about 50 of them
 MAX_IN_FLIGHT = 200  # across all hosts; beyond it new arrivals are dropped (apps stuck until the timeout)
 
 
@@ -51,7 +53,7 @@ class _Exchange(asyncio.Protocol):
 
 
 async def send_request(address: str, port: int, method: str, path: str, body: bytes | None,
-                       timeout: float) -> int | None:
+                       timeout: float, *, user: str | None = None) -> int | None:
     """One HTTP request; returns the status code, or None on error or timeout.
 
     A bare protocol rather than streams or an HTTP client: this runs ~100 times a second next to
@@ -60,6 +62,8 @@ async def send_request(address: str, port: int, method: str, path: str, body: by
     loop = asyncio.get_running_loop()
     head = [f"{method} {path} HTTP/1.1", f"Host: {address}:{port}", "User-Agent: conveyor-traffic",
             "Connection: close"]
+    if user is not None:
+        head.append(f"X-Shop-User: {user}")
     if body is not None:
         head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     request = ("\r\n".join(head) + "\r\n\r\n").encode() + (body or b"")
@@ -113,8 +117,9 @@ class TrafficGenerator:
                 self.dropped += 1
                 continue
             method, path, body = self.picker(self.rng)
+            user = f"u{self.rng.randrange(USERS)}"
             task = asyncio.create_task(
-                send_request(host.address, host.app_port, method, path, body, self.spec.traffic_timeout)
+                send_request(host.address, host.app_port, method, path, body, self.spec.traffic_timeout, user=user)
             )
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)

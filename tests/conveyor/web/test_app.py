@@ -39,6 +39,7 @@ from tests.conveyor.ledger.test_ledger import (
     record_full_release,
     seed_dora_history,
 )
+from tests.conveyor.ledger.test_stats import seed_stats_history
 
 ROOT = Path(__file__).resolve().parents[3]
 END = NOW.isoformat()
@@ -248,7 +249,7 @@ def test_the_changelog_endpoint(client):
 @pytest.mark.parametrize(
     "path", ["/conveyor/api/dora?service=shop", "/conveyor/dora", "/conveyor/releases",
              f"/conveyor/releases/{quote(RID, safe='/:')}/changelog", "/conveyor/api/releases/x/y/changelog",
-             "/conveyor/api/soak?service=demo_shop"],
+             "/conveyor/api/soak?service=demo_shop", "/conveyor/api/stats?service=shop", "/conveyor/stats"],
 )
 def test_every_route_needs_a_login(anonymous, path):
     response = anonymous.get(path)
@@ -371,6 +372,9 @@ def test_an_empty_ledger_renders(tmp_path, auth_manager, token):
         assert client.get("/conveyor/dora").status_code == 200
         assert "No releases are recorded" in client.get("/conveyor/releases").text
         assert client.get("/conveyor/api/dora").json()["deployment_frequency"]["count"] == 0
+        stats = client.get("/conveyor/stats")
+        assert stats.status_code == 200 and "No release started in this period." in stats.text
+        assert client.get("/conveyor/api/stats").json()["releases"]["count"] == 0
     empty.dispose()
 
 
@@ -574,6 +578,121 @@ def test_the_release_page_shows_each_analysis_and_links_its_chart(charted):
     assert "source: prometheus" in wave_1
 
 
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def stats_value(numbers: dict, metric: str):
+    """The JSON value a page's ``data-metric`` names (``failed_changes.caught_rate`` ...)."""
+    value = numbers
+    for part in metric.split("."):
+        value = value[part]
+    return value
+
+
+def stats_shown(metric: str, value) -> str:
+    """The text the statistics page shows for a value."""
+    if metric.endswith("_seconds"):
+        return charts.duration(value)
+    if metric.endswith("_rate"):
+        return charts.percent(value)
+    if metric == "releases.per_day":
+        return charts.per_day(value)
+    if metric == "releases.per_week":
+        return f"{value:.1f}/week"
+    return str(value)
+
+
+def assert_stats_page_matches_json(metrics: dict[str, tuple[str, str]], numbers: dict) -> None:
+    assert len(metrics) >= 20
+    for metric, (value, text) in metrics.items():
+        want = stats_value(numbers, metric)
+        assert (value == "") if want is None else (float(value) == want), metric
+        assert text == stats_shown(metric, want), metric
+
+
+@pytest.fixture
+def stats_ledger(tmp_path) -> Iterator[Ledger]:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'stats.db'}")
+    seed_stats_history(ledger)
+    yield ledger
+    ledger.dispose()
+
+
+@pytest.fixture
+def stats_app(stats_ledger, auth_manager) -> Iterator[TestClient]:
+    root = FastAPI()
+    root.mount(URL_PREFIX, create_app(lambda: stats_ledger))
+    with TestClient(root) as client:
+        yield client
+
+
+def bearer(auth_manager, username: str, role: str) -> dict[str, str]:
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return {"Authorization": f"Bearer {auth_manager.generate_jwt(SimpleAuthManagerUser(username=username, role=role))}"}
+
+
+def test_the_stats_endpoint_gives_the_known_numbers(stats_app, stats_ledger, auth_manager):
+    response = stats_app.get(f"/conveyor/api/stats?{SHOP_QUERY}", headers=bearer(auth_manager, "viewer", "viewer"))
+    assert response.status_code == 200, response.text
+    numbers = response.json()
+    assert numbers == json.loads(json.dumps(stats_ledger.stats("shop", days=7, now=NOW)))
+    assert numbers["releases"]["count"] == 10 and numbers["success_rate"] == 3 / 9
+    assert numbers["failed_changes"]["caught_by_stage"] == {"soak": 1, "tests": 1, "wave_1": 1}
+    missing = stats_app.get("/conveyor/api/stats?service=nope", headers=bearer(auth_manager, "viewer", "viewer"))
+    assert missing.status_code == 404 and "known: other, shop" in missing.json()["detail"]
+
+
+def test_the_stats_page_shows_the_json_numbers_and_charts(stats_app, auth_manager):
+    headers = bearer(auth_manager, "viewer", "viewer")
+    numbers = stats_app.get(f"/conveyor/api/stats?{SHOP_QUERY}", headers=headers).json()
+    response = stats_app.get(f"/conveyor/stats?{SHOP_QUERY}", headers=headers)
+    assert response.status_code == 200, response.text
+    page = parse(response.text)
+    assert_stats_page_matches_json(page.metrics, numbers)
+    assert page.metrics["failed_changes.caught_rate"] == ("0.5", "50.0%")
+    assert page.metrics["releases.per_week"] == ("10.0", "10.0/week")
+    assert page.charts == ["chart-releases", "chart-stage-durations", "chart-catches"]
+    catches = {(b["data-date"], b["data-key"]): b["data-value"] for b in page.bars
+               if b["data-key"] in ("caught", "escaped")}
+    assert catches[("tests", "caught")] == "1" and catches[("watch", "escaped")] == "1"
+    assert catches[("incident", "escaped")] == "1" and catches[("incident", "caught")] == "0"
+    builds = {b["data-date"]: b["data-value"] for b in page.bars if b["data-key"] == "build_median_seconds"}
+    assert builds == {d["date"]: charts.data_value(d["build_median_seconds"]) for d in numbers["series"]}
+    assert re.findall(r'<tr data-release="([^"]+)"', response.text) == [
+        r["release_id"] for r in numbers["release_list"]]
+    assert "/conveyor/api/stats?days=7&amp;service=shop&amp;end=" in response.text
+    assert stats_app.get("/conveyor/stats?days=0", headers=headers).status_code == 422
+
+
+def test_an_incident_is_recorded_over_rest_by_a_user_who_may_edit_dags(stats_app, stats_ledger, auth_manager):
+    body = {"service": "shop", "release_id": "shop/H", "reason": "checkout slow since the promotion",
+            "at": "2025-03-31T10:00:00Z"}
+    assert stats_app.post("/conveyor/api/incidents", json=body).status_code == 401
+    refused = stats_app.post("/conveyor/api/incidents", json=body, headers=bearer(auth_manager, "viewer", "viewer"))
+    assert refused.status_code == 403 and "permission to edit" in refused.json()["detail"]
+    assert stats_ledger.stats("shop", days=7, now=NOW)["failed_changes"]["escaped"] == 3
+
+    response = stats_app.post("/conveyor/api/incidents", json=body, headers=bearer(auth_manager, "ops", "user"))
+    assert response.status_code == 201, response.text
+    assert response.json()["release_id"] == "shop/H" and response.json()["recorded_by"] == "ops"
+    stats = stats_ledger.stats("shop", days=7, now=NOW)
+    assert stats["failed_changes"]["escaped"] == 4 and stats["failed_changes"]["escaped_by_stage"]["incident"] == 2
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"service": "shop", "release_id": "shop/nope", "reason": "x"}, 404, "release 'shop/nope' is not in the ledger"),
+    ({"service": "other", "release_id": "shop/A", "reason": "x"}, 422, "is a release of 'shop', not of 'other'"),
+    ({"service": "shop", "release_id": "shop/A", "reason": "  "}, 422, "reason: an incident needs a reason"),
+    ({"service": "Shop;rm", "release_id": "shop/A", "reason": "x"}, 422, "service must be a service id"),
+    ({"service": "shop", "release_id": "shop/A"}, 422, "reason: Field required"),
+])
+def test_a_bad_incident_gets_a_clear_error(stats_app, auth_manager, body, status, message):
+    response = stats_app.post("/conveyor/api/incidents", json=body, headers=bearer(auth_manager, "admin", "admin"))
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
 # ------------------------------------------------------------------------------------ plugin registration
 
 
@@ -588,7 +707,9 @@ def test_the_plugin_mounts_the_app_and_adds_the_nav_entries():
     views = [ExternalViewResponse.model_validate(v) for v in ConveyorPlugin.external_views]
     assert [(v.name, v.href, v.url_route, v.destination) for v in views] == [
         ("DORA metrics", "conveyor/dora", "conveyor-dora", "nav"),
+        ("Release statistics", "conveyor/stats", "conveyor-stats", "nav"),
         ("Releases", "conveyor/releases", "conveyor-releases", "nav"),
+        ("Regression calendar", "conveyor/regression", "conveyor-regression", "nav"),
     ]
 
 
@@ -835,3 +956,30 @@ def test_the_dora_page_in_a_real_browser_matches_the_json_endpoint(browser, api_
     default = browser.async_script(FETCH_JSON_JS, "/conveyor/api/dora")
     assert default["status"] == 200
     assert in_ui["deployment_frequency.count"][0] == str(default["body"]["deployment_frequency"]["count"])
+
+
+@pytest.mark.browser
+def test_the_stats_page_in_a_real_browser_matches_the_json_endpoint(browser, api_server):
+    base = api_server["base"]
+    browser.get(f"{base}/conveyor/stats?{SHOP_QUERY}")
+    browser.click("#login-link")
+    wait_for(lambda: browser.script("return !!document.querySelector('input[name=username]');"),
+             timeout=30, what="the login form")
+    browser.type("input[name=username]", "viewer")
+    browser.type("input[name=password]", "viewer-pw")
+    browser.click("button[type=submit]")
+    wait_for(lambda: browser.script("return location.pathname;") == "/conveyor/stats"
+             and browser.script("return document.querySelectorAll('[data-metric]').length;") > 0,
+             timeout=30, what=f"the statistics page after login (log: {api_server['log']})")
+
+    rendered = {metric: (value, text) for metric, value, text in browser.script(PAGE_METRICS_JS)}
+    api = browser.async_script(FETCH_JSON_JS, f"/conveyor/api/stats?{SHOP_QUERY}")
+    assert api["status"] == 200, api
+    numbers = api["body"]
+    assert_stats_page_matches_json(rendered, numbers)
+    assert rendered["releases.count"] == (str(numbers["releases"]["count"]),) * 2
+    bars = browser.script(
+        "return Array.from(document.querySelectorAll('#chart-releases rect.bar[data-key=failed]'))"
+        ".map(r => [r.dataset.date, Number(r.dataset.value), r.getBoundingClientRect().height > 0]);")
+    assert [(d, v) for d, v, _ in bars] == [(d["date"], d["failed"]) for d in numbers["series"]]
+    assert all(visible == (value > 0) for _, value, visible in bars)

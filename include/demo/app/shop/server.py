@@ -2,6 +2,10 @@
 
 ``GET /health``, ``GET /metrics``, ``GET /products[?page=&per_page=]``, ``GET /products/<id>``,
 ``GET /search?q=``, ``GET /recommendations/<id>``, ``POST /cart`` with ``{"items": [{"id", "quantity"}]}``.
+
+Feature flags (:mod:`shop.flags`) are decided per request by the user id in the ``user`` query
+parameter or the ``X-Shop-User`` header: ``new_checkout`` marks the cart's answer
+(``"checkout": "new"``), ``fast_recommendations`` makes recommendations fail like v1.2.0 does.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from shop import cart, catalog, release
+from shop.flags import Flags
 from shop.metrics import Metrics
 
 # Simulated work per API request: lognormal, median 15 ms.
 SERVICE_TIME_MEDIAN_S = 0.015
 SERVICE_TIME_SIGMA = 0.35
+# fast_recommendations, where on: the share of /recommendations requests that fail. Recommendations are
+# a fifth of the fleet's traffic (conveyor_lab.demo.traffic_request), so about 5% of flag-on requests.
+FAST_RECOMMENDATIONS_FAILURE_RATE = 0.25
+MAX_USER_LENGTH = 128
 
 
 def build_version() -> str:
@@ -38,6 +47,7 @@ class Shop:
         self.data_dir = Path(data_dir)
         self.version = build_version()
         self.metrics = Metrics(self.version)
+        self.flags = Flags()
         self._stamp: float | None = None
         self.products: list[dict] = []
         self.by_id: dict[int, dict] = {}
@@ -49,6 +59,7 @@ class Shop:
         if stamp != self._stamp or not self.products:
             products = catalog.load(self.data_dir)
             self.products, self.by_id, self._stamp = products, {p["id"]: p for p in products}, stamp
+        self.flags.refresh()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -71,6 +82,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         route, status = url.path, 500
         self.shop.refresh()
+        query = parse_qs(url.query)
+        user = (query.get("user", [""])[0] or self.headers.get("X-Shop-User") or "")[:MAX_USER_LENGTH] or None
+        variants = {flag: self.shop.flags.on(flag, user) for flag in self.shop.flags.names()}
         try:
             if url.path == "/health":
                 route, status = "/health", 200
@@ -81,16 +95,19 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, self.shop.metrics.render(), "text/plain; version=0.0.4")
                 return
             time.sleep(random.lognormvariate(0, SERVICE_TIME_SIGMA) * SERVICE_TIME_MEDIAN_S + release.EXTRA_LATENCY_S)
-            route, status, body = self._route(method, url.path, parse_qs(url.query))
+            route, status, body = self._route(method, url.path, query, variants)
             self._send(status, body)
         except Exception as e:  # a server error is an HTTP 500, counted like any other
             status = 500
             self._send(500, {"error": f"{type(e).__name__}: {e}"})
         finally:
             if route not in ("/health", "/metrics"):
-                self.shop.metrics.observe(method, route, status, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                self.shop.metrics.observe(method, route, status, seconds)
+                if variants:
+                    self.shop.metrics.observe_flags(variants, method, route, status, seconds)
 
-    def _route(self, method: str, path: str, query: dict):
+    def _route(self, method: str, path: str, query: dict, variants: dict[str, bool]):
         shop = self.shop
         if method == "GET" and path == "/products":
             page = max(1, int(query.get("page", ["1"])[0]))
@@ -104,7 +121,10 @@ class Handler(BaseHTTPRequestHandler):
             q = query.get("q", [""])[0]
             return "/search", 200, {"products": catalog.search(shop.products, q)[:50]}
         if method == "GET" and (m := re.fullmatch(r"/recommendations/(\d+)", path)):
-            if random.random() < release.RECOMMENDATIONS_FAILURE_RATE:
+            failure_rate = release.RECOMMENDATIONS_FAILURE_RATE
+            if variants.get("fast_recommendations"):
+                failure_rate = max(failure_rate, FAST_RECOMMENDATIONS_FAILURE_RATE)
+            if random.random() < failure_rate:
                 raise RuntimeError("recommendation model returned no candidates")
             pid = int(m[1])
             picks = [shop.products[(pid * 7 + k * 13) % len(shop.products)] for k in range(5)] if shop.products else []
@@ -114,7 +134,10 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 items = json.loads(self.rfile.read(length) or b"{}").get("items", [])
                 lines = [(shop.by_id[int(i["id"])]["price_cents"], int(i["quantity"])) for i in items]
-                return "/cart", 200, {"total_cents": cart.cart_total(lines), "items": len(lines)}
+                answer = {"total_cents": cart.cart_total(lines), "items": len(lines)}
+                if variants.get("new_checkout"):
+                    answer["checkout"] = "new"
+                return "/cart", 200, answer
             except (KeyError, ValueError, TypeError, AttributeError) as e:
                 return "/cart", 400, {"error": f"bad cart: {e}"}
         return "other", 404, {"error": "not found"}
