@@ -691,6 +691,26 @@ class FlagStoreSettings(Section):
         return self
 
 
+class FlagRollout(Section):
+    """How ``flag_<service>`` rolls a flag out (docs/flags.md): its default steps (percent of users), and
+    the metric families that count requests by flag and variant, so the canary judge can compare flag-on
+    with flag-off traffic on the same hosts."""
+
+    steps: Annotated[Items[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=10)] = (
+        1, 10, 50, 100)
+    requests_metric: MetricName = "shop_flag_requests_total"
+    latency_metric: MetricName = "shop_flag_request_duration_seconds"
+    flag_label: _pattern(LABEL_NAME_RE) = "flag"
+    variant_label: _pattern(LABEL_NAME_RE) = "variant"
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"steps must increase, got {list(value)}")
+        return value
+
+
 class AllowedAdvisory(Section):
     id: Text  # the advisory (GHSA-..., PYSEC-..., CVE-...)
     until: date  # the exception expires: after this day the advisory blocks again
@@ -883,6 +903,7 @@ class ServiceConfig(Section):
     regression: Regression | None = None  # None: no regression calendar (no ``regression_<service>`` DAG)
     flags: Items[Flag] = ()  # the feature flags ``flag_<service>`` may roll out (docs/flags.md)
     flag_store: FlagStoreSettings = FlagStoreSettings()
+    flag_rollout: FlagRollout = FlagRollout()
 
     _path: Path = PrivateAttr(default=Path("(no file)"))
 

@@ -172,3 +172,16 @@ class LocalFlagStore:
         if failed:
             raise FlagStoreError(f"flag {flag} not set on every host of {environment}: " + "; ".join(failed))
         return want
+
+
+def rollout_steps(value: Any, *, at_most: int) -> tuple[int, ...]:
+    """A flag run's ``steps`` param: 1 to ``at_most`` whole percentages from 1 to 100, increasing."""
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise InvalidFlagError(f"steps {value!r} must be a list of percentages, e.g. [1, 10, 50, 100]")
+    steps = tuple(rollout_share(v) for v in value)
+    if len(steps) > at_most:
+        raise InvalidFlagError(f"steps {list(steps)}: at most {at_most} steps (the DAG's step groups; "
+                               "flag_rollout.steps in the service file sets how many)")
+    if steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise InvalidFlagError(f"steps {list(steps)} must increase, from 1 to 100 percent")
+    return steps

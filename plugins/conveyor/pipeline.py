@@ -507,3 +507,138 @@ def regression_dag(service_id: str):
 
         chain(plan, target, replica, populate, run, tickets, report(run.output, tickets.output))
     return dag
+
+
+FLAG_BODY = (
+    "Turn **{{ (ti.xcom_pull(task_ids='validate') or {}).get('flag') }}** on in production, for "
+    "{{ (ti.xcom_pull(task_ids='validate') or {}).get('steps') }} percent of users in turn, each step judged "
+    "flag-on against flag-off traffic (a failing step turns it off everywhere).\n\n"
+    "{% set tests = ti.xcom_pull(task_ids='tests') or {} %}"
+    "**On the replica, flag on for everyone:** {% for name, s in (tests.get('suites') or {}).items() %}"
+    "{{ name }}: {{ s.passed }} passed, {{ s.failed }} failed; {% else %}not tested (test_on_replica off){% endfor %}"
+    "\n\nRequested by {{ dag_run.triggering_user_name or 'the schedule' }} (who cannot approve it).")
+
+
+def flag_dag(service_id: str):
+    """Build the ``flag_<service_id>`` DAG, or None when the service declares no ``flags``.
+
+    ``validate -> [production_version -> replica.deploy -> replica.populate -> replica.flag_on -> tests ->
+    replica_flag_off] -> qa_signoff -> step_1.set -> step_1.analysis -> ... -> finalize``, and on any failure
+    ``release_failed -> flag_off -> ticket -> fail_run`` (:mod:`conveyor.operators.flags`). Triggered by hand.
+    """
+    from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
+
+    from conveyor.operators.base import record_failure
+    from conveyor.operators.deploy import DeployOperator, PopulateReplicaOperator
+    from conveyor.operators.flags import (
+        FlagAnalysisOperator,
+        FlagFinalizeOperator,
+        FlagOffOperator,
+        FlagSetOperator,
+        FlagValidateOperator,
+    )
+    from conveyor.operators.regression import ProductionVersionOperator
+    from conveyor.operators.release import ReleaseFailedOperator, ReleaseOutcomeOperator
+    from conveyor.operators.signoff import SignoffOperator
+    from conveyor.operators.testing import TestSuitesOperator
+    from conveyor.operators.ticket import TicketOperator
+    from conveyor.timeouts import flag_timeouts
+
+    service = load_service(service_id)
+    if not service.flags:
+        return None
+    bounds = flag_timeouts(service)
+    names = [f.name for f in service.flags]
+    steps = list(service.flag_rollout.steps)
+    notify = _Notifications(service, what=f"{{{{ (ti.xcom_pull(task_ids='validate') or {{}}).get('flag') "
+                                          f"or params.flag }}}} of {service.id}", kind="Flag rollout")
+    with DAG(
+        dag_id=f"flag_{service.id}",
+        description=f"Roll a feature flag of {service.id} out: replica tests, QA, then growing shares of "
+                    "production's users, each judged flag-on against flag-off",
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,  # one rollout at a time: two would judge each other's traffic
+        params={
+            "flag": Param(names[0], type="string", enum=names, title="Flag",
+                          description="One of the flags the service file declares."),
+            "steps": Param(steps, type="array", items={"type": "integer", "minimum": 1, "maximum": 100},
+                           minItems=1, maxItems=len(steps), title="Steps",
+                           description="Percent of production's users at each step, increasing."),
+            "test_on_replica": Param(True, type="boolean", title="Test on the replica",
+                                     description="Run the suites on the replica with the flag on first."),
+        },
+        tags=["conveyor", "flag", service.id],
+        doc_md=f"### Flag rollouts of `{service.id}`\n\n{', '.join(f'`{n}`' for n in names)}: see docs/flags.md.",
+        template_searchpath=[str(TEMPLATES_DIR)],
+        default_args={"owner": service.owner, "retries": 0, "on_failure_callback": record_failure},
+    ) as dag:
+        common: dict[str, Any] = {"service_id": service.id}
+        validate = FlagValidateOperator(task_id="validate", max_steps=len(steps), on_success_callback=notify.started(),
+                                        execution_timeout=bounds["validate"], **common)
+
+        @task.short_circuit(task_id="replica_test", ignore_downstream_trigger_rules=False,
+                            execution_timeout=bounds["validate"])
+        def replica_test(plan: dict[str, Any]) -> bool:
+            """Test on the replica only when the run asks for it (the tasks after this skip otherwise)."""
+            return bool(plan["test_on_replica"])
+
+        gate = replica_test(validate.output)
+        target = ProductionVersionOperator(task_id="production_version",
+                                           execution_timeout=bounds["production_version"], **common)
+        with TaskGroup("replica", tooltip="Production's version on the replica, the flag on for everyone"):
+            deploy = DeployOperator(task_id="deploy", environment="replica", artifact=target.output,
+                                    execution_timeout=bounds["replica.deploy"], **common)
+            populate = PopulateReplicaOperator(task_id="populate", artifact=target.output,
+                                               execution_timeout=bounds["replica.populate"], **common)
+            flag_on = FlagSetOperator(task_id="flag_on", environment="replica",
+                                      execution_timeout=bounds["replica.flag_on"], **common)
+        tests = TestSuitesOperator(task_id="tests", artifact=target.output, execution_timeout=bounds["tests"], **common)
+        flag_on_replica_off = FlagSetOperator(task_id="replica_flag_off", environment="replica", enabled=False,
+                                              execution_timeout=bounds["replica_flag_off"], **common)
+        qa = service.stages[0]
+        with TaskGroup(qa.task_group, tooltip=f"{qa.title} sign-off of the flag: {qa.required} approval(s)"):
+            approvals = [
+                SignoffOperator(
+                    task_id=f"approval_{k}", service_id=service.id, group=list(service.people(qa.group)), ordinal=k,
+                    required=qa.required, emergency_required=qa.required, timeout=qa.timeout, evidence_tasks={},
+                    approval_stage=qa.name, title=qa.title, releases_url=f"{_ui_base_url()}/conveyor/releases/{service.id}",
+                    subject=f"{qa.title} sign-off {k}/{qa.required}: flag rollout of {service.id}", body=FLAG_BODY,
+                    notifiers=[notify.approval(qa, k)],
+                    # the replica's tasks skip when the run does not test there: QA is asked all the same
+                    trigger_rule=TriggerRule.NONE_FAILED,
+                )
+                for k in range(1, qa.required + 1)
+            ]
+        rollout = []
+        for i in range(len(steps)):
+            with TaskGroup(f"step_{i + 1}", tooltip=f"Step {i + 1}: the flag on for this step's share of users"):
+                step_set = FlagSetOperator(task_id="set", environment="production", step=i,
+                                           execution_timeout=bounds[f"step_{i + 1}.set"], **common)
+                rollout += [step_set, FlagAnalysisOperator(task_id="analysis", step=i, set_task_id=step_set.task_id,
+                                                           execution_timeout=bounds[f"step_{i + 1}.analysis"],
+                                                           **common)]
+        finalize = FlagFinalizeOperator(task_id="finalize", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+                                        on_success_callback=notify.succeeded(), execution_timeout=bounds["finalize"],
+                                        **common)
+        chain(validate, gate, target, deploy, populate, flag_on, tests, flag_on_replica_off, *approvals)
+        chain(*approvals, *rollout[:2])
+        for k in range(2, len(rollout), 2):  # a later step runs after the one before, or skips with it
+            rollout[k - 1] >> rollout[k] >> rollout[k + 1]
+        rollout[-1] >> finalize
+        for k in range(1, len(rollout) - 1, 2):
+            rollout[k] >> finalize  # the run's last step may be an earlier group
+        main = [validate, target, deploy, populate, flag_on, tests, flag_on_replica_off, *approvals, *rollout, finalize]
+        failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED,
+                                       execution_timeout=bounds["release_failed"], **common)
+        off = FlagOffOperator(task_id="flag_off", on_success_callback=notify.rolled_back("flag_off"),
+                              execution_timeout=bounds["flag_off"], **common)
+        ticket = TicketOperator(task_id="ticket", rollback_task_id=off.task_id, plan_task_id="validate",
+                                trigger_rule=TriggerRule.NONE_SKIPPED, on_success_callback=notify.failed("ticket"),
+                                execution_timeout=bounds["ticket"], **common)
+        outcome = ReleaseOutcomeOperator(task_id="fail_run", rollback_task_id=off.task_id, ticket_task_id=ticket.task_id,
+                                         trigger_rule=TriggerRule.NONE_SKIPPED, on_failure_callback=None,
+                                         execution_timeout=bounds["fail_run"], **common)
+        main >> failed >> off >> ticket >> outcome
+    return dag

@@ -148,3 +148,31 @@ def regression_timeouts(service: ServiceConfig) -> dict[str, timedelta]:
         "report": 0.0,
     }
     return {task_id: timedelta(seconds=math.ceil(s + BOOKKEEPING_S)) for task_id, s in seconds.items()}
+
+
+def flag_timeouts(service: ServiceConfig) -> dict[str, timedelta]:
+    """The ``execution_timeout`` of every non-human task of ``flag_<service>``, by task id: the replica's
+    deploy and tests as a release's; a flag change writes a file on every host of an environment (or calls
+    Unleash); the 100% step also reads every production host's page first."""
+    work, parallel = host_work(service), service.deploy.max_parallel
+    replica, production = fleet_size(service, "replica"), fleet_size(service, "production")
+    release = task_timeouts(service, waves_to="production")
+    write = rounds(max(replica, production), parallel) * work.read  # read, then write, each host's flags file
+    seconds: dict[str, float] = {
+        "validate": 0.0,
+        "production_version": production * work.read + service.build.timeout_s + BUILD_GIT_CALLS * GIT_TIMEOUT_S,
+        "replica.deploy": _deploy_s(service, replica),
+        "replica.populate": rounds(replica, parallel) * work.populate,
+        "replica.flag_on": write,
+        "tests": release["tests"].total_seconds() - BOOKKEEPING_S,
+        "replica_flag_off": write,
+        "finalize": write,
+        "release_failed": 0.0,
+        "flag_off": 2 * write,
+        "ticket": TICKET_S,
+        "fail_run": 0.0,
+    }
+    for i in range(1, len(service.flag_rollout.steps) + 1):
+        seconds[f"step_{i}.set"] = write + rounds(production, METRICS_PARALLEL) * METRICS_ROUND_S
+        seconds[f"step_{i}.analysis"] = 0.0  # a worker's stretches only: the wait is the trigger's
+    return {task_id: timedelta(seconds=math.ceil(s + BOOKKEEPING_S)) for task_id, s in seconds.items()}

@@ -183,3 +183,62 @@ def test_a_service_on_unleash_gets_the_unleash_store():
     store = flag_store(parse_service(document, Path("demo_shop.yaml")))
     assert isinstance(store, UnleashFlagStore)
     assert (store.hook.unleash_conn_id, store.project, store.environments) == ("flags", "shop", {"production": "prod"})
+
+
+# ------------------------------------------------------------------------------ rollout steps, judge input
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ([], "must be a list of percentages"), ("10,100", "must be a list of percentages"),
+    ([10, 5], "must increase"), ([0, 100], "must increase, from 1 to 100"), ([10, 101], "from 0 to 100"),
+    ([1, 2, 3, 4, 5], "at most 4 steps"), ([True, 100], "whole percentage"),
+])
+def test_rollout_steps_refused_before_anything_changes(value, message):
+    from conveyor.flags import rollout_steps
+
+    with pytest.raises(InvalidFlagError, match=message):
+        rollout_steps(value, at_most=4)
+
+
+def test_rollout_steps_accepted():
+    from conveyor.flags import rollout_steps
+
+    assert rollout_steps([1, 10, 50, 100], at_most=4) == (1, 10, 50, 100)
+    assert rollout_steps([100], at_most=4) == (100,)
+
+
+def test_flag_rollout_settings_default_to_the_demo_families_and_refuse_steps_that_do_not_increase(tmp_path):
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/services/demo_shop.yaml").read_text())
+    service = parse_service(doc, tmp_path / "demo_shop.yaml")
+    assert service.flag_rollout.steps == (1, 10, 50, 100)
+    assert (service.flag_rollout.requests_metric, service.flag_rollout.variant_label) == (
+        "shop_flag_requests_total", "variant")
+    with pytest.raises(ServiceConfigError, match=r"flag_rollout.steps: .*steps must increase, got \[10, 10\]"):
+        parse_service({**doc, "flag_rollout": {"steps": [10, 10]}}, tmp_path / "demo_shop.yaml")
+    with pytest.raises(ServiceConfigError, match=r"flag_rollout.steps\[0\]: Input should be greater than or equal to 1"):
+        parse_service({**doc, "flag_rollout": {"steps": [0, 100]}}, tmp_path / "demo_shop.yaml")
+
+
+def test_a_flag_variant_is_read_alone_from_a_hosts_page():
+    """The judge's view of one variant: only the samples labelled with it count (the totals stay whole)."""
+    from conveyor.analysis import parse_prometheus
+    from conveyor.hooks.metrics import flag_target
+
+    page = "\n".join([
+        'shop_flag_requests_total{flag="f",variant="on",method="GET",route="/r",status="200"} 90',
+        'shop_flag_requests_total{flag="f",variant="on",method="GET",route="/r",status="500"} 10',
+        'shop_flag_requests_total{flag="f",variant="off",method="GET",route="/r",status="200"} 900',
+        'shop_flag_requests_total{flag="g",variant="on",method="GET",route="/r",status="500"} 99',
+        'shop_flag_request_duration_seconds_bucket{flag="f",variant="on",le="0.1"} 80',
+        'shop_flag_request_duration_seconds_bucket{flag="f",variant="on",le="+Inf"} 100',
+        'shop_flag_request_duration_seconds_bucket{flag="f",variant="off",le="+Inf"} 900',
+        'shop_flag_request_duration_seconds_count{flag="f",variant="on"} 100',
+    ])
+    on = parse_prometheus(page, 1.0, requests_metric="shop_flag_requests_total",
+                          latency_metric="shop_flag_request_duration_seconds", match={"flag": "f", "variant": "on"})
+    assert on.requests == {"200": 90.0, "500": 10.0} and on.latency_count == 100.0
+    assert on.latency_buckets == {0.1: 80.0, float("inf"): 100.0}
+    every = parse_prometheus(page, 1.0, requests_metric="shop_flag_requests_total")
+    assert every.requests == {"200": 990.0, "500": 109.0}
+    assert flag_target("http://h:8000/metrics", {"variant": "on", "flag": "f"}) == \
+        "http://h:8000/metrics#flag=f&variant=on"

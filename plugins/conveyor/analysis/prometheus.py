@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 from conveyor.analysis.model import Scrape
 
@@ -40,13 +41,15 @@ def _bound(text: str) -> float | None:
 
 def parse_prometheus(text: str, t: float, *, requests_metric: str = "shop_http_requests_total",
                      latency_metric: str = "shop_http_request_duration_seconds", status_label: str = "status",
-                     start_metric: str | None = "process_start_time_seconds") -> Scrape:
+                     start_metric: str | None = "process_start_time_seconds",
+                     match: Mapping[str, str] | None = None) -> Scrape:
     """One host's ``/metrics`` page as a :class:`Scrape` taken at ``t``.
 
     ``requests_metric`` samples are summed over every label but ``status_label`` (the default
     ``status`` also accepts ``code``); the ``latency_metric`` histogram's ``_bucket`` (by ``le``),
     ``_sum`` and ``_count`` are summed over every other label; ``start_metric`` (None: none) gives
-    ``start_time``. Comments, blank lines,
+    ``start_time``. ``match``: only samples carrying every one of these labels with these values count
+    (a feature flag's ``flag="x",variant="on"`` traffic). Comments, blank lines,
     unknown metrics and malformed lines are skipped. A NaN sample makes its sum NaN, which the
     judge treats as "no reading this time" rather than as a counter going down.
     """
@@ -69,6 +72,10 @@ def parse_prometheus(text: str, t: float, *, requests_metric: str = "shop_http_r
         value = _number(m.group("value"))
         if value is None:
             continue
+        if match and name != start_metric:
+            labels = _labels(m.group("labels"))
+            if any(labels.get(k) != v for k, v in match.items()):
+                continue
         if name == start_metric:
             start_time = value if math.isfinite(value) else None
         elif name == requests_metric:

@@ -123,6 +123,17 @@ class MetricSource(BaseHook):
             result[name] = scrape.to_dict() if scrape is not None else None
         return result
 
+    def snapshot_targets(self, targets: Mapping[str, str], *, lookback_s: float = 0.0) -> dict[str, dict[str, Any] | None]:
+        """:meth:`snapshot` of targets given as they are (a flag variant's :func:`flag_target`); never raises."""
+        result: dict[str, dict[str, Any] | None] = dict.fromkeys(targets)
+        try:
+            self.connect()
+            scrapes = _run_coroutine(self.look(targets, since=time.time() - lookback_s), timeout=self.timeout_s * 3 + 5)
+        except Exception as e:  # no snapshot is no data (the step judged against it ends inconclusive)
+            self.fail(f"{type(e).__name__}: {_short_error(e)}")
+            return result
+        return {name: scrape.to_dict() if scrape is not None else None for name, scrape in scrapes.items()}
+
     def test_connection(self) -> tuple[bool, str]:
         return True, f"{self.describe()}: nothing to test before a release (each look reports its own errors)"
 
@@ -171,6 +182,10 @@ class ScrapeSource(MetricSource):
         from conveyor.analysis import parse_prometheus
 
         names = self.spec.metrics
+        # ``<metrics_url>#flag=x&variant=on``: only the samples with these labels (a flag's variant), see
+        # :func:`flag_target`; the fragment never goes over the wire.
+        url, _, fragment = url.partition("#")
+        match = dict(urllib.parse.parse_qsl(fragment)) if fragment else None
         try:
             resp = await _bounded_get(client, url, self.timeout_s)
         except Exception as e:  # a host that does not answer is missing data, not an error
@@ -181,7 +196,7 @@ class ScrapeSource(MetricSource):
             return None
         scrape = parse_prometheus(resp.text[:MAX_BODY], time.time(), requests_metric=names.requests,
                                   latency_metric=names.latency or "", status_label=names.status_label,
-                                  start_metric=names.process_start)
+                                  start_metric=names.process_start, match=match)
         if not scrape.usable:  # garbage, another exporter, NaN counters, or a name that is not there
             self.fail(f"{url}: no usable {names.requests} counters on the page")
             return None
@@ -194,6 +209,11 @@ class ScrapeSource(MetricSource):
             names = list(targets)
             results = await asyncio.gather(*(self._one(client, targets[n]) for n in names))
         return dict(zip(names, results, strict=True))
+
+
+def flag_target(metrics_url: str, labels: Mapping[str, str]) -> str:
+    """A scrape target reading only the samples with ``labels`` (a feature flag's variant) on a host's page."""
+    return f"{metrics_url.partition('#')[0]}#{urllib.parse.urlencode(sorted(labels.items()))}"
 
 
 # ------------------------------------------------------------------------------- prometheus

@@ -456,6 +456,25 @@ class Ledger:
         with self._read() as conn:
             return _as_dicts(conn.execute(query.order_by(r.c.month, r.c.area)))
 
+    # -- flag changes -----------------------------------------------------------------------------------
+
+    def upsert_flag_change(self, release_id: str, flag: str, environment: str, step: str, **fields: Any) -> None:
+        """Record what a flag rollout set (``enabled``, ``rollout``, ``by``, ``reason``, ``at``, ``service``)."""
+        self._upsert(schema.flag_changes, {"release_id": release_id, "flag": flag, "environment": environment,
+                                           "step": step}, fields)
+
+    def list_flag_changes(self, service: str, flag: str | None = None, limit: int | None = 200) -> list[dict[str, Any]]:
+        """A service's flag changes, newest first."""
+        f = schema.flag_changes
+        query = sa.select(f).where(f.c.service == service)
+        if flag is not None:
+            query = query.where(f.c.flag == flag)
+        query = query.order_by(f.c.at.desc(), f.c.release_id.desc(), f.c.step.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return _as_dicts(conn.execute(query))
+
     def services(self) -> list[str]:
         """Every service with at least one release, sorted."""
         r = schema.releases

@@ -126,6 +126,10 @@ def _create_regression_results(conn: Connection) -> None:
     conn.execute(CreateTable(schema.regression_results, if_not_exists=True))
 
 
+def _create_flag_changes(conn: Connection) -> None:
+    conn.execute(CreateTable(schema.flag_changes, if_not_exists=True))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _create_core_tables),
     Migration(2, "indexes for service/time queries", _add_query_indexes),
@@ -137,6 +141,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "incidents: problems recorded after a release, for the release statistics", _create_incidents),
     Migration(9, "regression_results: the regression calendar's result per service, month and area",
               _create_regression_results),
+    Migration(10, "flag_changes: every change a flag rollout made, who and why", _create_flag_changes),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

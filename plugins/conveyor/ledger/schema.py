@@ -265,6 +265,23 @@ regression_results = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
 )
 
+# Every change a flag rollout (``flag_<service>``) made to a flag (migration 10): who, why, where, to what.
+# Keyed by the run, the flag, the environment and the step, so a rerun records nothing twice.
+flag_changes = sa.Table(
+    "flag_changes",
+    metadata,
+    sa.Column("release_id", sa.String(RELEASE_ID_LENGTH), primary_key=True),  # <service>/<run_id> of the rollout
+    sa.Column("flag", sa.String(63), primary_key=True),
+    sa.Column("environment", sa.String(50), primary_key=True),
+    sa.Column("step", sa.String(50), primary_key=True),  # replica | step-<n> | off
+    sa.Column("service", sa.String(100)),
+    sa.Column("enabled", sa.Boolean),
+    sa.Column("rollout", sa.Integer),
+    sa.Column("by", sa.Text),  # who triggered the rollout (Airflow user), or "the schedule"
+    sa.Column("reason", sa.Text),
+    sa.Column("at", UTCDateTime),
+)
+
 # Tables created by the first migration, in creation order.
 V1_TABLES = (releases, stages, host_deployments, approvals, test_results, rollbacks, tickets, commits)
 
