@@ -189,7 +189,7 @@ def compute_stats(
 
     :param releases: full release records (as :meth:`~conveyor.ledger.core.Ledger.get_release` returns them:
         the row with ``stages``, ``hosts``, ``approvals``, ``tests``, ``rollbacks``, ``labels``); rows that
-        did not start in the period are left out.
+        did not start in the period, and flag rollouts (label ``flag``), are left out.
     :param now: end of the period (aware; naive is taken as UTC).
     :param days: length of the period in whole UTC days, at least 1.
     :param incidents: recorded incidents (``release_id``, ``at``, ``reason``); those after ``now`` are ignored.
@@ -200,7 +200,10 @@ def compute_stats(
     first_day = now.date() - dt.timedelta(days=days - 1)
     start = dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC)
     known_incidents = [i for i in incidents if (to_utc(i.get("at")) or now) <= now]
-    in_period = [r for r in releases if (when := to_utc(r.get("started_at"))) is not None and start <= when <= now]
+    # A flag rollout (``flag_<service>``, label ``flag``) is in the ledger as a run of its own, but ships no
+    # build: it is not a release here.
+    in_period = [r for r in releases if (when := to_utc(r.get("started_at"))) is not None and start <= when <= now
+                 and "flag" not in (r.get("labels") or [])]
     in_period.sort(key=lambda r: (to_utc(r["started_at"]), r.get("release_id") or ""), reverse=True)
     rows = [release_stats(r, known_incidents) for r in in_period]
 

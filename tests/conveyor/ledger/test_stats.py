@@ -170,6 +170,17 @@ def test_period_statistics_for_a_known_history(ledger):
     assert (series["2025-03-31"]["releases"], series["2025-03-31"]["failed"]) == (2, 1)
 
 
+def test_a_flag_rollout_is_not_a_release(ledger):
+    """A ``flag_<service>`` run is in the ledger (its record, its stages) but ships no build: not counted."""
+    seed_stats_history(ledger)
+    before = ledger.stats("shop", days=7, now=NOW)
+    ledger.upsert_release("shop/flag-run", service="shop", status="failed", started_at=T("2025-03-30T10:00"),
+                          finished_at=T("2025-03-30T10:30"), version="flag fast", labels=["flag", "fast"])
+    ledger.upsert_stage("shop/flag-run", "step_2.analysis", status="failed", started_at=T("2025-03-30T10:10"),
+                        finished_at=T("2025-03-30T10:20"), error="AnalysisFailed: errors")
+    assert ledger.stats("shop", days=7, now=NOW) == before
+
+
 def test_per_release_statistics(ledger):
     seed_stats_history(ledger)
     rows = {r["release_id"]: r for r in ledger.stats("shop", days=7, now=NOW)["release_list"]}
