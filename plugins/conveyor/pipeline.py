@@ -439,13 +439,11 @@ def regression_dag(service_id: str):
     ``plan -> production_version -> replica.deploy -> replica.populate -> areas -> tickets -> report``
     (:mod:`conveyor.operators.regression`). Monthly (the 1st, 06:00 UTC), no catch-up, one run at a time.
     """
-    from airflow.sdk import DAG, Param, TaskGroup, chain, task
+    from airflow.sdk import DAG, Param, chain, task
 
     from conveyor.config import MONTHS
     from conveyor.operators.base import record_failure
-    from conveyor.operators.deploy import DeployOperator, PopulateReplicaOperator
     from conveyor.operators.regression import (
-        ProductionVersionOperator,
         RegressionAreasOperator,
         RegressionPlanOperator,
         RegressionTicketsOperator,
@@ -480,13 +478,9 @@ def regression_dag(service_id: str):
     ) as dag:
         common: dict[str, Any] = {"service_id": service.id}
         plan = RegressionPlanOperator(task_id="plan", execution_timeout=bounds["plan"], **common)
-        target = ProductionVersionOperator(task_id="production_version",
-                                           execution_timeout=bounds["production_version"], **common)
-        with TaskGroup("replica", tooltip="Deploy production's version to the replica and reset its data"):
-            replica = DeployOperator(task_id="deploy", environment="replica", artifact=target.output,
-                                     execution_timeout=bounds["replica.deploy"], **common)
-            populate = PopulateReplicaOperator(task_id="populate", artifact=target.output,
-                                               execution_timeout=bounds["replica.populate"], **common)
+        target, group = _production_on_replica(service, bounds, "Deploy production's version to the replica and "
+                                               "reset its data")
+        replica, populate = group.children.values()
         run = RegressionAreasOperator(task_id="areas", artifact=target.output, plan=plan.output,
                                       execution_timeout=bounds["areas"], **common)
         tickets = RegressionTicketsOperator(task_id="tickets", results=run.output,
@@ -509,6 +503,25 @@ def regression_dag(service_id: str):
     return dag
 
 
+def _production_on_replica(service: ServiceConfig, bounds: dict[str, timedelta], tooltip: str):
+    """``production_version`` (production's version, as an artifact) and the task group ``replica`` that
+    deploys it to the replica and resets its data: the regression calendar's and a flag's test bed."""
+    from airflow.sdk import TaskGroup
+
+    from conveyor.operators.deploy import DeployOperator, PopulateReplicaOperator
+    from conveyor.operators.regression import ProductionVersionOperator
+
+    common: dict[str, Any] = {"service_id": service.id}
+    target = ProductionVersionOperator(task_id="production_version", execution_timeout=bounds["production_version"],
+                                       **common)
+    with TaskGroup("replica", tooltip=tooltip) as group:
+        DeployOperator(task_id="deploy", environment="replica", artifact=target.output,
+                       execution_timeout=bounds["replica.deploy"], **common)
+        PopulateReplicaOperator(task_id="populate", artifact=target.output,
+                                execution_timeout=bounds["replica.populate"], **common)
+    return target, group
+
+
 FLAG_BODY = (
     "Turn **{{ (ti.xcom_pull(task_ids='validate') or {}).get('flag') }}** on in production, for "
     "{{ (ti.xcom_pull(task_ids='validate') or {}).get('steps') }} percent of users in turn, each step judged "
@@ -529,7 +542,6 @@ def flag_dag(service_id: str):
     from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
 
     from conveyor.operators.base import record_failure
-    from conveyor.operators.deploy import DeployOperator, PopulateReplicaOperator
     from conveyor.operators.flags import (
         FlagAnalysisOperator,
         FlagFinalizeOperator,
@@ -537,7 +549,6 @@ def flag_dag(service_id: str):
         FlagSetOperator,
         FlagValidateOperator,
     )
-    from conveyor.operators.regression import ProductionVersionOperator
     from conveyor.operators.release import ReleaseFailedOperator, ReleaseOutcomeOperator
     from conveyor.operators.signoff import SignoffOperator
     from conveyor.operators.testing import TestSuitesOperator
@@ -585,13 +596,10 @@ def flag_dag(service_id: str):
             return bool(plan["test_on_replica"])
 
         gate = replica_test(validate.output)
-        target = ProductionVersionOperator(task_id="production_version",
-                                           execution_timeout=bounds["production_version"], **common)
-        with TaskGroup("replica", tooltip="Production's version on the replica, the flag on for everyone"):
-            deploy = DeployOperator(task_id="deploy", environment="replica", artifact=target.output,
-                                    execution_timeout=bounds["replica.deploy"], **common)
-            populate = PopulateReplicaOperator(task_id="populate", artifact=target.output,
-                                               execution_timeout=bounds["replica.populate"], **common)
+        target, group = _production_on_replica(service, bounds, "Production's version on the replica, the flag on "
+                                               "for everyone")
+        deploy, populate = group.children.values()
+        with group:
             flag_on = FlagSetOperator(task_id="flag_on", environment="replica",
                                       execution_timeout=bounds["replica.flag_on"], **common)
         tests = TestSuitesOperator(task_id="tests", artifact=target.output, execution_timeout=bounds["tests"], **common)

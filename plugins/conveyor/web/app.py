@@ -354,7 +354,9 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
                             headers=getattr(exc, "headers", None))
 
-    def _dora(ledger: Ledger, service: str | None, days: int, end: dt.datetime | None) -> dict[str, Any]:
+    def _period(compute: Callable[..., dict[str, Any]], ledger: Ledger, service: str | None, days: int,
+                end: dt.datetime | None) -> dict[str, Any]:
+        """``compute`` (the ledger's ``dora`` or ``stats``) over a checked service and period."""
         service = _check_service(service)
         _check_period(end, days)
         known = ledger.services()
@@ -364,23 +366,15 @@ def create_app(ledger_factory: LedgerFactory | None = None) -> FastAPI:
                 detail=f"no releases are recorded for service {service!r}; known: {', '.join(known) or 'none'}",
             )
         try:
-            return ledger.dora(service, days=days, now=end)
+            return compute(service, days=days, now=end)
         except OverflowError:  # a day of the period past 9999-12-31 that _check_period did not foresee
             raise _outside_calendar(end, days) from None
 
+    def _dora(ledger: Ledger, service: str | None, days: int, end: dt.datetime | None) -> dict[str, Any]:
+        return _period(ledger.dora, ledger, service, days, end)
+
     def _stats(ledger: Ledger, service: str | None, days: int, end: dt.datetime | None) -> dict[str, Any]:
-        service = _check_service(service)
-        _check_period(end, days)
-        known = ledger.services()
-        if service is not None and service not in known:
-            raise HTTPException(
-                status_code=404,
-                detail=f"no releases are recorded for service {service!r}; known: {', '.join(known) or 'none'}",
-            )
-        try:
-            return ledger.stats(service, days=days, now=end)
-        except OverflowError:
-            raise _outside_calendar(end, days) from None
+        return _period(ledger.stats, ledger, service, days, end)
 
     # -- JSON --------------------------------------------------------------------------------------
 
