@@ -1,7 +1,7 @@
 """Airflow DAG: the promotion of `demo_shop`'s soaked builds to production, when its service file has a
 `soak` section (`include/services/demo_shop.yaml`); without one this file defines no DAG.
 
-`conveyor services add <id>` writes it with the release DAG's file.
+A service with a soak copies this file as `dags/promote_<id>.py` beside its release DAG's.
 """
 
 from __future__ import annotations
