@@ -308,6 +308,13 @@ class Inventory(Section):
             raise ValueError(f"expected 'local', {{hosts: [...]}} or {{aws: {{...}}}}, got {value!r}")
         return value
 
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _hosts_given(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("no hosts: the environment needs at least one host (hosts: [...]), or use local or aws")
+        return value
+
     @model_validator(mode="after")
     def _one_kind(self) -> Inventory:
         if sum((self.local, self.hosts is not None, self.aws is not None)) != 1:
@@ -586,14 +593,6 @@ class Soak(Section):
     incidents: SoakIncidents = SoakIncidents()
     # One more approval before production (``promotion_signoff``); None: the release's sign-off suffices.
     approval: ApprovalStage | None = None
-
-    @field_validator("inventory", mode="before")
-    @classmethod
-    def _hosts_given(cls, value: Any) -> Any:
-        if isinstance(value, dict) and isinstance(value.get("hosts"), list | tuple) and not value["hosts"]:
-            raise ValueError("no hosts: the soak cluster needs at least one host (hosts: [...]), or use local "
-                             "or aws")
-        return value
 
     @field_validator("approval", mode="before")
     @classmethod

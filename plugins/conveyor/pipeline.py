@@ -35,6 +35,8 @@ from conveyor.timeouts import task_timeouts
 from conveyor.validation import GIT_REF_PATTERN, VERSION_PATTERN
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow.sdk import BaseOperator
 
     from conveyor.notifiers import ReleaseNotifier
@@ -389,8 +391,14 @@ def _decision(service: ServiceConfig, notify: _Notifications, analysis: BaseOper
 
 
 def _failure_path(service: ServiceConfig, notify: _Notifications, main: list[BaseOperator],
-                  bounds: dict[str, timedelta]) -> None:
-    """On any failure: mark the release failed, roll back, file the ticket, and end the run failed."""
+                  bounds: dict[str, timedelta], *, recovery: Callable[[], BaseOperator] | None = None,
+                  plan_task_id: str = "plan") -> None:
+    """On any failure: mark the release failed, undo it (roll back), file the ticket, and end the run failed.
+
+    :param recovery: builds the task that undoes the change (called once, after ``release_failed`` is
+        built); by default ``rollback``, which rolls the fleet back to the plan's previous version.
+    :param plan_task_id: the task whose result the ticket reads (the wave plan; a flag rollout's ``validate``).
+    """
     from airflow.sdk import TriggerRule
 
     from conveyor.operators.deploy import RollbackOperator
@@ -400,10 +408,13 @@ def _failure_path(service: ServiceConfig, notify: _Notifications, main: list[Bas
     common: dict[str, Any] = {"service_id": service.id}
     failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED,
                                    execution_timeout=bounds["release_failed"], **common)
-    rollback = RollbackOperator(task_id="rollback", plan_task_id="plan",
-                                on_success_callback=notify.rolled_back("rollback"), execution_timeout=bounds["rollback"],
-                                **common)
-    ticket = TicketOperator(task_id="ticket", rollback_task_id=rollback.task_id, plan_task_id="plan",
+    if recovery is not None:
+        rollback = recovery()
+    else:
+        rollback = RollbackOperator(task_id="rollback", plan_task_id="plan",
+                                    on_success_callback=notify.rolled_back("rollback"),
+                                    execution_timeout=bounds["rollback"], **common)
+    ticket = TicketOperator(task_id="ticket", rollback_task_id=rollback.task_id, plan_task_id=plan_task_id,
                             trigger_rule=TriggerRule.NONE_SKIPPED,
                             on_success_callback=notify.failed("ticket"), execution_timeout=bounds["ticket"], **common)
     # A release that failed must end as a failed run, even though its failure path succeeded:
@@ -549,10 +560,8 @@ def flag_dag(service_id: str):
         FlagSetOperator,
         FlagValidateOperator,
     )
-    from conveyor.operators.release import ReleaseFailedOperator, ReleaseOutcomeOperator
     from conveyor.operators.signoff import SignoffOperator
     from conveyor.operators.testing import TestSuitesOperator
-    from conveyor.operators.ticket import TicketOperator
     from conveyor.timeouts import flag_timeouts
 
     service = load_service(service_id)
@@ -638,15 +647,8 @@ def flag_dag(service_id: str):
         for k in range(1, len(rollout) - 1, 2):
             rollout[k] >> finalize  # the run's last step may be an earlier group
         main = [validate, target, deploy, populate, flag_on, tests, flag_on_replica_off, *approvals, *rollout, finalize]
-        failed = ReleaseFailedOperator(task_id="release_failed", trigger_rule=TriggerRule.ONE_FAILED,
-                                       execution_timeout=bounds["release_failed"], **common)
-        off = FlagOffOperator(task_id="flag_off", on_success_callback=notify.rolled_back("flag_off"),
-                              execution_timeout=bounds["flag_off"], **common)
-        ticket = TicketOperator(task_id="ticket", rollback_task_id=off.task_id, plan_task_id="validate",
-                                trigger_rule=TriggerRule.NONE_SKIPPED, on_success_callback=notify.failed("ticket"),
-                                execution_timeout=bounds["ticket"], **common)
-        outcome = ReleaseOutcomeOperator(task_id="fail_run", rollback_task_id=off.task_id, ticket_task_id=ticket.task_id,
-                                         trigger_rule=TriggerRule.NONE_SKIPPED, on_failure_callback=None,
-                                         execution_timeout=bounds["fail_run"], **common)
-        main >> failed >> off >> ticket >> outcome
+        _failure_path(service, notify, main, bounds, plan_task_id=validate.task_id,
+                      recovery=lambda: FlagOffOperator(task_id="flag_off",
+                                                       on_success_callback=notify.rolled_back("flag_off"),
+                                                       execution_timeout=bounds["flag_off"], **common))
     return dag

@@ -132,6 +132,8 @@ PROD_HOST = "environments.production.inventory.hosts[0]"
         (_production(_hosts(app_root="app/~x")), f"{PROD_HOST}.app_root", "~"),
         (_production({"aws": {"tags": {"a": "b"}, "app_root": "../../etc"}}),
          "environments.production.inventory.aws.app_root", ".."),
+        # every environment's inventory names its hosts
+        (_production({"hosts": []}), "environments.production.inventory.hosts", "no hosts: the environment needs"),
         # a trailing newline matches no pattern
         (_production(_hosts(name="web-1\n")), f"{PROD_HOST}.name", "pattern"),
         (_production(_hosts(address="10.0.0.5\n")), f"{PROD_HOST}.address", "address"),

@@ -55,7 +55,7 @@ def test_the_promotion_approval_is_a_stage_named_promotion(tmp_path):
 
 
 @pytest.mark.parametrize(("soak", "field", "words"), [
-    ({"inventory": {"hosts": []}}, "soak.inventory", "no hosts: the soak cluster needs at least one host"),
+    ({"inventory": {"hosts": []}}, "soak.inventory.hosts", "no hosts: the environment needs at least one host"),
     ({**SOAK, "min": "0s"}, "soak.min", "must be longer than 0s"),
     ({**SOAK, "min": "a week"}, "soak.min", "invalid duration 'a week'"),
     ({**SOAK, "min": "14d", "major_min": "7d"}, "soak", "major_min (7d) is shorter than min (14d)"),

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conveyor.signoff_client import SignoffClient
+from conveyor.signoff_client import SignoffClient, SignoffError, settle_delay
 from conveyor_lab.fleet.spec import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +47,7 @@ EARLY_COMPONENTS = ("api-server", "dag-processor")  # need neither the fleet nor
 LATE_COMPONENTS = ("scheduler", "triggerer")  # run the tasks and triggers: need the fleet's connection
 COMPONENTS = ("scheduler", "triggerer", "dag-processor", "api-server")  # stopped in reverse order
 MARKER = "CONVEYOR_TEST_AIRFLOW"
+SETTLE = 4.0  # seconds; the module's Airflow reaps parked tasks and loops within about a second
 
 #: Shorter loops than Airflow's defaults, so a run does not wait on the scheduler.
 FAST_CONFIG = {
@@ -192,9 +193,9 @@ class AirflowServer:
                 out.append(f"--- {name} ({path}) ---\n" + "\n".join(tail))
         return "\n".join(out)
 
-    def task_log(self, run_id: str, task_id: str) -> str:
+    def task_log(self, run_id: str, task_id: str, dag_id: str = DAG_ID) -> str:
         """The task's log files (all tries), for assertion messages."""
-        base = self.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}"
+        base = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
         return "\n".join(p.read_text(errors="replace")[-6000:] for p in sorted(base.rglob("*.log"))) if base.exists() \
             else f"(no log under {base})"
 
@@ -249,6 +250,84 @@ class AirflowServer:
             yield path
         finally:
             path.write_text(original)
+
+
+# -- runs through the API ------------------------------------------------------------------------------
+def trigger(server: AirflowServer, git_ref: str | None = None, user: str = "dev", dag_id: str = DAG_ID,
+            **conf) -> str:
+    """Trigger ``dag_id`` as ``user`` with ``conf`` (and ``git_ref`` when given); returns the run id."""
+    if git_ref is not None:
+        conf = {"git_ref": git_ref, **conf}
+    # SQLite under a busy scheduler can answer "database is locked" (HTTP 500, nothing created): retry.
+    for attempt in range(3):
+        try:
+            run = server.client(user).trigger(dag_id, conf)
+            break
+        except SignoffError as e:
+            if e.status != 500 or attempt == 2:
+                raise
+            time.sleep(2)
+    assert run["triggering_user_name"] == user
+    return run["dag_run_id"]
+
+
+def task_states(server: AirflowServer, run_id: str, dag_id: str = DAG_ID) -> dict[str, str]:
+    data = server.client("admin").call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                                       query={"limit": 200})
+    return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
+
+
+def diagnose(server: AirflowServer, run_id: str, dag_id: str = DAG_ID) -> str:
+    states = task_states(server, run_id, dag_id)
+    failed = [t for t, s in states.items() if s == "failed" and t != "fail_run"]
+    logs = "\n".join(f"=== {t} ===\n{server.task_log(run_id, t, dag_id)[-3000:]}" for t in failed)
+    return f"{dag_id} {run_id}: task states: {sorted(states.items())}\n{logs}"
+
+
+def wait_for_run(server: AirflowServer, run_id: str, timeout: float = 600, dag_id: str = DAG_ID) -> str:
+    admin = server.client("admin")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = admin.dag_run(dag_id, run_id)["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} still not finished after {timeout}s; " + diagnose(server, run_id, dag_id))
+
+
+def wait_for_approval(server: AirflowServer, run_id: str, task_id: str, timeout: float = 420,
+                      dag_id: str = DAG_ID) -> dict:
+    """The Required Action of ``task_id`` once the task is parked waiting for an answer.
+
+    Returns once the request is a few seconds old, like ``conveyor approve`` does
+    (``conveyor.signoff_client.SETTLE_S``): an answer within a scheduler loop of the task parking
+    hits an Airflow 3.3.2 race that fails the resumed task.
+    """
+    admin = server.client("admin")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for detail in admin.hitl_details(dag_id, run_id, pending=True):
+            ti = detail["task_instance"]
+            if ti["task_id"] == task_id and ti["state"] == "awaiting_input":
+                time.sleep(settle_delay(detail, SETTLE))
+                return detail
+        if admin.dag_run(dag_id, run_id)["state"] in ("success", "failed"):
+            raise AssertionError(f"run {run_id} ended before {task_id} asked for sign-off; "
+                                 + diagnose(server, run_id, dag_id))
+        time.sleep(1)
+    raise AssertionError(f"{task_id} of {run_id} not awaiting input after {timeout}s; "
+                         + diagnose(server, run_id, dag_id))
+
+
+def answer(server: AirflowServer, user: str, run_id: str, task_id: str, option: str,
+           reason: str | None = None, params_input: dict | None = None, dag_id: str = DAG_ID) -> tuple[int, dict]:
+    """``PATCH .../hitlDetails`` as ``user``; returns Airflow's status and body."""
+    if params_input is None:
+        params_input = {"reason": reason} if reason else {}
+    return server.client(user).request(
+        "PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+        {"chosen_options": [option], "params_input": params_input},
+    )
 
 
 def server_env(home: Path, port: int, services_dir: Path, passwords_file: Path) -> dict[str, str]:

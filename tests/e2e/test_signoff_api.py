@@ -20,8 +20,17 @@ from pathlib import Path
 import pytest
 
 from conveyor.operators.signoff import REASON_MISSING
-from conveyor.signoff_client import SignoffError, settle_delay
-from tests.e2e.airflow_server import DAG_ID, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
+from tests.e2e.airflow_server import (  # noqa: F401 - airflow_server: the module's Airflow
+    DAG_ID,
+    AirflowServer,
+    airflow_server,
+    answer,
+    diagnose,
+    task_states,
+    trigger,
+    wait_for_approval,
+    wait_for_run,
+)
 from tests.e2e.harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
 
 pytestmark = [pytest.mark.e2e]
@@ -30,7 +39,6 @@ PROD = [f"prod-{i}" for i in range(1, 7)]
 CONVEYOR = Path(sys.executable).with_name("conveyor")
 APPROVAL_1, APPROVAL_2 = "qa_signoff.approval_1", "qa_signoff.approval_2"
 MANAGER, CLIENT = "manager_signoff.approval_1", "client_signoff.approval_1"  # the demo's later stages (issue 13)
-SETTLE = 4.0  # seconds; the module's Airflow reaps parked tasks and loops within about a second
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -42,76 +50,6 @@ def fleet_on_v1_0_0(airflow_server):  # noqa: F811
     state = fleet_state()
     assert {s["health"]["version"] for s in state.values()} == {"v1.0.0"}
     return state
-
-
-def trigger(server: AirflowServer, git_ref: str, user: str = "dev", **conf) -> str:
-    # SQLite under a busy scheduler can answer "database is locked" (HTTP 500, nothing created): retry.
-    for attempt in range(3):
-        try:
-            run = server.client(user).trigger(DAG_ID, {"git_ref": git_ref, **conf})
-            break
-        except SignoffError as e:
-            if e.status != 500 or attempt == 2:
-                raise
-            time.sleep(2)
-    assert run["triggering_user_name"] == user
-    return run["dag_run_id"]
-
-
-def task_states(server: AirflowServer, run_id: str) -> dict[str, str]:
-    data = server.client("admin").call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances",
-                                       query={"limit": 200})
-    return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
-
-
-def diagnose(server: AirflowServer, run_id: str) -> str:
-    states = task_states(server, run_id)
-    failed = [t for t, s in states.items() if s == "failed" and t != "fail_run"]
-    logs = "\n".join(f"=== {t} ===\n{server.task_log(run_id, t)[-3000:]}" for t in failed)
-    return f"task states: {sorted(states.items())}\n{logs}"
-
-
-def wait_for_run(server: AirflowServer, run_id: str, timeout: float = 600) -> str:
-    admin = server.client("admin")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = admin.dag_run(DAG_ID, run_id)["state"]
-        if state in ("success", "failed"):
-            return state
-        time.sleep(1)
-    raise AssertionError(f"run {run_id} still not finished after {timeout}s; " + diagnose(server, run_id))
-
-
-def wait_for_approval(server: AirflowServer, run_id: str, task_id: str, timeout: float = 420) -> dict:
-    """The Required Action of ``task_id`` once the task is parked waiting for an answer.
-
-    Returns once the request is a few seconds old, like ``conveyor approve`` does
-    (``conveyor.signoff_client.SETTLE_S``): an answer within a scheduler loop of the task parking
-    hits an Airflow 3.3.2 race that fails the resumed task.
-    """
-    admin = server.client("admin")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for detail in admin.hitl_details(DAG_ID, run_id, pending=True):
-            ti = detail["task_instance"]
-            if ti["task_id"] == task_id and ti["state"] == "awaiting_input":
-                time.sleep(settle_delay(detail, SETTLE))
-                return detail
-        if admin.dag_run(DAG_ID, run_id)["state"] in ("success", "failed"):
-            raise AssertionError(f"run {run_id} ended before {task_id} asked for sign-off; " + diagnose(server, run_id))
-        time.sleep(1)
-    raise AssertionError(f"{task_id} of {run_id} not awaiting input after {timeout}s; " + diagnose(server, run_id))
-
-
-def answer(server: AirflowServer, user: str, run_id: str, task_id: str, option: str,
-           reason: str | None = None, params_input: dict | None = None) -> tuple[int, dict]:
-    """``PATCH .../hitlDetails`` as ``user``; returns Airflow's status and body."""
-    if params_input is None:
-        params_input = {"reason": reason} if reason else {}
-    return server.client(user).request(
-        "PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-        {"chosen_options": [option], "params_input": params_input},
-    )
 
 
 def stage_error(run_id: str, stage: str) -> str:

@@ -19,8 +19,18 @@ import time
 import pytest
 
 from conveyor.evidence import release_id_for
-from conveyor.signoff_client import SignoffError, settle_delay
-from tests.e2e.airflow_server import DAG_ID, USERS, AirflowServer, airflow_server  # noqa: F401 - the module's Airflow
+from tests.e2e.airflow_server import (  # noqa: F401 - airflow_server: the module's Airflow
+    DAG_ID,
+    USERS,
+    AirflowServer,
+    airflow_server,
+    answer,
+    diagnose,
+    task_states,
+    trigger,
+    wait_for_approval,
+    wait_for_run,
+)
 from tests.e2e.harness import fleet_state, put_fleet_on, release_record, ticket_for, versions
 
 pytestmark = [pytest.mark.e2e]
@@ -33,7 +43,6 @@ SOAK = {"inventory": "local", "min": "40s", "major_min": "60s", "check_interval"
         "approval": {"group": ["@operations"], "required": 1, "timeout": "10m"}}
 QA_1, QA_2, CLIENT = "qa_signoff.approval_1", "qa_signoff.approval_2", "client_signoff.approval_1"
 PROMOTION = "promotion_signoff.approval_1"
-SETTLE = 4.0  # seconds; see test_signoff_api.wait_for_approval
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -73,77 +82,9 @@ def _tasks(admin, dag_id: str) -> set[str]:
     return {t["task_id"] for t in data["tasks"]} if status == 200 else set()
 
 
-def trigger(server: AirflowServer, dag_id: str, conf: dict, user: str) -> str:
-    # SQLite under a busy scheduler can answer "database is locked" (HTTP 500, nothing created): retry.
-    for attempt in range(3):
-        try:
-            run = server.client(user).trigger(dag_id, conf)
-            break
-        except SignoffError as e:
-            if e.status != 500 or attempt == 2:
-                raise
-            time.sleep(2)
-    assert run["triggering_user_name"] == user
-    return run["dag_run_id"]
-
-
-def task_states(server: AirflowServer, dag_id: str, run_id: str) -> dict[str, str]:
-    return {ti["task_id"]: ti["state"] for ti in server.client("admin").task_instances(dag_id, run_id)}
-
-
-def task_log(server: AirflowServer, dag_id: str, run_id: str, task_id: str) -> str:
-    base = server.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(base.rglob("*.log"))) if base.exists() \
-        else f"(no log under {base})"
-
-
-def diagnose(server: AirflowServer, dag_id: str, run_id: str) -> str:
-    states = task_states(server, dag_id, run_id)
-    failed = [t for t, s in states.items() if s == "failed" and t != "fail_run"]
-    logs = "\n".join(f"=== {t} ===\n{task_log(server, dag_id, run_id, t)}" for t in failed)
-    return f"{dag_id} {run_id}: task states: {sorted(states.items())}\n{logs}"
-
-
-def wait_for_run(server: AirflowServer, dag_id: str, run_id: str, timeout: float = 600) -> str:
-    admin = server.client("admin")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = admin.dag_run(dag_id, run_id)["state"]
-        if state in ("success", "failed"):
-            return state
-        time.sleep(1)
-    raise AssertionError(f"still not finished after {timeout}s; " + diagnose(server, dag_id, run_id))
-
-
-def wait_for_approval(server: AirflowServer, dag_id: str, run_id: str, task_id: str, timeout: float = 420) -> dict:
-    """The Required Action of ``task_id`` once parked and a few seconds old (the Airflow 3.3.2 race:
-    see test_signoff_api.wait_for_approval)."""
-    admin = server.client("admin")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for detail in admin.hitl_details(dag_id, run_id, pending=True):
-            ti = detail["task_instance"]
-            if ti["task_id"] == task_id and ti["state"] == "awaiting_input":
-                time.sleep(settle_delay(detail, SETTLE))
-                return detail
-        if admin.dag_run(dag_id, run_id)["state"] in ("success", "failed"):
-            raise AssertionError(f"run ended before {task_id} asked; " + diagnose(server, dag_id, run_id))
-        time.sleep(1)
-    raise AssertionError(f"{task_id} not awaiting input after {timeout}s; " + diagnose(server, dag_id, run_id))
-
-
-def answer(server: AirflowServer, user: str, dag_id: str, run_id: str, task_id: str, option: str,
-           reason: str | None = None) -> tuple[int, dict]:
-    """``PATCH .../hitlDetails`` as ``user``; returns Airflow's status and body."""
-    return server.client(user).request(
-        "PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-        {"chosen_options": [option], "params_input": {"reason": reason} if reason else {}},
-    )
-
-
 def approve(server: AirflowServer, user: str, dag_id: str, run_id: str, task_id: str, reason: str) -> None:
-    wait_for_approval(server, dag_id, run_id, task_id)
-    status, body = answer(server, user, dag_id, run_id, task_id, "Approve", reason)
+    wait_for_approval(server, run_id, task_id, dag_id=dag_id)
+    status, body = answer(server, user, run_id, task_id, "Approve", reason, dag_id=dag_id)
     assert status == 200, (user, task_id, status, body)
 
 
@@ -162,7 +103,7 @@ def wait_for_soaking(server: AirflowServer, run_id: str, timeout: float = 420) -
         if server.client("admin").dag_run(DAG_ID, run_id)["state"] in ("success", "failed"):
             break
         time.sleep(1)
-    raise AssertionError(f"no soaking row for {run_id} (row: {soak_of(run_id)}); " + diagnose(server, DAG_ID, run_id))
+    raise AssertionError(f"no soaking row for {run_id} (row: {soak_of(run_id)}); " + diagnose(server, run_id))
 
 
 def stage_error(run_id: str, stage: str) -> str:
@@ -185,7 +126,7 @@ def test_a_soaking_build_is_refused_then_promoted_with_the_operations_approval(s
     assert set(fleet_state("soak")) == set(DEV)
 
     # The release: signed off, deployed to the dev cluster, soaking there.
-    release = trigger(server, DAG_ID, {"git_ref": "v1.1.0"}, "dev")
+    release = trigger(server, "v1.1.0", "dev")
     approve(server, "qa1", DAG_ID, release, QA_1, "Checked the cart")
     approve(server, "qa2", DAG_ID, release, QA_2, "Checked the search")
     approve(server, "client1", DAG_ID, release, CLIENT, "Accepted")
@@ -195,45 +136,46 @@ def test_a_soaking_build_is_refused_then_promoted_with_the_operations_approval(s
     before = fleet_state("production")
 
     # While it soaks: naming it is refused with its clock; naming nothing finds nothing to promote.
-    refused = trigger(server, PROMOTE, {"version": "v1.1.0"}, "ops")
-    nothing = trigger(server, PROMOTE, {}, "ops")  # queued behind the first (one promotion at a time)
-    assert wait_for_run(server, PROMOTE, refused) == "failed"
-    states = task_states(server, PROMOTE, refused)
-    assert states["select"] == "failed", diagnose(server, PROMOTE, refused)
+    refused = trigger(server, user="ops", dag_id=PROMOTE, version="v1.1.0")
+    nothing = trigger(server, user="ops", dag_id=PROMOTE)  # queued behind the first (one promotion at a time)
+    assert wait_for_run(server, refused, dag_id=PROMOTE) == "failed"
+    states = task_states(server, refused, PROMOTE)
+    assert states["select"] == "failed", diagnose(server, refused, PROMOTE)
     assert (states[PROMOTION], states["wave_1.deploy"]) == ("upstream_failed", "upstream_failed")
     error = stage_error(refused, "select")
     assert "promotion refused: v1.1.0 may not be promoted: soaking:" in error and "of 40s" in error, error
     assert "promotion refused: v1.1.0 may not be promoted" in ticket_for(refused)["error"]
     # Both are judged within about 15 s of the soak's 40 s; a soak that passed first would park this run at
     # its approval, hence the short wait.
-    assert wait_for_run(server, PROMOTE, nothing, timeout=180) == "success"
-    states = task_states(server, PROMOTE, nothing)
-    assert states["select"] == "skipped", diagnose(server, PROMOTE, nothing)
+    assert wait_for_run(server, nothing, timeout=180, dag_id=PROMOTE) == "success"
+    states = task_states(server, nothing, PROMOTE)
+    assert states["select"] == "skipped", diagnose(server, nothing, PROMOTE)
     assert {states[t] for t in (PROMOTION, "plan", "wave_1.deploy", "wave_2.deploy", "finalize")} == {"skipped"}
     assert release_record(nothing) is None
     assert soak_of(release)["status"] == "soaking", "the soak passed before both promotions were judged"
     assert changed(before, fleet_state("production")) == {}
 
     # The soak passes: the release run ends there, production untouched.
-    assert wait_for_run(server, DAG_ID, release) == "success", diagnose(server, DAG_ID, release)
-    assert task_states(server, DAG_ID, release)["soak"] == "success"
+    assert wait_for_run(server, release) == "success", diagnose(server, release)
+    assert task_states(server, release)["soak"] == "success"
     assert soak_of(release)["status"] == "passed"
     assert release_record(release)["status"] == "soaked"
     assert changed(before, fleet_state("production")) == {}
 
     # The promotion, asked for by dev: only operations approve it, dev (its author) cannot.
-    promotion = trigger(server, PROMOTE, {}, "dev")
-    detail = wait_for_approval(server, PROMOTE, promotion, PROMOTION)
+    promotion = trigger(server, user="dev", dag_id=PROMOTE)
+    detail = wait_for_approval(server, promotion, PROMOTION, dag_id=PROMOTE)
     assert {u["id"] for u in detail["assigned_users"]} == set(OPERATIONS)
     assert "v1.1.0" in detail["subject"]
-    status, body = answer(server, "dev", PROMOTE, promotion, PROMOTION, "Approve", "mine")
+    status, body = answer(server, "dev", promotion, PROMOTION, "Approve", "mine", dag_id=PROMOTE)
     assert status == 403, (status, body)
     assert "User=dev" in body["detail"] and "not a respondent" in body["detail"]
-    status, body = answer(server, "ops", PROMOTE, promotion, PROMOTION, "Approve", "Soaked clean on the dev cluster")
+    status, body = answer(server, "ops", promotion, PROMOTION, "Approve", "Soaked clean on the dev cluster",
+                          dag_id=PROMOTE)
     assert status == 200, body
     assert body["responded_by"]["id"] == "ops"
 
-    assert wait_for_run(server, PROMOTE, promotion) == "success", diagnose(server, PROMOTE, promotion)
+    assert wait_for_run(server, promotion, dag_id=PROMOTE) == "success", diagnose(server, promotion, PROMOTE)
     assert versions("production") == {n: "v1.1.0" for n in PROD}
     record = release_record(promotion)
     assert record["release_id"] == release_id_for("demo_shop", promotion)

@@ -184,6 +184,18 @@ class FleetOperator(ConveyorOperator):
 
         return for_each_host(hosts, one, max_parallel=self.service.deploy.max_parallel)
 
+    def verify_running(self, hosts: Sequence[Host], version: str, what: str, prefix: str = "") -> None:
+        """Check that every host runs ``version``; :class:`DeployError` names the others and those that could not
+        say (``"<prefix>not every <what> host runs <version>: ..."``)."""
+        from conveyor.exceptions import DeployError
+
+        running, errors = self.on_each_host(hosts, lambda s: s.current_version())
+        wrong = {n: v for n, v in running.items() if v != version}
+        if errors or wrong:
+            raise DeployError(f"{prefix}not every {what} host runs {version}: "
+                              + "; ".join([f"{n} runs {v}" for n, v in wrong.items()]
+                                          + [f"{n}: {e}" for n, e in errors.items()]))
+
     def check_health(self, hosts: Sequence[Host], version: str | None) -> dict[str, Any]:
         """Wait for every host to answer healthy on ``version``; :class:`HealthCheckError` names the others."""
         from conveyor.exceptions import HealthCheckError

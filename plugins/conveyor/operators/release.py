@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import validation
 from conveyor.evidence import failed_stages
-from conveyor.exceptions import DeployError, InvalidInputError, ReleaseFailed
+from conveyor.exceptions import InvalidInputError, ReleaseFailed
 from conveyor.operators.base import ConveyorOperator, FleetOperator, utcnow
 
 if TYPE_CHECKING:
@@ -227,12 +227,7 @@ class FinalizeReleaseOperator(FleetOperator):
         version = self.artifact["version"]
         with self.ledger_stage(context) as stage:
             production = [Host.from_dict(h) for h in self.plan["hosts"]]
-            running, errors = self.on_each_host(production, lambda s: s.current_version())
-            wrong = {n: v for n, v in running.items() if v != version}
-            if errors or wrong:
-                raise DeployError(f"not every production host runs {version}: "
-                                  + "; ".join([f"{n} runs {v}" for n, v in wrong.items()]
-                                              + [f"{n}: {e}" for n, e in errors.items()]))
+            self.verify_running(production, version, "production")
             now = utcnow()
             self.ledger.upsert_release(self.release_id(context), status="success", finished_at=now, deployed_at=now)
             if self.promotion:  # the soaked build reached production: its soak's row says so

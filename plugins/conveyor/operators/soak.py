@@ -23,7 +23,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from conveyor.exceptions import ConveyorError, DeployError, PromotionRefused, SoakIncident
+from conveyor.exceptions import ConveyorError, PromotionRefused, SoakIncident
 from conveyor.operators.base import FleetOperator, utcnow
 from conveyor.soak import (
     ABORTED,
@@ -86,11 +86,7 @@ class SoakOperator(FleetOperator):
                 stage.detail = {"version": version, "status": row["status"]}
                 return stage.detail
             hosts = [Host.from_dict(h) for h in self.plan["hosts"]]
-            running, errors = self.on_each_host(hosts, lambda s: s.current_version())
-            wrong = {n: v for n, v in running.items() if v != version}
-            if errors or wrong:
-                raise DeployError(f"the soak cannot start: not every soak host runs {version}: " + "; ".join(
-                    [f"{n} runs {v}" for n, v in wrong.items()] + [f"{n}: {e}" for n, e in errors.items()]))
+            self.verify_running(hosts, version, "soak", prefix="the soak cannot start: ")
             if row is None:
                 row = self._start(context, release_id, [h.name for h in hosts])
             started = row["started_at"].timestamp()

@@ -12,9 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from conveyor.hooks.metrics import MetricSource
+
+
+async def collect(source: MetricSource, targets: dict[str, str], series: dict[str, list], *, since: float,
+                  connected: bool) -> bool:
+    """One look at ``source``: each host's scrape is appended to its ``series``; returns whether it is connected.
+
+    Connects first when not yet connected: a connection that cannot be had now is no data now (the
+    source records why), tried again at the next look.
+    """
+    if not connected:
+        try:
+            await source.aconnect()
+            connected = True
+        except Exception as e:
+            source.fail(f"cannot use the connection: {type(e).__name__}: {e}")
+    if connected:
+        for name, scrape in (await source.look(targets, since=since)).items():
+            if scrape is not None and name in series:
+                series[name].append(scrape)
+    return connected
 
 
 class CanaryAnalysisTrigger(BaseTrigger):
@@ -31,6 +54,8 @@ class CanaryAnalysisTrigger(BaseTrigger):
     :param source: the service's ``analysis.source`` section as JSON (None: scrape with the default
         names). Settings only: the source resolves its connection in the triggerer.
     :param start_times: host name -> when the deploy switched it (for sources without a process start).
+    :param history: host name -> that host's pre-deploy series (JSON form: the plan's snapshot as a
+        two-point series), for canary and live baseline hosts: the judge's difference in differences.
     :param requests_metric: older triggers' names, read when ``source`` is None.
     """
 
@@ -38,7 +63,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
                  fixed_baseline: dict[str, list[dict[str, Any]]], settings: dict[str, Any], interval_s: float,
                  started_at: float, source: dict[str, Any] | None = None, start_times: dict[str, float] | None = None,
                  requests_metric: str | None = None, latency_metric: str | None = None,
-                 scrape_timeout: float | None = None):
+                 scrape_timeout: float | None = None, history: dict[str, list[dict[str, Any]]] | None = None):
         super().__init__()
         self.label = label
         self.canary = canary
@@ -53,6 +78,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
                       **({"timeout_s": float(scrape_timeout)} if scrape_timeout else {})}
         self.source = source
         self.start_times = start_times or {}
+        self.history = history or {}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -61,6 +87,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
                 "label": self.label, "canary": self.canary, "baseline": self.baseline,
                 "fixed_baseline": self.fixed_baseline, "settings": self.settings, "interval_s": self.interval_s,
                 "started_at": self.started_at, "source": self.source, "start_times": self.start_times,
+                "history": self.history,
             },
         )
 
@@ -72,26 +99,18 @@ class CanaryAnalysisTrigger(BaseTrigger):
         try:
             settings = AnalysisSettings.from_dict(self.settings)
             fixed = {n: [Scrape.from_dict(s) for s in series] for n, series in self.fixed_baseline.items()}
+            history = {n: [Scrape.from_dict(s) for s in series] for n, series in self.history.items()}
             source = metric_source(self.source, start_times=self.start_times)
             targets = {**self.canary, **self.baseline}
             series: dict[str, list] = {n: [] for n in targets}
             connected = False
             while True:
-                if not connected:  # a connection that cannot be had now is no data now; tried again next look
-                    try:
-                        await source.aconnect()
-                        connected = True
-                    except Exception as e:
-                        source.fail(f"cannot use the connection: {type(e).__name__}: {e}")
-                if connected:
-                    results = await source.look(targets, since=self.started_at)
-                    for name, scrape in results.items():
-                        if scrape is not None and name in series:
-                            series[name].append(scrape)
+                connected = await collect(source, targets, series, since=self.started_at, connected=connected)
                 elapsed = time.time() - self.started_at
                 canary = {n: series[n] for n in self.canary}
                 baseline = {n: series[n] for n in self.baseline} if self.baseline else fixed
-                verdict = await asyncio.to_thread(judge, canary, baseline, settings, elapsed_s=elapsed)
+                verdict = await asyncio.to_thread(judge, canary, baseline, settings, elapsed_s=elapsed,
+                                                  history=history)
                 self.log.info("%s t=%.0fs: %s: %s", self.label, elapsed, verdict.decision, verdict.reason)
                 if verdict.decision != "continue":
                     yield TriggerEvent({"status": "done", "elapsed_s": round(elapsed, 1),

@@ -121,6 +121,7 @@ class SoakTrigger(BaseTrigger):
     async def run(self):
         from conveyor.analysis import AnalysisSettings, Scrape, judge
         from conveyor.hooks.metrics import metric_source
+        from conveyor.triggers.analysis import collect
 
         try:
             settings = AnalysisSettings.from_dict(self.settings)
@@ -137,16 +138,7 @@ class SoakTrigger(BaseTrigger):
                 incident = await self._probe(unhealthy_since, blips) if self.health else None
                 now = time.time()
                 if incident is None and source is not None:
-                    if not connected:
-                        try:
-                            await source.aconnect()
-                            connected = True
-                        except Exception as e:  # no data this look; tried again at the next
-                            source.fail(f"cannot use the connection: {type(e).__name__}: {e}")
-                    if connected:
-                        for name, scrape in (await source.look(self.targets, since=window_start)).items():
-                            if scrape is not None and name in series:
-                                series[name].append(scrape)
+                    connected = await collect(source, self.targets, series, since=window_start, connected=connected)
                     verdict = await asyncio.to_thread(judge, series, fixed, settings, elapsed_s=now - window_start)
                     if verdict.decision == "fail":
                         incident = {"kind": "judge", "host": None, "verdict": verdict.to_dict(),
