@@ -75,6 +75,7 @@ class Scenario:
     resets: float = 0.0  # chance that a host's process restarts (counters to zero) in the window
     four_xx: float = 0.0  # share of 4xx answers (client errors: never errors by default)
     idle_canary: bool = False  # the canary serves nothing while the baseline does
+    history_carry: float = 1.0  # how much of a host's lasting difference its pre-deploy history shows (log-scale correlation)
     never_pass: bool = False  # the row's expectation: anything but pass
     settings: tuple[tuple[str, object], ...] = ()  # judge settings for this row (over the bench's)
     aa: bool = True  # an expect-pass row that counts towards aa_worst
@@ -108,6 +109,9 @@ SCENARIOS = [
     Scenario("fleet cold start A/A", False, cold_start=True, runs=500, **FLEET),
     Scenario("fleet gaps+resets A/A", False, missing=0.05, resets=0.3, runs=500, **FLEET),
     Scenario("fleet canary serves nothing", True, idle_canary=True, never_pass=True, runs=60, **FLEET),
+    # the canary host's difference from the pool before the deploy is not the one after it
+    Scenario("fleet A/A, host changed at deploy", False, history_carry=0.0, runs=500, **FLEET),
+    Scenario("err x2, no history", True, err_mult=2.0, runs=200, settings=(("host_history", False),), aa=False),
 ]
 
 
@@ -121,13 +125,17 @@ def _draw(value: float | tuple[float, float], rng: np.random.Generator) -> float
     return rng.uniform(*value) if isinstance(value, tuple) else value
 
 
-def simulate(sc: Scenario, rng: np.random.Generator) -> tuple[Series, Series, Series, Series]:
+def simulate(sc: Scenario, rng: np.random.Generator,
+             hist_rng: np.random.Generator | None = None) -> tuple[Series, Series, Series, Series, Series]:
     """Cumulative scrapes (t = 0, 10, ..., 600 s) of one canary host and ``sc.n_base`` baseline hosts.
 
-    Returns what the judge reads (canary, baseline: with lost scrapes and restarts) and what a
+    Returns what the judge reads (canary, baseline: with lost scrapes and restarts), what a
     Prometheus query would give the reference (the same counts, no gaps or resets: ``rate()``
-    already smoothed them).
+    already smoothed them), and each host's pre-deploy history: its old process's counters from its
+    start to t = 0 (the plan's snapshot), drawn from ``hist_rng`` so the window's streams do not
+    depend on it.
     """
+    hist_rng = hist_rng or np.random.default_rng(0)
     n_int = int(WINDOW_S / STEP_S)
     t_mid = (np.arange(n_int) + 0.5) * STEP_S
     # shared drift over the window: a trend of up to +-15% and a slow wave (load, time of day)
@@ -142,9 +150,12 @@ def simulate(sc: Scenario, rng: np.random.Generator) -> tuple[Series, Series, Se
     judged: Series = {}
     clean: Series = {}
     old_start = -rng.uniform(3600, 86400)  # process start times on the scrapes' clock (t = 0: the analysis starts)
+    history: Series = {}
     for name, role in hosts.items():
-        traffic = rps * rng.lognormal(0.0, sc.host_rps_sd) * drift
-        err = base_err * rng.lognormal(0.0, sc.host_err_sd) * (0.8 + 0.2 * drift)
+        host_rps = rps * rng.lognormal(0.0, sc.host_rps_sd)
+        traffic = host_rps * drift
+        host_err_log = rng.normal(0.0, sc.host_err_sd)
+        err = base_err * math.exp(host_err_log) * (0.8 + 0.2 * drift)
         med = 0.050 * rng.lognormal(0.0, HOST_LAT_SD) * (0.9 + 0.1 * drift)
         start_time = old_start
         if role == "canary":
@@ -158,6 +169,7 @@ def simulate(sc: Scenario, rng: np.random.Generator) -> tuple[Series, Series, Se
                 med = med * (1.0 + 2.0 * np.exp(-age / 8.0))
                 err = err * (1.0 + 9.0 * np.exp(-age / 8.0))
         burst = rng.lognormal(-0.5 * sc.burst_sd**2, sc.burst_sd, n_int)  # per-interval burstiness of errors
+        history[name] = _history(sc, hist_rng, host_rps, base_err, host_err_log, old_start)
         wobble = rng.lognormal(0.0, 0.02, n_int)
         if name == noisy:
             if noisy_worse:
@@ -200,7 +212,26 @@ def simulate(sc: Scenario, rng: np.random.Generator) -> tuple[Series, Series, Se
     def split(series: Series) -> tuple[Series, Series]:
         return ({n: v for n, v in series.items() if hosts[n] == "canary"},
                 {n: v for n, v in series.items() if hosts[n] == "baseline"})
-    return (*split(judged), *split(clean))
+    return (*split(judged), *split(clean), history)
+
+
+def _history(sc: Scenario, rng: np.random.Generator, host_rps: float, base_err: float, host_err_log: float,
+             start: float) -> list[Scrape]:
+    """One host's old process from ``start`` to t = 0: Poisson requests, errors at the host's rate (its
+    lasting difference carried over by ``history_carry``) with the window's bursts summed over the
+    lifetime (variance ``T (1 + mu (e^{s^2} - 1))`` for a per-interval mean ``mu``)."""
+    lasting = sc.history_carry * host_err_log + math.sqrt(1 - sc.history_carry**2) * rng.normal(0.0, sc.host_err_sd)
+    n = float(rng.poisson(host_rps * -start))
+    p = base_err * math.exp(lasting)
+    mu = host_rps * STEP_S * p
+    mean = n * p
+    sd = math.sqrt(max(mean * (1.0 + mu * (math.exp(sc.burst_sd**2) - 1.0)), 0.0))
+    e = float(min(max(round(rng.normal(mean, sd)), 0), n)) if mean > 0 else 0.0
+    zero = {**{b: 0.0 for b in BUCKETS}, math.inf: 0.0}
+    return [Scrape(t=start, requests={"200": 0.0, "500": 0.0}, latency_buckets=zero, latency_sum=0.0,
+                   latency_count=0.0, start_time=start),
+            Scrape(t=0.0, requests={"200": n - e, "500": e}, latency_buckets=zero, latency_sum=0.0,
+                   latency_count=0.0, start_time=start)]
 
 
 def _scrapes(cum: np.ndarray, starts: float | np.ndarray) -> list[Scrape]:
@@ -220,7 +251,7 @@ def _scrapes(cum: np.ndarray, starts: float | np.ndarray) -> list[Scrape]:
 # --------------------------------------------------------------------------------------- judges
 
 
-def run_conveyor(canary, baseline, settings: AnalysisSettings) -> tuple[str, float]:
+def run_conveyor(canary, baseline, settings: AnalysisSettings, history: Series | None = None) -> tuple[str, float]:
     """Ask the judge after every scrape round, as the trigger does; stop at its first decision."""
     n = int(WINDOW_S / STEP_S)
     times = {h: np.array([x.t for x in s]) for h, s in {**canary, **baseline}.items()}
@@ -230,7 +261,7 @@ def run_conveyor(canary, baseline, settings: AnalysisSettings) -> tuple[str, flo
 
     for k in range(1, n + 1):
         elapsed = k * STEP_S
-        verdict = judge(upto(canary, elapsed), upto(baseline, elapsed), settings, elapsed_s=elapsed)
+        verdict = judge(upto(canary, elapsed), upto(baseline, elapsed), settings, elapsed_s=elapsed, history=history)
         if verdict.decision != "continue":
             return verdict.decision, elapsed
     raise AssertionError("the judge said continue after the window ended")
@@ -311,9 +342,10 @@ def one_run(args: tuple[Scenario, int, int, dict]) -> tuple[str, float, str, flo
     sc, seed, rep, settings_dict = args
     index = next((i for i, s in enumerate(SCENARIOS) if s.name == sc.name), len(SCENARIOS))  # --quick copies keep their streams
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep]))
-    canary, baseline, canary_clean, baseline_clean = simulate(sc, rng)
+    hist_rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep, 1]))
+    canary, baseline, canary_clean, baseline_clean, history = simulate(sc, rng, hist_rng)
     settings = AnalysisSettings.from_dict({**settings_dict, **dict(sc.settings)})
-    ours = run_conveyor(canary, baseline, settings)
+    ours = run_conveyor(canary, baseline, settings, history)
     ref = run_reference(canary_clean, baseline_clean)
     return (*ours, *ref, window_end_p(canary_clean, baseline_clean))
 

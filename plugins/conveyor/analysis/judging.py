@@ -63,6 +63,11 @@ _TAU_FALLBACK = 0.10
 _PHI_FALLBACK = 1.5
 _TAU_PRIOR_DF = 4.0  # pseudo-hosts of the typical spread behind the measured one
 _PHI_SAFETY = 1.5  # the measured bursts' excess over binomial, counted 1.5 times (their tails are heavy)
+# The canary host's own pre-deploy history (difference in differences): its error rate before the deploy,
+# against the pool's over the same snapshot, measures its lasting difference from the pool instead of
+# assuming it. A host's difference may move a little across a deploy: this sd (log scale) is added to the
+# measurement's sampling variance, so a long history narrows the spread to this, never to nothing.
+_CARRY_SD = 0.05
 
 
 @dataclass
@@ -82,11 +87,33 @@ class _Data:
     interval_ends: np.ndarray = field(default_factory=lambda: np.zeros(0))
     start: float = 0.0  # time of the first round (the analysis's time zero)
     warming: int = 0  # host intervals left out as warm-up (the host's process had just started)
+    history: dict[str, tuple[float, float]] = field(default_factory=dict)  # host -> pre-deploy (requests, errors)
 
 
 def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
-             settings: AnalysisSettings) -> _Data:
+             settings: AnalysisSettings, history: dict[str, list[Scrape]] | None = None) -> _Data:
     """Counts in common intervals; baseline hosts scraped since the canary began are live, else a snapshot."""
+    data = _collect_counts(canary, baseline, settings)
+    if settings.host_history and settings.overdispersion:
+        data.history = _history(history or {}, settings)
+    return data
+
+
+def _history(history: dict[str, list[Scrape]], settings: AnalysisSettings) -> dict[str, tuple[float, float]]:
+    """Each host's pre-deploy requests and errors (restart-aware), for hosts whose snapshot counted some."""
+    out = {}
+    for name, scrapes in history.items():
+        if len(scrapes) < 2:
+            continue
+        h = host_counts(f"history:{name}", scrapes, settings)
+        requests, errors = float(h.values[-1, _REQ]), float(h.values[-1, _ERR])
+        if math.isfinite(requests) and math.isfinite(errors) and requests > 0:
+            out[name] = (requests, errors)
+    return out
+
+
+def _collect_counts(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
+                    settings: AnalysisSettings) -> _Data:
     c_hosts = {n: host_counts(n, s, settings) for n, s in canary.items() if s}
     empty_c = [n for n, s in canary.items() if not s]
     b_full = {n: host_counts(n, s, settings) for n, s in baseline.items() if s}
@@ -391,27 +418,77 @@ def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None 
                      np.maximum(np.asarray(hosts, dtype=float)[:-1], 1.0))
 
 
-def _host_phi(wide: _Widening, theta: np.ndarray, m: np.ndarray, canary_hosts: int,
-              tolerance: np.ndarray | float = 1.0) -> tuple[np.ndarray, float]:
+def _canary_spread(wide: _Widening, canary_hosts: int, tolerance: np.ndarray | float = 1.0) -> np.ndarray:
+    """Per interval, the variance (log scale) of the canary's lasting difference from the pool, as one more
+    host of the fleet: ``tau^2 (1/C + 1/H)``, less what the null's ``tolerance`` (a ratio) already covers,
+    ``log(tolerance) / _TAU_Z`` sds (a 10 % latency tolerance is there for hosts' usual speeds)."""
+    tol = np.asarray(tolerance, dtype=float)
+    covered = np.where(np.isfinite(tol) & (tol > 1.0), np.log(np.where(tol > 1.0, tol, 1.0)) / _TAU_Z, 0.0) ** 2
+    return np.maximum(wide.tau2 - covered, 0.0) * (1.0 / max(canary_hosts, 1) + 1.0 / wide.base_hosts)
+
+
+def _host_phi(wide: _Widening, theta: np.ndarray, m: np.ndarray, teff2: np.ndarray) -> tuple[np.ndarray, float]:
     """Per interval, the variance of the canary's count over a binomial's, with the canary's own lasting
-    difference from the pool (sd tau, as one more host of the fleet) added to the bursts' ``phi``.
+    difference from the pool (variance ``teff2``, see :func:`_canary_spread`) added to the bursts' ``phi``.
 
     A shared effect ``u`` on the canary's log rate moves its cumulative count by ``u * V`` (``V``: the
     binomial variance summed so far), so the cumulative variance is ``V * (phi + tau_eff^2 * V)``; giving
     interval ``i`` the factor ``phi + tau_eff^2 * (2 V_<i + v_i)`` makes every look's total match it.
-    The null's ``tolerance`` (a ratio) already covers host differences up to ``log(tolerance) / _TAU_Z``
-    sds: only the spread beyond that is added (a 10 % latency tolerance is there for hosts' usual speeds).
     """
     th = np.where(np.isfinite(theta), theta, 0.0)
     v = np.asarray(m, dtype=float) * th * (1.0 - th)
     before = np.concatenate([[0.0], np.cumsum(v)[:-1]])
-    tol = np.asarray(tolerance, dtype=float)
-    covered = np.where(np.isfinite(tol) & (tol > 1.0), np.log(np.where(tol > 1.0, tol, 1.0)) / _TAU_Z, 0.0) ** 2
-    teff2 = np.maximum(wide.tau2 - covered, 0.0) * (1.0 / max(canary_hosts, 1) + 1.0 / wide.base_hosts)
     phi = wide.phi + teff2 * (2.0 * before + v)
     total = float(v.sum())
     end = wide.phi_end + (float(teff2[-1]) * total if teff2.size else 0.0)
     return phi, end
+
+
+@dataclass
+class _Own:
+    """The canary host's lasting difference from the pool after its pre-deploy history (per interval)."""
+
+    shift: np.ndarray  # I: log of the null ratio's multiplier (the difference's posterior mean)
+    teff2: np.ndarray  # I: its remaining variance (posterior)
+    measured: float | None = None  # the history's canary-vs-pool error-rate ratio (the last pool)
+
+    def describe(self) -> dict[str, float | None]:
+        used = float(math.exp(self.shift[-1])) if self.shift.size else 1.0
+        return {"history_ratio": self.measured, "history_null_shift": used}
+
+
+def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarray) -> _Own:
+    """Difference in differences: the canary hosts' pre-deploy error rate against the pool's (the hosts
+    kept before each interval, from the same snapshot) measures the canary's lasting difference ``u``.
+
+    The spread ``teff2`` is the prior of ``u`` (mean 0); the history's log ratio is a measurement of it
+    with variance ``phi (1/x_c + 1/x_b) + _CARRY_SD^2``. The test then uses the posterior: the null ratio
+    moved by its mean and the spread narrowed to its variance. Without a history for every canary host
+    and every pooled baseline host, or with no errors in it on either side, nothing changes.
+    """
+    none = _Own(np.zeros(teff2.size), teff2)
+    hist = data.history
+    if not hist or not all(h in hist for h in data.canary_hosts) or not teff2.size:
+        return none
+    nc_h = sum(hist[h][0] for h in data.canary_hosts)
+    xc_h = sum(hist[h][1] for h in data.canary_hosts)
+    has = np.array([h in hist for h in data.baseline_hosts])
+    n_b = np.array([hist.get(h, (0.0, 0.0))[0] for h in data.baseline_hosts])
+    x_b = np.array([hist.get(h, (0.0, 0.0))[1] for h in data.baseline_hosts])
+    pool = keep[:, :-1]  # H x I: the hosts pooled before each interval
+    complete = np.all(has[:, None] | ~pool, axis=0) & pool.any(axis=0)
+    nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
+    ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0)
+    if not ok.any():
+        return none
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_hat = np.log((xc_h / nc_h) / (xb_h / nb_h))
+        s2 = wide.phi * (1.0 / xc_h + 1.0 / xb_h) + _CARRY_SD**2
+        gain = np.where(teff2 > 0, teff2 / (teff2 + s2), 0.0)
+    shift = np.where(ok, gain * r_hat, 0.0)
+    post = np.where(ok, teff2 * (1.0 - gain), teff2)
+    measured = float(math.exp(r_hat[-1])) if ok[-1] else None
+    return _Own(shift, post, measured)
 
 
 def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
@@ -428,8 +505,10 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
     wide = _widening(settings, nc.size, xb_h, nb_h, keep)
     spend = budget.spend(data, over)
     sx, sy = stats.scaled_counts(xc, xb, wide.phi)  # quasi-binomial counts, for the early pass's e-process
-    theta = stats.null_share(r0 * wide.factor, nc, nb)
-    phi_i, phi_end = _host_phi(wide, theta, xc + xb, len(data.canary_hosts), r0)
+    own = _own_history(data, keep, wide, _canary_spread(wide, len(data.canary_hosts), r0))
+    null = r0 * wide.factor * np.exp(own.shift)
+    theta = stats.null_share(null, nc, nb)
+    phi_i, phi_end = _host_phi(wide, theta, xc + xb, own.teff2)
     tests = [stats.sequential_test(xc, xc + xb, theta, spend, phi_i)]
     if tests[0].first is not None:
         # intersection-union: a regression must also be above the absolute floor, each at full level
@@ -437,17 +516,19 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
     out = _Outcome(tests, _first_rejection(tests, nc, settings), dropped)
     total_nc, total_xc = float(nc.sum()), float(xc.sum())
     if (over or out.first is not None) and total_nc > 0:
-        phi, r_end = phi_end, r0 * (wide.factor[-1] if wide.factor.size else 1.0)
+        phi, r_end = phi_end, float(null[-1])
         p_ratio = stats.poisson_binomial_sf(total_xc / phi, (xc + xb_f) / phi,
                                             stats.null_share(r_end, nc, nb_f, missing=0.0))
         p_floor = (stats.binom_sf(total_xc / phi, total_nc / phi, settings.error_floor) if settings.error_floor > 0
                    else 0.0 if total_xc > 0 else 1.0)
         out.p_value = max(p_ratio, p_floor)
-    out.early = budget.early_pass(over, sx, sy, nc, nb, settings.early_pass_margin * wide.factor)
+    out.early = budget.early_pass(over, sx, sy, nc, nb, settings.early_pass_margin * wide.factor * np.exp(own.shift))
     widened = f", x{wide.factor[-1]:.2f} for host spread" if wide.factor.size and wide.factor[-1] > 1.005 else ""
+    if own.shift.size and abs(own.shift[-1]) > 0.005:
+        widened += f", x{math.exp(own.shift[-1]):.2f} for the canary host's own history"
     null_desc = f"> x{r0:g} baseline{widened} and > {fmt_rate(settings.error_floor)}"
     return _errors_verdict(data, settings, over, out, float(nb_f.sum()), float(xb_f.sum()), r0, null_desc,
-                           wide.describe())
+                           {**wide.describe(), **own.describe()})
 
 
 def _errors_static(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
@@ -559,7 +640,7 @@ def _latency_live(data: _Data, settings: AnalysisSettings, over: bool, q: float)
     null = np.where(used, ratio0, np.nan) * wide.factor
     sx, sy = stats.scaled_counts(x, y, wide.phi)
     theta = stats.null_share(null, nc, nb)
-    phi_i, phi_end = _host_phi(wide, theta, x + y, len(data.canary_hosts), null)
+    phi_i, phi_end = _host_phi(wide, theta, x + y, _canary_spread(wide, len(data.canary_hosts), null))
     wide.phi_end = phi_end
     tests = [stats.sequential_test(x, x + y, theta, budget.spend(data, over), phi_i)]
     out = _Outcome(tests, _first_rejection(tests, data.canary[:, _CNT], settings), dropped)
@@ -770,7 +851,7 @@ def _label(v: MetricVerdict) -> str:
 
 
 def judge(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]], settings: AnalysisSettings,
-          *, elapsed_s: float) -> Verdict:
+          *, elapsed_s: float, history: dict[str, list[Scrape]] | None = None) -> Verdict:
     """Compare the canary hosts with the baseline hosts over everything scraped so far.
 
     :param canary: host name -> that host's scrapes in time order (cumulative counters); a host
@@ -781,9 +862,13 @@ def judge(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]], se
     :param elapsed_s: seconds since the analysis began. Before ``settings.window_s`` the verdict
         may be ``continue`` (ask again after the next scrape); from then on it is ``pass``,
         ``fail`` or ``inconclusive``.
+    :param history: host name -> a pre-deploy series of that host's old process (the plan's snapshot,
+        as a two-point series like a static baseline's), for canary and live baseline hosts. With it the
+        error test measures the canary host's own lasting difference from the pool (difference in
+        differences) instead of assuming the fleet's typical one; without it, the typical one.
     """
     over = elapsed_s >= settings.window_s
-    data = _collect(canary, baseline, settings)
+    data = _collect(canary, baseline, settings, history)
     verdicts: list[MetricVerdict] = []
     for metric in settings.metrics:
         if metric == "errors":

@@ -137,6 +137,10 @@ class AnalysisSettings(BaseModel):
         hosts show between themselves (host-to-host rates) and from interval to interval (bursts),
         estimated from data seen before each interval. Off, the tests assume binomial counts around
         one shared rate, which real fleets break.
+    :param host_history: with a live baseline, measure the canary host's own lasting difference from
+        the pool on the plan's pre-deploy snapshot (its old process's error rate against the pooled
+        hosts' over the same snapshot: difference in differences) instead of assuming the fleet's
+        typical spread. Off when hosts' differences do not outlast a deploy.
     :param outlier_hosts: drop baseline hosts whose error rate or mean latency is far from the other
         baseline hosts' (median/MAD, needs 3 or more baseline hosts).
     :param early_pass: allow a ``pass`` before the window ends when every metric shows strong
@@ -164,6 +168,7 @@ class AnalysisSettings(BaseModel):
     latency_quantiles: list[float] = [0.75, 0.99]
     warmup: float | None = Field(None, ge=0)
     overdispersion: bool = True
+    host_history: bool = True
     outlier_hosts: bool = True
     early_pass: bool = False
     early_pass_margin: float = 1.5

@@ -94,8 +94,10 @@ class CanaryAnalysisOperator(ConveyorOperator):
                 stage.detail = {"label": label, "decision": "skipped", "reason": "analysis disabled (window 0)"}
                 return stage.detail
             source = self._source(context)
-            fixed = {} if live else {n: synthetic_baseline(self.plan["pre_scrapes"][n]) for n in canary
-                                     if self.plan["pre_scrapes"].get(n)}
+            pre = self.plan["pre_scrapes"]
+            fixed = {} if live else {n: synthetic_baseline(pre[n]) for n in canary if pre.get(n)}
+            # each host's old process before the deploy: the canary host's own difference from the pool
+            history = {n: synthetic_baseline(pre[n]) for n in [*canary, *live] if live and pre.get(n)}
             self.log.info("%s: canary %s vs baseline %s (window %gs, %s every %gs)", label, canary,
                           live or f"pre-deploy snapshot of {sorted(fixed)}", settings.window_s, source.describe(),
                           interval)
@@ -105,6 +107,7 @@ class CanaryAnalysisOperator(ConveyorOperator):
                 settings=settings.to_dict(), interval_s=interval, started_at=time.time(),
                 source=self.service.analysis.source.model_dump(mode="json"),
                 start_times={n: t for n, t in source.start_times.items() if n in canary or n in live},
+                history=history,
             )
             self.defer(trigger=trigger, method_name="execute_complete",
                        timeout=timedelta(seconds=settings.window_s + 5 * interval + 120))

@@ -742,3 +742,57 @@ def test_timeline_at_final_decisions_only():
     assert "baseline" not in static
     assert static["baseline_static"]["error_rate"] == pytest.approx(0.01)
     assert set(static["baseline_static"]) == {"error_rate", "p75_ms", "p99_ms"}
+
+
+def _history(ratio: float, requests: float = 100_000.0) -> list[Scrape]:
+    """A pre-deploy snapshot as the plan records it: an old process's lifetime at ``ratio`` x 1% errors."""
+    return series(1, requests, requests * 0.01 * ratio, t0=-100_000.0, step=100_000.0)
+
+
+def _decided(canary, baseline, s: AnalysisSettings, history=None) -> tuple[Verdict, float]:
+    for k in range(1, 62):
+        v = judge({h: x[:k] for h, x in canary.items()}, {h: x[:k] for h, x in baseline.items()}, s,
+                  elapsed_s=(k - 1) * 10.0, history=history)
+        if v.decision != "continue":
+            return v, (k - 1) * 10.0
+    raise AssertionError("the judge said continue after the window")
+
+
+def test_a_canary_host_that_always_erred_more_is_judged_against_its_own_history():
+    s = settings(metrics=["errors"])
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    pool_history = {f"b{i}": _history(1.0) for i in range(3)}
+    canary = {"c1": series(60, 100, 2)}  # twice the pool's errors after the deploy ...
+
+    # ... on a host that erred twice as often before it too: the host, not the release
+    v, t = _decided(canary, baseline, s, {"c1": _history(2.0), **pool_history})
+    assert (v.decision, t) == ("pass", 600)
+    errors = v.metrics[0]
+    assert errors.samples["history_ratio"] == pytest.approx(2.0)
+    assert 1.3 < errors.samples["history_null_shift"] < 2.0  # the measurement, shrunk by its uncertainty
+    assert "for the canary host's own history" in errors.samples["regression_if"]
+    # without its history the same canary is a regression
+    assert judge(canary, baseline, s, elapsed_s=600).decision == "fail"
+
+    # ... on a host that matched the pool before: a regression, caught no later than without history
+    v_new, t_new = _decided(canary, baseline, s, {"c1": _history(1.0), **pool_history})
+    v_old, t_old = _decided(canary, baseline, s)
+    assert v_new.decision == v_old.decision == "fail"
+    assert t_new <= t_old
+
+
+def test_an_incomplete_or_disabled_history_changes_nothing():
+    s = settings(metrics=["errors"])
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    canary = {"c1": series(60, 100, 2)}
+    plain = judge(canary, baseline, s, elapsed_s=600)
+    partial = {"c1": _history(2.0), "b0": _history(1.0), "b1": _history(1.0)}  # b2 pooled, no snapshot
+    no_canary = {f"b{i}": _history(1.0) for i in range(3)}
+    no_errors = {"c1": _history(0.0), **no_canary}  # a ratio of nothing: not a measurement
+    full = {"c1": _history(2.0), **no_canary}
+    for history, s_used in ((partial, s), (no_canary, s), (no_errors, s), (full, settings(metrics=["errors"],
+                                                                                         host_history=False))):
+        v = judge(canary, baseline, s_used, elapsed_s=600, history=history)
+        assert v.decision == plain.decision == "fail"
+        assert v.metrics[0].boundary == plain.metrics[0].boundary
+        assert v.metrics[0].samples.get("history_ratio") is None

@@ -59,3 +59,29 @@ def test_a_prometheus_answering_html_is_inconclusive_with_the_reason(prometheus_
     row = stage_row(ledger.get_release(release_id), "wave_1.analysis")
     assert row["status"] == "inconclusive" and row["detail"]["graph_url"] == detail["graph_url"]
     assert row["detail"]["source_error"].startswith(f"prometheus {url}: ")
+
+
+def _snapshot(requests: float, errors: float) -> dict:
+    return {"t": 1000.0, "requests": {"200": requests - errors, "500": errors},
+            "latency_buckets": [[0.05, requests], ["+Inf", requests]], "latency_sum": requests * 0.03,
+            "latency_count": requests, "start_time": 100.0}
+
+
+@pytest.mark.parametrize(("wave", "history", "fixed"), [(0, {"prod-1", "prod-2"}, set()), (1, set(), {"prod-1", "prod-2"})])
+def test_the_plans_snapshot_is_each_hosts_history_or_the_last_waves_baseline(prometheus_service, make_context,
+                                                                            wave, history, fixed):
+    """Against live hosts the snapshot is every judged host's own history; with none left, the baseline."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from conveyor.operators.analysis import CanaryAnalysisOperator
+
+    plan = {"hosts": [_host("prod-1", "127.0.0.2"), _host("prod-2", "127.0.0.3")], "waves": [["prod-1"], ["prod-2"]],
+            "original": {"prod-1": "v1.0.0", "prod-2": "v1.0.0"},
+            "pre_scrapes": {"prod-1": _snapshot(9000, 90), "prod-2": _snapshot(8000, 40)}}
+    op = CanaryAnalysisOperator(plan=plan, wave=wave, **operator_kwargs(f"wave_{wave + 1}.analysis"))
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(make_context())
+    trigger = deferred.value.trigger
+    assert set(trigger.history) == history and set(trigger.fixed_baseline) == fixed
+    for series in [*trigger.history.values(), *trigger.fixed_baseline.values()]:
+        assert [point["t"] for point in series] == [100.0, 1000.0]  # zero at process start, then the snapshot

@@ -95,6 +95,10 @@ def test_the_trigger_survives_airflow_storage(airflow_db):
         fixed_baseline={"prod-1": [{"t": 1.0, "requests": {"200": 5.0}, "latency_buckets": [[0.05, 5.0], ["+Inf", 5.0]],
                                     "latency_sum": 0.1, "latency_count": 5.0, "start_time": 0.5}]},
         settings=AnalysisSettings(window_s=30).to_dict(), interval_s=5.0, started_at=1234.5,
+        history={"prod-1": [{"t": -50.0, "requests": {"200": 0.0}, "latency_buckets": [["+Inf", 0.0]],
+                             "latency_sum": 0.0, "latency_count": 0.0, "start_time": -50.0},
+                            {"t": 0.0, "requests": {"200": 90.0, "500": 1.0}, "latency_buckets": [["+Inf", 91.0]],
+                             "latency_sum": 4.0, "latency_count": 91.0, "start_time": -50.0}]},
     )
     row = Trigger.from_object(trigger)  # what the deferring task stores (kwargs encrypted)
     module, _, name = row.classpath.rpartition(".")
@@ -102,6 +106,7 @@ def test_the_trigger_survives_airflow_storage(airflow_db):
     assert isinstance(rebuilt, CanaryAnalysisTrigger)
     assert rebuilt.serialize() == trigger.serialize()
     assert rebuilt.started_at == 1234.5  # the window still bounds the whole wait after a triggerer restart
+    assert rebuilt.history == trigger.history  # the hosts' pre-deploy snapshots, for the judge's own-history test
 
 
 def test_a_canary_erring_more_than_its_baseline_fails():
