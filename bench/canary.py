@@ -111,6 +111,8 @@ SCENARIOS = [
     Scenario("fleet canary serves nothing", True, idle_canary=True, never_pass=True, runs=60, **FLEET),
     # the canary host's difference from the pool before the deploy is not the one after it
     Scenario("fleet A/A, host changed at deploy", False, history_carry=0.0, runs=500, **FLEET),
+    Scenario("fleet A/A, host changed, no history", False, history_carry=0.0, runs=500,
+             settings=(("host_history", False),), aa=False, **FLEET),
     Scenario("err x2, no history", True, err_mult=2.0, runs=200, settings=(("host_history", False),), aa=False),
 ]
 
@@ -370,10 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a fifth of the runs (at least 12): a smoke test")
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--only", default=None, help="run scenarios whose name contains this text")
+    ap.add_argument("--only", default=None, help="run scenarios whose name contains this text ('|' between alternatives)")
     args = ap.parse_args(argv)
     settings = AnalysisSettings(window_s=WINDOW_S, min_requests=200)
-    scenarios = [s for s in SCENARIOS if args.only is None or args.only in s.name]
+    scenarios = [s for s in SCENARIOS if args.only is None or any(part in s.name for part in args.only.split("|"))]
     if args.quick:
         scenarios = [replace(s, runs=max(12, s.runs // 5)) for s in scenarios]
     started = time.time()

@@ -461,10 +461,15 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     """Difference in differences: the canary hosts' pre-deploy error rate against the pool's (the hosts
     kept before each interval, from the same snapshot) measures the canary's lasting difference ``u``.
 
-    The spread ``teff2`` is the prior of ``u`` (mean 0); the history's log ratio is a measurement of it
-    with variance ``phi (1/x_c + 1/x_b) + _CARRY_SD^2``. The test then uses the posterior: the null ratio
-    moved by its mean and the spread narrowed to its variance. Without a history for every canary host
-    and every pooled baseline host, or with no errors in it on either side, nothing changes.
+    The spread ``teff2`` is the prior of ``u`` (mean 0); the history's log ratio measures it with
+    variance ``phi (1/x_c + 1/x_b) + _CARRY_SD^2`` (sampling, and a little movement across a deploy).
+    Whether hosts' differences last at all is read off the pooled hosts: their rates now against
+    their own snapshots (``stats.persistence``, from the data before each interval) move apart by
+    ``2 tau^2 (1 - rho)`` when then and now correlate by ``rho``. The test then uses the posterior
+    scaled by ``rho``: the null ratio moved by ``rho`` x its mean and the spread narrowed to
+    ``teff2 (1 - rho^2 gain)``; differences that did not last (``rho`` 0) leave the test as it was.
+    Without a history for every canary host and for at least 2 and every pooled baseline host, or
+    with no errors in it on either side, nothing changes.
     """
     none = _Own(np.zeros(teff2.size), teff2)
     hist = data.history
@@ -476,17 +481,21 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     n_b = np.array([hist.get(h, (0.0, 0.0))[0] for h in data.baseline_hosts])
     x_b = np.array([hist.get(h, (0.0, 0.0))[1] for h in data.baseline_hosts])
     pool = keep[:, :-1]  # H x I: the hosts pooled before each interval
-    complete = np.all(has[:, None] | ~pool, axis=0) & pool.any(axis=0)
+    complete = np.all(has[:, None] | ~pool, axis=0) & (pool.sum(axis=0) >= 2)
     nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
-    ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0)
+    moved = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b, pool & has[:, None],
+                              wide.phi)
+    ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0) & np.isfinite(moved)
     if not ok.any():
         return none
     with np.errstate(divide="ignore", invalid="ignore"):
         r_hat = np.log((xc_h / nc_h) / (xb_h / nb_h))
+        # hosts' differences then and now correlate by rho: var(now - then) = 2 tau^2 (1 - rho)
+        rho = np.clip(1.0 - np.where(np.isfinite(moved), moved, 0.0) / (2.0 * np.maximum(wide.tau2, 1e-12)), 0.0, 1.0)
         s2 = wide.phi * (1.0 / xc_h + 1.0 / xb_h) + _CARRY_SD**2
         gain = np.where(teff2 > 0, teff2 / (teff2 + s2), 0.0)
-    shift = np.where(ok, gain * r_hat, 0.0)
-    post = np.where(ok, teff2 * (1.0 - gain), teff2)
+    shift = np.where(ok, rho * gain * r_hat, 0.0)
+    post = np.where(ok, teff2 * (1.0 - rho**2 * gain), teff2)
     measured = float(math.exp(r_hat[-1])) if ok[-1] else None
     return _Own(shift, post, measured)
 

@@ -583,6 +583,30 @@ def dispersion(x: np.ndarray, n: np.ndarray, keep: np.ndarray | None = None, pri
     return Dispersion(phi, tau2, n_hosts)
 
 
+def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.ndarray, use: np.ndarray,
+                phi: np.ndarray) -> np.ndarray:
+    """How much hosts' differences moved between their history and now: a DerSimonian-Laird variance.
+
+    ``x``, ``n``: each host's events and exposure so far (hosts x points); ``hist_x``, ``hist_n``: the
+    same over each host's history (hosts); ``use``: the hosts to compare at each point. A host's
+    change is ``d = log(rate now) - log(rate then)``, with sampling variance ``phi / x + 1 / hist_x``
+    (0.5 added to both counts); hosts whose differences last all change by the same (shared drift),
+    so the variance of ``d`` beyond sampling is how far a host's difference moves. Fewer than 2 hosts
+    with events: ``nan``.
+    """
+    ok = use & (n > 0) & (hist_n > 0)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.log((x + 0.5) / np.where(n > 0, n, 1.0)) - np.log((hist_x + 0.5) / np.where(hist_n > 0, hist_n, 1.0))[:, None]
+        w = np.where(ok, 1.0 / (phi[None, :] / (x + 0.5) + 1.0 / (hist_x[:, None] + 0.5)), 0.0)
+        sw, sw2 = w.sum(axis=0), (w**2).sum(axis=0)
+        mean = (w * np.where(ok, d, 0.0)).sum(axis=0) / np.where(sw > 0, sw, 1.0)
+        q = (w * np.where(ok, d - mean[None, :], 0.0) ** 2).sum(axis=0)
+        m = ok.sum(axis=0)
+        denom = sw - sw2 / np.where(sw > 0, sw, 1.0)
+        var = np.maximum(0.0, (q - (m - 1)) / np.where(denom > 0, denom, np.inf))
+    return np.where(m >= 2, var, np.nan)
+
+
 def scaled_counts(x: np.ndarray, y: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Events ``x`` (canary) and ``y`` (baseline) per interval divided by ``phi``, kept whole numbers.
 

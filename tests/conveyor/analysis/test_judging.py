@@ -796,3 +796,16 @@ def test_an_incomplete_or_disabled_history_changes_nothing():
         assert v.decision == plain.decision == "fail"
         assert v.metrics[0].boundary == plain.metrics[0].boundary
         assert v.metrics[0].samples.get("history_ratio") is None
+
+
+@pytest.mark.parametrize("then", [2.0, 4.0, 0.25])
+def test_a_history_the_pool_no_longer_matches_is_not_trusted(then):
+    """b2 erred ``then`` x the others before and like them now: hosts' differences do not last here, so
+    the canary host's own history (twice the pool's) is no reason to let its doubling through."""
+    s = settings(metrics=["errors"])
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    canary = {"c1": series(60, 100, 2)}
+    history = {"c1": _history(2.0), "b0": _history(1.0), "b1": _history(1.0), "b2": _history(then)}
+    v, _ = _decided(canary, baseline, s, history)
+    assert v.decision == "fail"
+    assert v.metrics[0].samples["history_null_shift"] < 1.05  # against 1.63 when the pool's history holds
