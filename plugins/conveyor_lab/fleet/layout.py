@@ -265,7 +265,13 @@ echo "$(date -u +%FT%TZ) starting $version on $ADDRESS:$PORT" >>"$LOG"
   </dev/null >>"$LOG" 2>&1 &
 pid=$!
 echo "$pid" >"$PIDFILE.tmp" && mv -f -- "$PIDFILE.tmp" "$PIDFILE"
-sleep 0.3
+# Wait until the app listens or exits (at most 10 s): an app that cannot start says why here, in the
+# deploy's error, however slowly it gets to its settings check on a busy machine.
+for _ in $(seq 100); do
+  alive "$pid" || break
+  (exec 3<>"/dev/tcp/$ADDRESS/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
 if ! alive "$pid"; then
   echo "restart: the app exited right after starting; the end of ~/log/app.log:" >&2
   tail -n 20 "$LOG" >&2
