@@ -94,7 +94,7 @@ class CanaryAnalysisOperator(ConveyorOperator):
                 stage.detail = {"label": label, "decision": "skipped", "reason": "analysis disabled (window 0)"}
                 return stage.detail
             source = self._source(context)
-            pre = self.plan["pre_scrapes"]
+            pre = self.plan.get("pre_scrapes") or {}  # a plan recorded without snapshots: no history
             fixed = {} if live else {n: synthetic_baseline(pre[n]) for n in canary if pre.get(n)}
             # each host's old process before the deploy: the canary host's own difference from the pool
             history = {n: synthetic_baseline(pre[n]) for n in [*canary, *live] if live and pre.get(n)}
