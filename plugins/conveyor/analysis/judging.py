@@ -68,6 +68,10 @@ _PHI_SAFETY = 1.5  # the measured bursts' excess over binomial, counted 1.5 time
 # assuming it. A host's difference may move a little across a deploy: this sd (log scale) is added to the
 # measurement's sampling variance, so a long history narrows the spread to this, never to nothing.
 _CARRY_SD = 0.05
+# How far hosts' differences moved since their snapshots is a DerSimonian-Laird variance over the few
+# pooled hosts: from 3 hosts it is 0 or large by chance alone, so a healthy fleet would often distrust
+# its own history. It is shrunk towards "they lasted" (0) by this many pseudo-hosts' degrees of freedom.
+_MOVED_PRIOR_DF = 4.0
 
 
 @dataclass
@@ -485,6 +489,8 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
     moved = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b, pool & has[:, None],
                               wide.phi)
+    df = np.maximum((pool & has[:, None]).sum(axis=0) - 1.0, 0.0)
+    moved = moved * df / (df + _MOVED_PRIOR_DF)  # shrunk towards "the differences lasted"
     ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0) & np.isfinite(moved)
     if not ok.any():
         return none

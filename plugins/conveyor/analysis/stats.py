@@ -573,14 +573,24 @@ def dispersion(x: np.ndarray, n: np.ndarray, keep: np.ndarray | None = None, pri
         rate_ok = seen & (cn > 0)
         lr = np.where(rate_ok, np.log((cx + 0.5) / np.where(cn > 0, cn, 1.0)), 0.0)
         w = np.where(rate_ok, (cx + 0.5) / np.where(np.isfinite(phi), phi, 1.0)[None, :], 0.0)
-        sw, sw2 = w.sum(axis=0), (w**2).sum(axis=0)
-        mean = (w * lr).sum(axis=0) / np.where(sw > 0, sw, 1.0)
-        q = (w * (lr - mean[None, :]) ** 2).sum(axis=0)
-        m = rate_ok.sum(axis=0)
-        denom = sw - sw2 / np.where(sw > 0, sw, 1.0)
-        tau2 = np.maximum(0.0, (q - (m - 1)) / np.where(denom > 0, denom, np.inf))
+    tau2, m = between_variance(lr, w, rate_ok)
     tau2 = np.where(m >= 3, tau2, np.nan)
     return Dispersion(phi, tau2, n_hosts)
+
+
+def between_variance(y: np.ndarray, w: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DerSimonian-Laird: the variance of values ``y`` (hosts x points) beyond their sampling variances
+    ``1 / w``, over the hosts in ``use`` at each point; and how many hosts that was. Never negative."""
+    w = np.where(use, w, 0.0)
+    y = np.where(use, y, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sw, sw2 = w.sum(axis=0), (w**2).sum(axis=0)
+        mean = (w * y).sum(axis=0) / np.where(sw > 0, sw, 1.0)
+        q = (w * np.where(use, y - mean[None, :], 0.0) ** 2).sum(axis=0)
+        m = use.sum(axis=0)
+        denom = sw - sw2 / np.where(sw > 0, sw, 1.0)
+        var = np.maximum(0.0, (q - (m - 1)) / np.where(denom > 0, denom, np.inf))
+    return var, m
 
 
 def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.ndarray, use: np.ndarray,
@@ -598,12 +608,7 @@ def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.nda
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.log((x + 0.5) / np.where(n > 0, n, 1.0)) - np.log((hist_x + 0.5) / np.where(hist_n > 0, hist_n, 1.0))[:, None]
         w = np.where(ok, 1.0 / (phi[None, :] / (x + 0.5) + 1.0 / (hist_x[:, None] + 0.5)), 0.0)
-        sw, sw2 = w.sum(axis=0), (w**2).sum(axis=0)
-        mean = (w * np.where(ok, d, 0.0)).sum(axis=0) / np.where(sw > 0, sw, 1.0)
-        q = (w * np.where(ok, d - mean[None, :], 0.0) ** 2).sum(axis=0)
-        m = ok.sum(axis=0)
-        denom = sw - sw2 / np.where(sw > 0, sw, 1.0)
-        var = np.maximum(0.0, (q - (m - 1)) / np.where(denom > 0, denom, np.inf))
+    var, m = between_variance(d, w, ok)
     return np.where(m >= 2, var, np.nan)
 
 

@@ -809,3 +809,15 @@ def test_a_history_the_pool_no_longer_matches_is_not_trusted(then):
     v, _ = _decided(canary, baseline, s, history)
     assert v.decision == "fail"
     assert v.metrics[0].samples["history_null_shift"] < 1.05  # against 1.63 when the pool's history holds
+
+
+def test_a_pool_that_moved_within_chance_still_trusts_the_canary_hosts_history():
+    """b1 and b2 erred 20% more and less before than now, on 60 errors each: that much is chance, and
+    three hosts' movement alone would read as "differences do not last" (the shift would be 1.0)."""
+    s = settings(metrics=["errors"])
+    baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    canary = {"c1": series(60, 100, 2)}
+    history = {"c1": _history(2.0), "b0": _history(1.0), "b1": _history(1.2), "b2": _history(1 / 1.2)}
+    v = judge(canary, baseline, s, elapsed_s=600, history=history)
+    assert v.decision == "pass"
+    assert 1.2 < v.metrics[0].samples["history_null_shift"] < 1.634  # trusted, less than a pool that held
