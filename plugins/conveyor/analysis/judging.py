@@ -62,6 +62,11 @@ _TAU_Z = 2.0
 _TAU_FALLBACK = 0.10
 _PHI_FALLBACK = 1.5
 _TAU_PRIOR_DF = 4.0  # pseudo-hosts of the typical spread behind the measured one
+# Error rates against live hosts: the typical spread their estimate is shrunk towards. Real fleets' hosts
+# err 10-20 % apart (a noisy 6-host estimate shrunk towards 10 % under-covers them); 15 % keeps a fleet
+# whose differences do not survive a deploy at the false-rollback rate allowed, and the canary host's
+# own history, where it holds, narrows the spread again.
+_TAU_ERRORS_LIVE = 0.15
 _PHI_SAFETY = 1.5  # the measured bursts' excess over binomial, counted 1.5 times (their tails are heavy)
 # The canary host's own pre-deploy history (difference in differences): its error rate before the deploy,
 # against the pool's over the same snapshot, measures its lasting difference from the pool instead of
@@ -390,12 +395,14 @@ class _Widening:
 
 def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None = None,
               exposure: np.ndarray | None = None, keep: np.ndarray | None = None,
-              typical_tau: float = _TAU_FALLBACK) -> _Widening:
+              typical_tau: float | None = None) -> _Widening:
     """Overdispersion and host spread from the live baseline hosts' counts (H x I), or assumed values.
 
     ``None`` counts (a static baseline) or too few hosts: the fallback values (a typical fleet's).
-    ``typical_tau``: the spread a live estimate is shrunk towards (and used when it cannot be made).
+    ``typical_tau``: the spread a live estimate is shrunk towards (and used when it cannot be made);
+    ``_TAU_FALLBACK`` unless given.
     """
+    typical_tau = _TAU_FALLBACK if typical_tau is None else typical_tau
     if not settings.overdispersion:
         return _Widening(np.ones(n_int), np.ones(n_int), 1.0, None, 0, np.zeros(n_int), np.ones(n_int))
     if events is None or exposure is None:
@@ -517,7 +524,7 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
     nb_h, xb_h = data.baseline[:, :, _REQ], data.baseline[:, :, _ERR]
     nb, xb = _pooled(nb_h, keep[:, :-1]), _pooled(xb_h, keep[:, :-1])
     nb_f, xb_f = _pooled(nb_h, keep[:, -1:]), _pooled(xb_h, keep[:, -1:])
-    wide = _widening(settings, nc.size, xb_h, nb_h, keep)
+    wide = _widening(settings, nc.size, xb_h, nb_h, keep, typical_tau=_TAU_ERRORS_LIVE)
     spend = budget.spend(data, over)
     sx, sy = stats.scaled_counts(xc, xb, wide.phi)  # quasi-binomial counts, for the early pass's e-process
     own = _own_history(data, keep, wide, _canary_spread(wide, len(data.canary_hosts), r0))

@@ -364,7 +364,7 @@ def test_error_regression_fails_early_with_evidence():
 
 
 def test_alpha_spending_trades_speed_for_what_is_kept_for_the_end():
-    canary = {"c1": series(60, 100, 2)}  # 2% vs 1%: clear, but not gross
+    canary = {"c1": series(60, 100, 3)}  # 3% vs 1%: clear, but not gross
     baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
     even, t_even = run_until_decided(canary, baseline, settings())
     late, t_late = run_until_decided(canary, baseline, settings(alpha_spending=3))
