@@ -395,14 +395,12 @@ class _Widening:
 
 def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None = None,
               exposure: np.ndarray | None = None, keep: np.ndarray | None = None,
-              typical_tau: float | None = None) -> _Widening:
+              typical_tau: float = _TAU_FALLBACK) -> _Widening:
     """Overdispersion and host spread from the live baseline hosts' counts (H x I), or assumed values.
 
     ``None`` counts (a static baseline) or too few hosts: the fallback values (a typical fleet's).
-    ``typical_tau``: the spread a live estimate is shrunk towards (and used when it cannot be made);
-    ``_TAU_FALLBACK`` unless given.
+    ``typical_tau``: the spread a live estimate is shrunk towards (and used when it cannot be made).
     """
-    typical_tau = _TAU_FALLBACK if typical_tau is None else typical_tau
     if not settings.overdispersion:
         return _Widening(np.ones(n_int), np.ones(n_int), 1.0, None, 0, np.zeros(n_int), np.ones(n_int))
     if events is None or exposure is None:
@@ -495,9 +493,7 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     complete = np.all(has[:, None] | ~pool, axis=0) & (pool.sum(axis=0) >= 2)
     nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
     moved = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b, pool & has[:, None],
-                              wide.phi)
-    df = np.maximum((pool & has[:, None]).sum(axis=0) - 1.0, 0.0)
-    moved = moved * df / (df + _MOVED_PRIOR_DF)  # shrunk towards "the differences lasted"
+                              wide.phi, prior_df=_MOVED_PRIOR_DF)
     ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0) & np.isfinite(moved)
     if not ok.any():
         return none

@@ -594,22 +594,26 @@ def between_variance(y: np.ndarray, w: np.ndarray, use: np.ndarray) -> tuple[np.
 
 
 def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.ndarray, use: np.ndarray,
-                phi: np.ndarray) -> np.ndarray:
+                phi: np.ndarray, prior_df: float = 0.0) -> np.ndarray:
     """How much hosts' differences moved between their history and now: a DerSimonian-Laird variance.
 
     ``x``, ``n``: each host's events and exposure so far (hosts x points); ``hist_x``, ``hist_n``: the
     same over each host's history (hosts); ``use``: the hosts to compare at each point. A host's
     change is ``d = log(rate now) - log(rate then)``, with sampling variance ``phi / x + 1 / hist_x``
     (0.5 added to both counts); hosts whose differences last all change by the same (shared drift),
-    so the variance of ``d`` beyond sampling is how far a host's difference moves. Fewer than 2 hosts
-    with events: ``nan``.
+    so the variance of ``d`` beyond sampling is how far a host's difference moves, shrunk towards 0
+    ("the differences lasted") by ``prior_df`` pseudo-df against the hosts' ``m - 1``. Fewer than 2
+    hosts with events: ``nan``.
     """
     ok = use & (n > 0) & (hist_n > 0)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.log((x + 0.5) / np.where(n > 0, n, 1.0)) - np.log((hist_x + 0.5) / np.where(hist_n > 0, hist_n, 1.0))[:, None]
         w = np.where(ok, 1.0 / (phi[None, :] / (x + 0.5) + 1.0 / (hist_x[:, None] + 0.5)), 0.0)
     var, m = between_variance(d, w, ok)
-    return np.where(m >= 2, var, np.nan)
+    df = np.maximum(m - 1.0, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shrunk = var * df / (df + prior_df)
+    return np.where(m >= 2, shrunk, np.nan)
 
 
 def scaled_counts(x: np.ndarray, y: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
