@@ -43,7 +43,7 @@ from tests.e2e.airflow_server import DAG_ID, FAST_CONFIG, AirflowServer
 from tests.e2e.harness import fleet_state, put_fleet_on
 from tests.fleet_fixtures import free_fleet_spec
 
-pytestmark = [pytest.mark.services, pytest.mark.e2e]
+pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.timeout(1800)]  # the stack starts in the first test
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgresql://postgres@127.0.0.1:5432"
