@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.watchdog import pytest_configure, pytest_runtest_protocol  # noqa: F401 - every test's bound
+
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="conveyor-tests-"))
 
