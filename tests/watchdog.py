@@ -49,9 +49,13 @@ def _limit(item: pytest.Item) -> float:
     marker = item.get_closest_marker("timeout")
     if marker is None:
         return DEFAULT_TIMEOUT_S
-    seconds = float(marker.args[0] if marker.args else marker.kwargs["seconds"])
+    given = marker.args[0] if marker.args else marker.kwargs.get("seconds")
+    try:
+        seconds = float(given)
+    except (TypeError, ValueError):
+        seconds = float("nan")
     if not seconds > 0:
-        raise pytest.UsageError(f"{item.nodeid}: timeout must be a positive number of seconds, got {seconds!r}")
+        raise pytest.UsageError(f"{item.nodeid}: timeout(seconds) needs a positive number of seconds, got {given!r}")
     return seconds
 
 
@@ -70,17 +74,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         yield
         return
     limit = _limit(item)
-    fired: dict[str, str] = {}
+    fired: dict[str, str] = {}  # the stacks at expiry, until the handler raises them (once)
 
     def expire() -> None:
         fired["stacks"] = stacks()
         signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
     def on_signal(signum, frame) -> None:
-        if "stacks" in fired and "raised" not in fired:
-            fired["raised"] = "yes"
+        expired = fired.pop("stacks", None)
+        if expired is not None:
             raise TestTimedOut(f"{item.nodeid} still running after {limit:g} s (its bound, setup to teardown). "
-                               f"Every thread's stack when it expired:\n{fired['stacks']}")
+                               f"Every thread's stack when it expired:\n{expired}")
 
     previous = signal.signal(signal.SIGUSR1, on_signal)
     timer = threading.Timer(limit, expire)
