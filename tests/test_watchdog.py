@@ -59,10 +59,13 @@ def test_after_them_runs():
 
 def test_a_hung_test_fails_with_every_threads_stack_and_the_run_goes_on(tmp_path):
     (tmp_path / "test_hanging.py").write_text(textwrap.dedent(HANGING))
+    # the inner run is hermetic: the outer run's PYTEST_ADDOPTS (CI sets -v) would print each stack again in the
+    # short summary, and -rN leaves that summary out, so each stack is counted once, in its failure's section
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.watchdog", "-p", "no:cacheprovider", "-q",
+        [sys.executable, "-m", "pytest", "-p", "tests.watchdog", "-p", "no:cacheprovider", "-q", "-rN",
          "--rootdir", str(tmp_path), "-c", "/dev/null", "test_hanging.py"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "3 failed, 2 passed, 1 error" in out, out  # the teardown's test passed its call; the last one ran
