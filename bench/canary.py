@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from conveyor.analysis import AnalysisSettings, Scrape, judge, stats
+from conveyor.analysis import AnalysisSettings, FleetMemory, Scrape, judge, stats
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 WINDOW_S = 600.0
@@ -50,6 +50,7 @@ REF_Z = 2.3263478740408408  # two-sided 98%
 REF_TOLERANCE = 0.25
 REF_PASS, REF_MARGINAL = 95.0, 75.0
 HOST_RPS_SD, HOST_ERR_SD, HOST_LAT_SD = 0.10, 0.05, 0.03  # per-host lognormal spread (traffic, errors, latency)
+PAST_RELEASES = 5  # a service's earlier healthy releases, each measured by the judge (its FleetMemory)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Scenario:
     never_pass: bool = False  # the row's expectation: anything but pass
     settings: tuple[tuple[str, object], ...] = ()  # judge settings for this row (over the bench's)
     aa: bool = True  # an expect-pass row that counts towards aa_worst
+    memory: int = PAST_RELEASES  # past releases of the service the judge remembers (0: its first release)
 
 
 FLEET = {"n_base": 6, "host_rps_sd": 0.15, "host_err_sd": 0.15, "burst_sd": 0.5, "rps": (30.0, 100.0),
@@ -114,6 +116,11 @@ SCENARIOS = [
     Scenario("fleet A/A, host changed, no history", False, history_carry=0.0, runs=500,
              settings=(("host_history", False),), aa=False, **FLEET),
     Scenario("err x2, no history", True, err_mult=2.0, runs=200, settings=(("host_history", False),), aa=False),
+    # a service's first release: nothing remembered about its fleet
+    Scenario("A/A, first release", False, runs=500, memory=0),
+    Scenario("err x2, first release", True, err_mult=2.0, runs=200, memory=0, aa=False),
+    Scenario("fleet A/A, first release", False, runs=500, memory=0, **FLEET),
+    Scenario("fleet A/A, host changed, first release", False, history_carry=0.0, runs=500, memory=0, **FLEET),
 ]
 
 
@@ -253,7 +260,8 @@ def _scrapes(cum: np.ndarray, starts: float | np.ndarray) -> list[Scrape]:
 # --------------------------------------------------------------------------------------- judges
 
 
-def run_conveyor(canary, baseline, settings: AnalysisSettings, history: Series | None = None) -> tuple[str, float]:
+def run_conveyor(canary, baseline, settings: AnalysisSettings, history: Series | None = None,
+                 memory: FleetMemory | None = None) -> tuple[str, float]:
     """Ask the judge after every scrape round, as the trigger does; stop at its first decision."""
     n = int(WINDOW_S / STEP_S)
     times = {h: np.array([x.t for x in s]) for h, s in {**canary, **baseline}.items()}
@@ -263,7 +271,8 @@ def run_conveyor(canary, baseline, settings: AnalysisSettings, history: Series |
 
     for k in range(1, n + 1):
         elapsed = k * STEP_S
-        verdict = judge(upto(canary, elapsed), upto(baseline, elapsed), settings, elapsed_s=elapsed, history=history)
+        verdict = judge(upto(canary, elapsed), upto(baseline, elapsed), settings, elapsed_s=elapsed, history=history,
+                        memory=memory)
         if verdict.decision != "continue":
             return verdict.decision, elapsed
     raise AssertionError("the judge said continue after the window ended")
@@ -340,6 +349,21 @@ def window_end_p(canary, baseline) -> float:
     return stats.binom_sf(x, x + y, n_c / (n_c + n_b)) if x + y > 0 else 1.0
 
 
+def remembered(sc: Scenario, settings: AnalysisSettings, seed: int, index: int, rep: int) -> FleetMemory:
+    """What the judge measured on the service's ``sc.memory`` earlier, healthy releases (the scenario's
+    fleet without the regression, fresh draws), as the operator reads it from the ledger."""
+    healthy = replace(sc, bad=False, err_mult=1.0, lat_mult=1.0, canary_err=None, tail_mult=1.0, idle_canary=False)
+    rows = []
+    for past in range(sc.memory):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep, 2, past]))
+        hist_rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep, 3, past]))
+        canary, baseline, _, _, history = simulate(healthy, rng, hist_rng)
+        verdict = judge(canary, baseline, settings.model_copy(update={"metrics": ["errors"]}), elapsed_s=WINDOW_S,
+                        history=history)
+        rows.append(verdict.metrics[0].samples)
+    return FleetMemory.from_samples(rows[::-1])  # newest first
+
+
 def one_run(args: tuple[Scenario, int, int, dict]) -> tuple[str, float, str, float, float]:
     sc, seed, rep, settings_dict = args
     index = next((i for i, s in enumerate(SCENARIOS) if s.name == sc.name), len(SCENARIOS))  # --quick copies keep their streams
@@ -347,7 +371,8 @@ def one_run(args: tuple[Scenario, int, int, dict]) -> tuple[str, float, str, flo
     hist_rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep, 1]))
     canary, baseline, canary_clean, baseline_clean, history = simulate(sc, rng, hist_rng)
     settings = AnalysisSettings.from_dict({**settings_dict, **dict(sc.settings)})
-    ours = run_conveyor(canary, baseline, settings, history)
+    memory = remembered(sc, settings, seed, index, rep) if sc.memory else None
+    ours = run_conveyor(canary, baseline, settings, history, memory)
     ref = run_reference(canary_clean, baseline_clean)
     return (*ours, *ref, window_end_p(canary_clean, baseline_clean))
 

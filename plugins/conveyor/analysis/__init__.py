@@ -20,7 +20,7 @@ so looking often does not raise the false-rollback rate above ``alpha``. See ``d
 from __future__ import annotations
 
 from conveyor.analysis.judging import judge
-from conveyor.analysis.model import AnalysisSettings, MetricVerdict, Scrape, Verdict
+from conveyor.analysis.model import AnalysisSettings, FleetMemory, MetricVerdict, Scrape, Verdict
 from conveyor.analysis.prometheus import parse_prometheus
 
-__all__ = ["AnalysisSettings", "MetricVerdict", "Scrape", "Verdict", "judge", "parse_prometheus"]
+__all__ = ["AnalysisSettings", "FleetMemory", "MetricVerdict", "Scrape", "Verdict", "judge", "parse_prometheus"]

@@ -33,7 +33,7 @@ import numpy as np
 
 from conveyor.analysis import stats
 from conveyor.analysis.formatting import fmt_ms, fmt_rate, fmt_ratio
-from conveyor.analysis.model import AnalysisSettings, MetricVerdict, Scrape, Verdict
+from conveyor.analysis.model import AnalysisSettings, FleetMemory, MetricVerdict, Scrape, Verdict
 from conveyor.analysis.series import (
     HostCounts,
     align,
@@ -77,6 +77,9 @@ _CARRY_SD = 0.05
 # pooled hosts: from 3 hosts it is 0 or large by chance alone, so a healthy fleet would often distrust
 # its own history. It is shrunk towards "they lasted" (0) by this many pseudo-hosts' degrees of freedom.
 _MOVED_PRIOR_DF = 4.0
+# Past releases of the service (FleetMemory) measured both: the typical spread and "they lasted" above are
+# then each pooled with the measured values, weighted by degrees of freedom, and the carry's hedge fades
+# as measured movements accumulate (its sd counts as _MOVED_PRIOR_DF pseudo-df against theirs).
 
 
 @dataclass
@@ -97,6 +100,7 @@ class _Data:
     start: float = 0.0  # time of the first round (the analysis's time zero)
     warming: int = 0  # host intervals left out as warm-up (the host's process had just started)
     history: dict[str, tuple[float, float]] = field(default_factory=dict)  # host -> pre-deploy (requests, errors)
+    memory: FleetMemory = field(default_factory=FleetMemory)  # what the service's past releases measured
 
 
 def _collect(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
@@ -386,20 +390,22 @@ class _Widening:
     hosts: int
     tau2: np.ndarray = field(default_factory=lambda: np.zeros(0))  # I: the spread used (0: none)
     base_hosts: np.ndarray = field(default_factory=lambda: np.ones(0))  # I: baseline hosts behind it
+    tau2_raw_end: float | None = None  # the measured spread's moment estimate (may be < 0), for FleetMemory
 
     def describe(self) -> dict[str, float | int | None]:
         return {"overdispersion": float(self.phi_end), "host_spread": self.tau_end,
                 "null_widened_by": float(self.factor[-1]) if self.factor.size else 1.0,
-                "spread_hosts": self.hosts}
+                "spread_hosts": self.hosts, "spread_estimate": self.tau2_raw_end}
 
 
 def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None = None,
               exposure: np.ndarray | None = None, keep: np.ndarray | None = None,
-              typical_tau: float = _TAU_FALLBACK) -> _Widening:
+              typical_tau: float = _TAU_FALLBACK, prior_df: float = _TAU_PRIOR_DF) -> _Widening:
     """Overdispersion and host spread from the live baseline hosts' counts (H x I), or assumed values.
 
     ``None`` counts (a static baseline) or too few hosts: the fallback values (a typical fleet's).
-    ``typical_tau``: the spread a live estimate is shrunk towards (and used when it cannot be made).
+    ``typical_tau``: the spread a live estimate is shrunk towards (and used when it cannot be made),
+    with ``prior_df`` degrees of freedom.
     """
     if not settings.overdispersion:
         return _Widening(np.ones(n_int), np.ones(n_int), 1.0, None, 0, np.zeros(n_int), np.ones(n_int))
@@ -414,6 +420,7 @@ def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None 
         measured_tau = bool(np.isfinite(d.tau2[-1]))
         tau2 = np.where(np.isfinite(d.tau2), d.tau2, typical_tau**2)
         hosts = d.hosts
+        raw_end = float(d.tau2_raw[-1]) if measured_tau else None
     tau_end = float(math.sqrt(tau2[-1])) if measured_tau else None
     if events is None:  # a snapshot: no live hosts to add variance for, the null ratio is widened instead
         factor = np.exp(_TAU_Z * np.sqrt(tau2 * (1.0 + 1.0 / np.maximum(hosts, 1))))
@@ -422,9 +429,9 @@ def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None 
     # A few hosts say little about their spread (DerSimonian-Laird often says 0 for hosts 15% apart):
     # the estimate is shrunk towards the typical fleet's, weighted by its degrees of freedom.
     df = np.maximum(np.asarray(hosts, dtype=float) - 1.0, 0.0)
-    tau2 = (df * tau2 + _TAU_PRIOR_DF * typical_tau**2) / (df + _TAU_PRIOR_DF)
+    tau2 = (df * tau2 + prior_df * typical_tau**2) / (df + prior_df)
     return _Widening(phi[:-1], np.ones(n_int), float(phi[-1]), tau_end, int(hosts[-1]), tau2[:-1],
-                     np.maximum(np.asarray(hosts, dtype=float)[:-1], 1.0))
+                     np.maximum(np.asarray(hosts, dtype=float)[:-1], 1.0), raw_end)
 
 
 def _canary_spread(wide: _Widening, canary_hosts: int, tolerance: np.ndarray | float = 1.0) -> np.ndarray:
@@ -460,10 +467,13 @@ class _Own:
     shift: np.ndarray  # I: log of the null ratio's multiplier (the difference's posterior mean)
     teff2: np.ndarray  # I: its remaining variance (posterior)
     measured: float | None = None  # the history's canary-vs-pool error-rate ratio (the last pool)
+    moved: float | None = None  # how far the pooled hosts' differences moved since the snapshot (moment estimate)
+    moved_hosts: int = 0  # hosts behind ``moved``
 
-    def describe(self) -> dict[str, float | None]:
+    def describe(self) -> dict[str, float | int | None]:
         used = float(math.exp(self.shift[-1])) if self.shift.size else 1.0
-        return {"history_ratio": self.measured, "history_null_shift": used}
+        return {"history_ratio": self.measured, "history_null_shift": used, "moved_estimate": self.moved,
+                "moved_hosts": self.moved_hosts}
 
 
 def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarray) -> _Own:
@@ -471,7 +481,8 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     kept before each interval, from the same snapshot) measures the canary's lasting difference ``u``.
 
     The spread ``teff2`` is the prior of ``u`` (mean 0); the history's log ratio measures it with
-    variance ``phi (1/x_c + 1/x_b) + _CARRY_SD^2`` (sampling, and a little movement across a deploy).
+    variance ``phi (1/x_c + 1/x_b) + _CARRY_SD^2`` (sampling, and a little movement across a deploy;
+    the hedge fades as the service's past releases measure the movement, see ``FleetMemory``).
     Whether hosts' differences last at all is read off the pooled hosts: their rates now against
     their own snapshots (``stats.persistence``, from the data before each interval) move apart by
     ``2 tau^2 (1 - rho)`` when then and now correlate by ``rho``. The test then uses the posterior
@@ -492,21 +503,26 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     pool = keep[:, :-1]  # H x I: the hosts pooled before each interval
     complete = np.all(has[:, None] | ~pool, axis=0) & (pool.sum(axis=0) >= 2)
     nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
-    moved = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b, pool & has[:, None],
-                              wide.phi, prior_df=_MOVED_PRIOR_DF)
+    mem = data.memory
+    prior_moved = (mem.moved or 0.0) * mem.moved_df / (mem.moved_df + _MOVED_PRIOR_DF)  # "they lasted", pooled
+    moved, raw, hosts = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b,
+                                          pool & has[:, None], wide.phi, prior_df=_MOVED_PRIOR_DF + mem.moved_df,
+                                          prior=prior_moved)
+    carry2 = _CARRY_SD**2 * _MOVED_PRIOR_DF / (_MOVED_PRIOR_DF + mem.moved_df)
     ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0) & np.isfinite(moved)
     if not ok.any():
         return none
+    last_moved = float(raw[-1]) if np.isfinite(raw[-1]) else None
     with np.errstate(divide="ignore", invalid="ignore"):
         r_hat = np.log((xc_h / nc_h) / (xb_h / nb_h))
         # hosts' differences then and now correlate by rho: var(now - then) = 2 tau^2 (1 - rho)
         rho = np.clip(1.0 - np.where(np.isfinite(moved), moved, 0.0) / (2.0 * np.maximum(wide.tau2, 1e-12)), 0.0, 1.0)
-        s2 = wide.phi * (1.0 / xc_h + 1.0 / xb_h) + _CARRY_SD**2
+        s2 = wide.phi * (1.0 / xc_h + 1.0 / xb_h) + carry2
         gain = np.where(teff2 > 0, teff2 / (teff2 + s2), 0.0)
     shift = np.where(ok, rho * gain * r_hat, 0.0)
     post = np.where(ok, teff2 * (1.0 - rho**2 * gain), teff2)
     measured = float(math.exp(r_hat[-1])) if ok[-1] else None
-    return _Own(shift, post, measured)
+    return _Own(shift, post, measured, last_moved, int(hosts[-1]) if last_moved is not None else 0)
 
 
 def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
@@ -520,7 +536,13 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
     nb_h, xb_h = data.baseline[:, :, _REQ], data.baseline[:, :, _ERR]
     nb, xb = _pooled(nb_h, keep[:, :-1]), _pooled(xb_h, keep[:, :-1])
     nb_f, xb_f = _pooled(nb_h, keep[:, -1:]), _pooled(xb_h, keep[:, -1:])
-    wide = _widening(settings, nc.size, xb_h, nb_h, keep, typical_tau=_TAU_ERRORS_LIVE)
+    mem = data.memory
+    if mem.spread2 is not None and mem.spread_df > 0:  # the typical spread pooled with the measured one
+        prior_df = _TAU_PRIOR_DF + mem.spread_df
+        typical = math.sqrt((_TAU_PRIOR_DF * _TAU_ERRORS_LIVE**2 + mem.spread_df * mem.spread2) / prior_df)
+    else:
+        prior_df, typical = _TAU_PRIOR_DF, _TAU_ERRORS_LIVE
+    wide = _widening(settings, nc.size, xb_h, nb_h, keep, typical_tau=typical, prior_df=prior_df)
     spend = budget.spend(data, over)
     sx, sy = stats.scaled_counts(xc, xb, wide.phi)  # quasi-binomial counts, for the early pass's e-process
     own = _own_history(data, keep, wide, _canary_spread(wide, len(data.canary_hosts), r0))
@@ -546,7 +568,7 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
         widened += f", x{math.exp(own.shift[-1]):.2f} for the canary host's own history"
     null_desc = f"> x{r0:g} baseline{widened} and > {fmt_rate(settings.error_floor)}"
     return _errors_verdict(data, settings, over, out, float(nb_f.sum()), float(xb_f.sum()), r0, null_desc,
-                           {**wide.describe(), **own.describe()})
+                           {**wide.describe(), **own.describe(), **mem.describe()})
 
 
 def _errors_static(data: _Data, settings: AnalysisSettings, over: bool) -> MetricVerdict:
@@ -869,7 +891,8 @@ def _label(v: MetricVerdict) -> str:
 
 
 def judge(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]], settings: AnalysisSettings,
-          *, elapsed_s: float, history: dict[str, list[Scrape]] | None = None) -> Verdict:
+          *, elapsed_s: float, history: dict[str, list[Scrape]] | None = None,
+          memory: FleetMemory | None = None) -> Verdict:
     """Compare the canary hosts with the baseline hosts over everything scraped so far.
 
     :param canary: host name -> that host's scrapes in time order (cumulative counters); a host
@@ -884,9 +907,13 @@ def judge(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]], se
         as a two-point series like a static baseline's), for canary and live baseline hosts. With it the
         error test measures the canary host's own lasting difference from the pool (difference in
         differences) instead of assuming the fleet's typical one; without it, the typical one.
+    :param memory: what the service's past releases measured about its fleet (:class:`FleetMemory`):
+        the error test's assumed host spread and persistence are pooled with it. None: nothing yet.
     """
     over = elapsed_s >= settings.window_s
     data = _collect(canary, baseline, settings, history)
+    if memory is not None and settings.overdispersion:
+        data.memory = memory
     verdicts: list[MetricVerdict] = []
     for metric in settings.metrics:
         if metric == "errors":

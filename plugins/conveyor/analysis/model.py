@@ -368,3 +368,69 @@ class Verdict:
             "metrics": [m.to_dict() for m in self.metrics],
             "details": _clean(self.details),
         }
+
+
+MEMORY_MAX_DF = 20.0  # past releases count for at most this many hosts' degrees of freedom
+
+
+@dataclass(frozen=True)
+class FleetMemory:
+    """What the service's past releases measured about its fleet, for the error test's priors.
+
+    Three hosts say little about how far apart hosts' error rates are, or whether a host's difference
+    outlasts a deploy; a service released twice a day has measured both many times. Each past live
+    analysis recorded, in its errors verdict's samples, the hosts' spread (``spread_estimate``: the
+    variance of their log error rates, over ``spread_hosts`` hosts) and how far hosts' differences moved
+    across that deploy (``moved_estimate``: a variance, over ``moved_hosts`` hosts), both moment
+    estimates that may be below 0: from a few hosts they are noisy, and pooling them before cutting
+    at 0 keeps the pool unbiased. :meth:`from_samples` pools them, each weighted by its degrees of
+    freedom (hosts - 1), at most :data:`MEMORY_MAX_DF` in all (the newest first): a fleet changes,
+    so old releases must not outweigh what this one measures.
+
+    :param spread2: pooled between-host variance of log error rates (None: never measured).
+    :param spread_df: its degrees of freedom.
+    :param moved: pooled variance of a host's difference's change across a deploy (None: never measured).
+    :param moved_df: its degrees of freedom.
+    :param releases: analyses it rests on.
+    """
+
+    spread2: float | None = None
+    spread_df: float = 0.0
+    moved: float | None = None
+    moved_df: float = 0.0
+    releases: int = 0
+
+    @classmethod
+    def from_samples(cls, rows: list[dict[str, Any]]) -> FleetMemory:
+        """Pool past errors verdicts' samples (newest first: the newest fill the cap first)."""
+        def pooled(value_key: str, hosts_key: str) -> tuple[float | None, float, int]:
+            total, df, used = 0.0, 0.0, 0
+            for row in rows:
+                value, hosts = row.get(value_key), row.get(hosts_key)
+                if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+                        or not isinstance(hosts, int | float) or isinstance(hosts, bool) or hosts < 2
+                        or df >= MEMORY_MAX_DF):
+                    continue
+                w = min(float(hosts) - 1.0, MEMORY_MAX_DF - df)
+                total += w * value
+                df += w
+                used += 1
+            return (max(total / df, 0.0) if df > 0 else None), df, used
+
+        spread2, spread_df, n_spread = pooled("spread_estimate", "spread_hosts")
+        moved, moved_df, n_moved = pooled("moved_estimate", "moved_hosts")
+        return cls(spread2, spread_df, moved, moved_df, max(n_spread, n_moved))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> FleetMemory:
+        d = d or {}
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if d.get(f.name) is not None})
+
+    def describe(self) -> dict[str, Any]:
+        """For a verdict's samples: what the test took from past releases."""
+        return {"memory_releases": self.releases,
+                "memory_spread": None if self.spread2 is None else math.sqrt(self.spread2),
+                "memory_spread_df": self.spread_df, "memory_moved": self.moved, "memory_moved_df": self.moved_df}

@@ -24,7 +24,7 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -521,11 +521,14 @@ class Dispersion:
         their expected shares, host effects removed), at least 1: bursts of errors, wobbles of latency.
     :param tau2: between-host variance of log rates (DerSimonian-Laird, random effects), at least 0.
     :param hosts: hosts the estimates rest on.
+    :param tau2_raw: ``tau2`` before it is cut at 0 (a moment estimate: unbiased, so estimates from
+        several releases can be pooled; cut ones are biased up when few hosts make them noisy).
     """
 
     phi: np.ndarray
     tau2: np.ndarray
     hosts: np.ndarray
+    tau2_raw: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def dispersion(x: np.ndarray, n: np.ndarray, keep: np.ndarray | None = None, prior_df: float = 8.0) -> Dispersion:
@@ -573,14 +576,15 @@ def dispersion(x: np.ndarray, n: np.ndarray, keep: np.ndarray | None = None, pri
         rate_ok = seen & (cn > 0)
         lr = np.where(rate_ok, np.log((cx + 0.5) / np.where(cn > 0, cn, 1.0)), 0.0)
         w = np.where(rate_ok, (cx + 0.5) / np.where(np.isfinite(phi), phi, 1.0)[None, :], 0.0)
-    tau2, m = between_variance(lr, w, rate_ok)
-    tau2 = np.where(m >= 3, tau2, np.nan)
-    return Dispersion(phi, tau2, n_hosts)
+    raw, m = between_variance(lr, w, rate_ok, cut=False)
+    raw = np.where(m >= 3, raw, np.nan)
+    return Dispersion(phi, np.maximum(raw, 0.0), n_hosts, raw)
 
 
-def between_variance(y: np.ndarray, w: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def between_variance(y: np.ndarray, w: np.ndarray, use: np.ndarray, cut: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """DerSimonian-Laird: the variance of values ``y`` (hosts x points) beyond their sampling variances
-    ``1 / w``, over the hosts in ``use`` at each point; and how many hosts that was. Never negative."""
+    ``1 / w``, over the hosts in ``use`` at each point; and how many hosts that was. Never negative,
+    unless ``cut`` is False (the moment estimate itself, for pooling)."""
     w = np.where(use, w, 0.0)
     y = np.where(use, y, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -589,31 +593,33 @@ def between_variance(y: np.ndarray, w: np.ndarray, use: np.ndarray) -> tuple[np.
         q = (w * np.where(use, y - mean[None, :], 0.0) ** 2).sum(axis=0)
         m = use.sum(axis=0)
         denom = sw - sw2 / np.where(sw > 0, sw, 1.0)
-        var = np.maximum(0.0, (q - (m - 1)) / np.where(denom > 0, denom, np.inf))
-    return var, m
+        var = (q - (m - 1)) / np.where(denom > 0, denom, np.inf)
+    return (np.maximum(var, 0.0) if cut else var), m
 
 
 def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.ndarray, use: np.ndarray,
-                phi: np.ndarray, prior_df: float = 0.0) -> np.ndarray:
+                phi: np.ndarray, prior_df: float = 0.0, prior: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """How much hosts' differences moved between their history and now: a DerSimonian-Laird variance.
 
     ``x``, ``n``: each host's events and exposure so far (hosts x points); ``hist_x``, ``hist_n``: the
     same over each host's history (hosts); ``use``: the hosts to compare at each point. A host's
     change is ``d = log(rate now) - log(rate then)``, with sampling variance ``phi / x + 1 / hist_x``
     (0.5 added to both counts); hosts whose differences last all change by the same (shared drift),
-    so the variance of ``d`` beyond sampling is how far a host's difference moves, shrunk towards 0
-    ("the differences lasted") by ``prior_df`` pseudo-df against the hosts' ``m - 1``. Fewer than 2
-    hosts with events: ``nan``.
+    so the variance of ``d`` beyond sampling is how far a host's difference moves, shrunk towards
+    ``prior`` (0: "the differences lasted") by ``prior_df`` pseudo-df against the hosts' ``m - 1``.
+    Returns the shrunk variance, the moment estimate before it is cut at 0 (for pooling over releases)
+    and the hosts behind it; fewer than 2 hosts: ``nan``.
     """
     ok = use & (n > 0) & (hist_n > 0)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.log((x + 0.5) / np.where(n > 0, n, 1.0)) - np.log((hist_x + 0.5) / np.where(hist_n > 0, hist_n, 1.0))[:, None]
         w = np.where(ok, 1.0 / (phi[None, :] / (x + 0.5) + 1.0 / (hist_x[:, None] + 0.5)), 0.0)
-    var, m = between_variance(d, w, ok)
+    raw, m = between_variance(d, w, ok, cut=False)
+    var = np.maximum(raw, 0.0)
     df = np.maximum(m - 1.0, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        shrunk = var * df / (df + prior_df)
-    return np.where(m >= 2, shrunk, np.nan)
+        shrunk = (var * df + prior * prior_df) / (df + prior_df)
+    return np.where(m >= 2, shrunk, np.nan), np.where(m >= 2, raw, np.nan), m
 
 
 def scaled_counts(x: np.ndarray, y: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

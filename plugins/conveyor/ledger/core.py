@@ -79,6 +79,11 @@ def _make_engine(url: str | URL) -> Engine:
     return engine
 
 
+def _release_analysis(label: Any) -> bool:
+    """Whether a stage detail's label is a release's canary analysis: ``wave-N`` or ``watch``."""
+    return isinstance(label, str) and (label == "watch" or label.startswith("wave-"))
+
+
 def _as_dicts(result) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in result]
 
@@ -480,6 +485,39 @@ class Ledger:
         r = schema.releases
         with self._read() as conn:
             return list(conn.execute(sa.select(r.c.service).distinct().order_by(r.c.service)).scalars())
+
+    def analysis_measurements(self, service: str, *, exclude_release: str | None = None,
+                              limit: int = 100) -> list[dict[str, Any]]:
+        """What the service's recorded canary analyses measured about its fleet, newest first.
+
+        The ``samples`` of each errors verdict judged against live baseline hosts (its ``spread_estimate``,
+        ``moved_estimate`` and their hosts: see :class:`conveyor.analysis.FleetMemory`), from the last
+        ``limit`` stages with details of the service's releases other than ``exclude_release`` (the
+        waves' and the watch's analyses; a flag rollout's steps compare other things).
+        """
+        r, st = schema.releases, schema.stages
+        query = (
+            sa.select(st.c.detail)
+            .join(r, r.c.release_id == st.c.release_id)
+            .where(r.c.service == service, st.c.detail.is_not(None))
+            .order_by(st.c.finished_at.desc().nulls_last(), st.c.release_id.desc(), st.c.stage.desc())
+            .limit(limit)
+        )
+        if exclude_release is not None:
+            query = query.where(r.c.release_id != _fit(r.c.release_id, exclude_release))
+        out = []
+        with self._read() as conn:
+            for detail in conn.execute(query).scalars():
+                if not isinstance(detail, dict) or not _release_analysis(detail.get("label")):
+                    continue  # not a release's canary analysis (a flag rollout's step compares flag-on with flag-off)
+                metrics = detail.get("metrics")
+                for metric in metrics if isinstance(metrics, list) else []:
+                    if not isinstance(metric, dict) or metric.get("metric") != "errors":
+                        continue
+                    samples = metric.get("samples")
+                    if isinstance(samples, dict) and samples.get("mode") == "live":
+                        out.append(samples)
+        return out
 
     def previous_successful_release(self, release_id: str) -> dict[str, Any] | None:
         """The service's last successful release deployed before this one (started, if not deployed)."""

@@ -77,6 +77,19 @@ class CanaryAnalysisOperator(ConveyorOperator):
                     out[row["host"]] = stamp
         return out
 
+    def _memory(self, context: Context):
+        """What this service's earlier releases' analyses measured about its fleet (ledger), for the judge."""
+        from conveyor.analysis import FleetMemory
+
+        try:
+            rows = self.ledger.analysis_measurements(self.service_id, exclude_release=self.release_id(context))
+        except Exception as exc:  # the judge then assumes a typical fleet, as on a first release
+            self.log.warning("Could not read earlier analyses from the ledger: %s: %s", type(exc).__name__, exc)
+            return None
+        memory = FleetMemory.from_samples(rows)
+        self.log.info("Fleet memory from %d earlier analyses: %s", memory.releases, memory.describe())
+        return memory
+
     def execute(self, context: Context) -> Any:
         from conveyor.analysis.model import synthetic_baseline
         from conveyor.hosts import Host
@@ -98,6 +111,7 @@ class CanaryAnalysisOperator(ConveyorOperator):
             fixed = {} if live else {n: synthetic_baseline(pre[n]) for n in canary if pre.get(n)}
             # each host's old process before the deploy: the canary host's own difference from the pool
             history = {n: synthetic_baseline(pre[n]) for n in [*canary, *live] if live and pre.get(n)}
+            memory = self._memory(context) if live and settings.overdispersion else None
             self.log.info("%s: canary %s vs baseline %s (window %gs, %s every %gs)", label, canary,
                           live or f"pre-deploy snapshot of {sorted(fixed)}", settings.window_s, source.describe(),
                           interval)
@@ -107,7 +121,7 @@ class CanaryAnalysisOperator(ConveyorOperator):
                 settings=settings.to_dict(), interval_s=interval, started_at=time.time(),
                 source=self.service.analysis.source.model_dump(mode="json"),
                 start_times={n: t for n, t in source.start_times.items() if n in canary or n in live},
-                history=history,
+                history=history, memory=memory.to_dict() if memory is not None else None,
             )
             self.defer(trigger=trigger, method_name="execute_complete",
                        timeout=timedelta(seconds=settings.window_s + 5 * interval + 120))

@@ -56,6 +56,8 @@ class CanaryAnalysisTrigger(BaseTrigger):
     :param start_times: host name -> when the deploy switched it (for sources without a process start).
     :param history: host name -> that host's pre-deploy series (JSON form: the plan's snapshot as a
         two-point series), for canary and live baseline hosts: the judge's difference in differences.
+    :param memory: what the service's past releases measured about its fleet
+        (:class:`conveyor.analysis.FleetMemory` as a dict; None: nothing yet).
     :param requests_metric: older triggers' names, read when ``source`` is None.
     """
 
@@ -63,7 +65,8 @@ class CanaryAnalysisTrigger(BaseTrigger):
                  fixed_baseline: dict[str, list[dict[str, Any]]], settings: dict[str, Any], interval_s: float,
                  started_at: float, source: dict[str, Any] | None = None, start_times: dict[str, float] | None = None,
                  requests_metric: str | None = None, latency_metric: str | None = None,
-                 scrape_timeout: float | None = None, history: dict[str, list[dict[str, Any]]] | None = None):
+                 scrape_timeout: float | None = None, history: dict[str, list[dict[str, Any]]] | None = None,
+                 memory: dict[str, Any] | None = None):
         super().__init__()
         self.label = label
         self.canary = canary
@@ -79,6 +82,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
         self.source = source
         self.start_times = start_times or {}
         self.history = history or {}
+        self.memory = memory or {}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -87,12 +91,12 @@ class CanaryAnalysisTrigger(BaseTrigger):
                 "label": self.label, "canary": self.canary, "baseline": self.baseline,
                 "fixed_baseline": self.fixed_baseline, "settings": self.settings, "interval_s": self.interval_s,
                 "started_at": self.started_at, "source": self.source, "start_times": self.start_times,
-                "history": self.history,
+                "history": self.history, "memory": self.memory,
             },
         )
 
     async def run(self):
-        from conveyor.analysis import AnalysisSettings, Scrape, judge
+        from conveyor.analysis import AnalysisSettings, FleetMemory, Scrape, judge
         from conveyor.hooks.metrics import metric_source
 
         source = None
@@ -100,6 +104,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
             settings = AnalysisSettings.from_dict(self.settings)
             fixed = {n: [Scrape.from_dict(s) for s in series] for n, series in self.fixed_baseline.items()}
             history = {n: [Scrape.from_dict(s) for s in series] for n, series in self.history.items()}
+            memory = FleetMemory.from_dict(self.memory)
             source = metric_source(self.source, start_times=self.start_times)
             targets = {**self.canary, **self.baseline}
             series: dict[str, list] = {n: [] for n in targets}
@@ -110,7 +115,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
                 canary = {n: series[n] for n in self.canary}
                 baseline = {n: series[n] for n in self.baseline} if self.baseline else fixed
                 verdict = await asyncio.to_thread(judge, canary, baseline, settings, elapsed_s=elapsed,
-                                                  history=history)
+                                                  history=history, memory=memory)
                 self.log.info("%s t=%.0fs: %s: %s", self.label, elapsed, verdict.decision, verdict.reason)
                 if verdict.decision != "continue":
                     yield TriggerEvent({"status": "done", "elapsed_s": round(elapsed, 1),

@@ -701,3 +701,31 @@ def test_the_hook_reaches_the_local_postgresql(monkeypatch, postgres_url):
     assert ok, message
     assert message == f"Ledger reachable (postgresql), schema version {migrations.LATEST_VERSION}"
     hook.ledger.dispose()
+
+
+def test_analysis_measurements_are_the_services_live_error_samples_newest_first(ledger):
+    """What FleetMemory is built from: the errors samples of the waves' and the watch's analyses of the
+    service's other releases; not a flag rollout's steps, not an analysis against a snapshot."""
+    def analysis(rid: str, service: str, stage: str, label: str, minute: int, mode: str = "live",
+                 spread: float = 0.01) -> None:
+        ledger.upsert_release(rid, service=service, status="success", started_at=T("2025-03-10T10:00"))
+        samples = {"mode": mode, "spread_estimate": spread, "spread_hosts": 3}
+        ledger.upsert_stage(rid, stage, status="success", finished_at=T("2025-03-10T10:00") + dt.timedelta(minutes=minute),
+                            detail={"label": label, "decision": "pass",
+                                    "metrics": [{"metric": "latency", "samples": {"mode": mode}},
+                                                {"metric": "errors", "samples": samples}]})
+
+    analysis("demo_shop/r1", "demo_shop", "analyze_wave_1", "wave-1", 1, spread=0.01)
+    analysis("demo_shop/r1", "demo_shop", "watch", "watch", 2, spread=0.02)
+    analysis("demo_shop/r2", "demo_shop", "analyze_wave_1", "wave-1", 3, spread=0.03)
+    analysis("demo_shop/r2", "demo_shop", "analyze_wave_2", "wave-2", 4, mode="static", spread=0.9)
+    analysis("demo_shop/f1", "demo_shop", "step_1", "step-1", 5, spread=0.9)  # a flag rollout's step
+    analysis("other/r1", "other", "analyze_wave_1", "wave-1", 6, spread=0.9)
+    ledger.upsert_stage("demo_shop/r2", "build", status="success", detail={"label": "wave-9", "metrics": "junk"})
+    ledger.upsert_stage("demo_shop/r2", "tests", status="success", detail={"label": "wave-8", "metrics": [None, 3]})
+
+    rows = ledger.analysis_measurements("demo_shop")
+    assert [r["spread_estimate"] for r in rows] == [0.03, 0.02, 0.01]
+    assert [r["spread_estimate"] for r in ledger.analysis_measurements("demo_shop", exclude_release="demo_shop/r2")] \
+        == [0.02, 0.01]
+    assert ledger.analysis_measurements("nobody") == []

@@ -85,3 +85,37 @@ def test_the_plans_snapshot_is_each_hosts_history_or_the_last_waves_baseline(pro
     assert set(trigger.history) == history and set(trigger.fixed_baseline) == fixed
     for series in [*trigger.history.values(), *trigger.fixed_baseline.values()]:
         assert [point["t"] for point in series] == [100.0, 1000.0]  # zero at process start, then the snapshot
+
+
+def test_earlier_releases_analyses_are_the_judges_fleet_memory(prometheus_service, ledger, make_context, release_id):
+    """The trigger carries what the service's earlier releases measured about its fleet (their errors
+    verdicts' spread and movement, from the ledger); this release's own earlier waves are not memory."""
+    import datetime as dt
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from conveyor.analysis import FleetMemory
+    from conveyor.operators.analysis import CanaryAnalysisOperator
+
+    at = dt.datetime(2025, 3, 10, tzinfo=dt.UTC)
+    for n, (rid, spread) in enumerate([("demo_shop/earlier-1", 0.01), ("demo_shop/earlier-2", 0.03),
+                                       (release_id, 0.9)]):
+        if rid != release_id:
+            ledger.upsert_release(rid, service="demo_shop", status="success", started_at=at)
+        ledger.upsert_stage(rid, "wave_1.analysis", status="success", finished_at=at + dt.timedelta(minutes=n),
+                            detail={"label": "wave-1", "metrics": [{"metric": "errors", "samples": {
+                                "mode": "live", "spread_estimate": spread, "spread_hosts": 3,
+                                "moved_estimate": 0.002, "moved_hosts": 3}}]})
+    plan = {"hosts": [_host("prod-1", "127.0.0.2"), _host("prod-2", "127.0.0.3"), _host("prod-3", "127.0.0.4")],
+            "waves": [["prod-1"], ["prod-2", "prod-3"]], "original": {}, "pre_scrapes": {}}
+    deferred_triggers = []
+    for wave in (0, 1):
+        op = CanaryAnalysisOperator(plan=plan, wave=wave, **operator_kwargs(f"wave_{wave + 1}.analysis"))
+        with pytest.raises(TaskDeferred) as deferred:
+            op.execute(make_context())
+        deferred_triggers.append(deferred.value.trigger)
+    memory = FleetMemory.from_dict(deferred_triggers[0].memory)
+    assert memory.releases == 2 and memory.spread_df == 4
+    assert memory.spread2 == pytest.approx(0.02)  # the two earlier releases, not this one's 0.9
+    assert memory.moved == pytest.approx(0.002)
+    assert deferred_triggers[1].memory == {}  # the last wave is judged against the snapshot: no spread to pool

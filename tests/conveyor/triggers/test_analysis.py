@@ -99,6 +99,7 @@ def test_the_trigger_survives_airflow_storage(airflow_db):
                              "latency_sum": 0.0, "latency_count": 0.0, "start_time": -50.0},
                             {"t": 0.0, "requests": {"200": 90.0, "500": 1.0}, "latency_buckets": [["+Inf", 91.0]],
                              "latency_sum": 4.0, "latency_count": 91.0, "start_time": -50.0}]},
+        memory={"spread2": 0.02, "spread_df": 6.0, "moved": 0.0, "moved_df": 6.0, "releases": 3},
     )
     row = Trigger.from_object(trigger)  # what the deferring task stores (kwargs encrypted)
     module, _, name = row.classpath.rpartition(".")
@@ -107,6 +108,7 @@ def test_the_trigger_survives_airflow_storage(airflow_db):
     assert rebuilt.serialize() == trigger.serialize()
     assert rebuilt.started_at == 1234.5  # the window still bounds the whole wait after a triggerer restart
     assert rebuilt.history == trigger.history  # the hosts' pre-deploy snapshots, for the judge's own-history test
+    assert rebuilt.memory == trigger.memory  # what earlier releases measured about the fleet
 
 
 def test_a_canary_erring_more_than_its_baseline_fails():
