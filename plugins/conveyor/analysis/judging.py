@@ -127,6 +127,8 @@ def _history(history: dict[str, list[Scrape]], settings: AnalysisSettings) -> di
 
 def _collect_counts(canary: dict[str, list[Scrape]], baseline: dict[str, list[Scrape]],
                     settings: AnalysisSettings) -> _Data:
+    """The canary's and baseline's counts per common interval: live when some baseline host has two or
+    more scrapes since the canary's first, else its hosts' last scrapes as a snapshot, else none."""
     c_hosts = {n: host_counts(n, s, settings) for n, s in canary.items() if s}
     empty_c = [n for n, s in canary.items() if not s]
     b_full = {n: host_counts(n, s, settings) for n, s in baseline.items() if s}
