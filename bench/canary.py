@@ -353,13 +353,13 @@ def remembered(sc: Scenario, settings: AnalysisSettings, seed: int, index: int, 
     """What the judge measured on the service's ``sc.memory`` earlier, healthy releases (the scenario's
     fleet without the regression, fresh draws), as the operator reads it from the ledger."""
     healthy = replace(sc, bad=False, err_mult=1.0, lat_mult=1.0, canary_err=None, tail_mult=1.0, idle_canary=False)
+    errors_only = settings.model_copy(update={"metrics": ["errors"]})
     rows = []
     for past in range(sc.memory):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep, 2, past]))
         hist_rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep, 3, past]))
         canary, baseline, _, _, history = simulate(healthy, rng, hist_rng)
-        verdict = judge(canary, baseline, settings.model_copy(update={"metrics": ["errors"]}), elapsed_s=WINDOW_S,
-                        history=history)
+        verdict = judge(canary, baseline, errors_only, elapsed_s=WINDOW_S, history=history)
         rows.append(verdict.metrics[0].samples)
     return FleetMemory.from_samples(rows[::-1])  # newest first
 

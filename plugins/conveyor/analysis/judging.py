@@ -436,6 +436,13 @@ def _widening(settings: AnalysisSettings, n_int: int, events: np.ndarray | None 
                      np.maximum(np.asarray(hosts, dtype=float)[:-1], 1.0), raw_end)
 
 
+def _with_memory(typical: float, typical_df: float, measured: float | None, measured_df: float) -> tuple[float, float]:
+    """A prior: the typical value (``typical_df`` pseudo-df) pooled with what the service's past releases
+    measured (``measured_df``, see :class:`FleetMemory`); and its degrees of freedom."""
+    df = typical_df + measured_df
+    return (typical_df * typical + measured_df * (measured or 0.0)) / df, df
+
+
 def _canary_spread(wide: _Widening, canary_hosts: int, tolerance: np.ndarray | float = 1.0) -> np.ndarray:
     """Per interval, the variance (log scale) of the canary's lasting difference from the pool, as one more
     host of the fleet: ``tau^2 (1/C + 1/H)``, less what the null's ``tolerance`` (a ratio) already covers,
@@ -506,10 +513,9 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     complete = np.all(has[:, None] | ~pool, axis=0) & (pool.sum(axis=0) >= 2)
     nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
     mem = data.memory
-    prior_moved = (mem.moved or 0.0) * mem.moved_df / (mem.moved_df + _MOVED_PRIOR_DF)  # "they lasted", pooled
+    prior_moved, prior_df = _with_memory(0.0, _MOVED_PRIOR_DF, mem.moved, mem.moved_df)  # "they lasted", pooled
     moved, raw, hosts = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b,
-                                          pool & has[:, None], wide.phi, prior_df=_MOVED_PRIOR_DF + mem.moved_df,
-                                          prior=prior_moved)
+                                          pool & has[:, None], wide.phi, prior_df=prior_df, prior=prior_moved)
     carry2 = _CARRY_SD**2 * _MOVED_PRIOR_DF / (_MOVED_PRIOR_DF + mem.moved_df)
     ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0) & np.isfinite(moved)
     if not ok.any():
@@ -539,12 +545,8 @@ def _errors_live(data: _Data, settings: AnalysisSettings, over: bool) -> MetricV
     nb, xb = _pooled(nb_h, keep[:, :-1]), _pooled(xb_h, keep[:, :-1])
     nb_f, xb_f = _pooled(nb_h, keep[:, -1:]), _pooled(xb_h, keep[:, -1:])
     mem = data.memory
-    if mem.spread2 is not None and mem.spread_df > 0:  # the typical spread pooled with the measured one
-        prior_df = _TAU_PRIOR_DF + mem.spread_df
-        typical = math.sqrt((_TAU_PRIOR_DF * _TAU_ERRORS_LIVE**2 + mem.spread_df * mem.spread2) / prior_df)
-    else:
-        prior_df, typical = _TAU_PRIOR_DF, _TAU_ERRORS_LIVE
-    wide = _widening(settings, nc.size, xb_h, nb_h, keep, typical_tau=typical, prior_df=prior_df)
+    typical2, prior_df = _with_memory(_TAU_ERRORS_LIVE**2, _TAU_PRIOR_DF, mem.spread2, mem.spread_df)
+    wide = _widening(settings, nc.size, xb_h, nb_h, keep, typical_tau=math.sqrt(typical2), prior_df=prior_df)
     spend = budget.spend(data, over)
     sx, sy = stats.scaled_counts(xc, xb, wide.phi)  # quasi-binomial counts, for the early pass's e-process
     own = _own_history(data, keep, wide, _canary_spread(wide, len(data.canary_hosts), r0))

@@ -24,7 +24,7 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -519,16 +519,20 @@ class Dispersion:
 
     :param phi: per-interval overdispersion (Pearson chi^2 / df of the hosts' interval counts around
         their expected shares, host effects removed), at least 1: bursts of errors, wobbles of latency.
-    :param tau2: between-host variance of log rates (DerSimonian-Laird, random effects), at least 0.
+    :param tau2_raw: between-host variance of log rates (DerSimonian-Laird, random effects) as the
+        moment estimate, which may be below 0: unbiased, so estimates from several releases can be
+        pooled (cut ones are biased up when few hosts make them noisy).
     :param hosts: hosts the estimates rest on.
-    :param tau2_raw: ``tau2`` before it is cut at 0 (a moment estimate: unbiased, so estimates from
-        several releases can be pooled; cut ones are biased up when few hosts make them noisy).
     """
 
     phi: np.ndarray
-    tau2: np.ndarray
+    tau2_raw: np.ndarray
     hosts: np.ndarray
-    tau2_raw: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def tau2(self) -> np.ndarray:
+        """The between-host variance, at least 0."""
+        return np.maximum(self.tau2_raw, 0.0)
 
 
 def dispersion(x: np.ndarray, n: np.ndarray, keep: np.ndarray | None = None, prior_df: float = 8.0) -> Dispersion:
@@ -578,7 +582,7 @@ def dispersion(x: np.ndarray, n: np.ndarray, keep: np.ndarray | None = None, pri
         w = np.where(rate_ok, (cx + 0.5) / np.where(np.isfinite(phi), phi, 1.0)[None, :], 0.0)
     raw, m = between_variance(lr, w, rate_ok, cut=False)
     raw = np.where(m >= 3, raw, np.nan)
-    return Dispersion(phi, np.maximum(raw, 0.0), n_hosts, raw)
+    return Dispersion(phi, raw, n_hosts)
 
 
 def between_variance(y: np.ndarray, w: np.ndarray, use: np.ndarray, cut: bool = True) -> tuple[np.ndarray, np.ndarray]:
