@@ -77,6 +77,12 @@ _CARRY_SD = 0.05
 # pooled hosts: from 3 hosts it is 0 or large by chance alone, so a healthy fleet would often distrust
 # its own history. It is shrunk towards "they lasted" (0) by this many pseudo-hosts' degrees of freedom.
 _MOVED_PRIOR_DF = 4.0
+# Until a service's past releases have measured that movement, its first release has only the pool's few
+# hosts to show that differences last, and a fleet whose differences do not survive a deploy would be
+# rolled back for its canary host's history (pool chance, not evidence). There the movement is taken at
+# its upper confidence bound (this many sds, one-sided: 80 %), sampling noise included, not at the
+# shrunk estimate: the history narrows the test only as far as the pool shows that differences last.
+_MOVED_BOUND_Z = 0.84
 # Past releases of the service (FleetMemory) measured both: the typical spread and "they lasted" above are
 # then each pooled with the measured values, weighted by degrees of freedom, and the carry's hedge fades
 # as measured movements accumulate (its sd counts as _MOVED_PRIOR_DF pseudo-df against theirs).
@@ -514,8 +520,12 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
     mem = data.memory
     prior_moved, prior_df = _with_memory(0.0, _MOVED_PRIOR_DF, mem.moved, mem.moved_df)  # "they lasted", pooled
-    moved, raw, hosts = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b,
-                                          pool & has[:, None], wide.phi, prior_df=prior_df, prior=prior_moved)
+    moves = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b,
+                              pool & has[:, None], wide.phi, prior_df=prior_df, prior=prior_moved)
+    moved, raw, hosts = moves.moved, moves.raw, moves.hosts
+    if not mem.moved_df:  # a first release: "they lasted" only as far as the pool shows it (an upper bound)
+        upper = stats.variance_upper(raw, moves.noise, np.maximum(hosts - 1.0, 0.0), _MOVED_BOUND_Z)
+        moved = np.where(np.isfinite(moved), upper, moved)
     carry2 = _CARRY_SD**2 * _MOVED_PRIOR_DF / (_MOVED_PRIOR_DF + mem.moved_df)
     ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0) & np.isfinite(moved)
     if not ok.any():

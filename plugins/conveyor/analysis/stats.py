@@ -25,6 +25,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -601,8 +602,17 @@ def between_variance(y: np.ndarray, w: np.ndarray, use: np.ndarray, cut: bool = 
     return (np.maximum(var, 0.0) if cut else var), m
 
 
+class Persistence(NamedTuple):
+    """What :func:`persistence` measured, per point."""
+
+    moved: np.ndarray  # the variance of the hosts' moves, shrunk towards the prior (nan: fewer than 2 hosts)
+    raw: np.ndarray  # its moment estimate before the cut at 0 (for pooling over releases)
+    hosts: np.ndarray  # the hosts behind it
+    noise: np.ndarray  # the mean sampling variance of one host's move (what a move must exceed to show)
+
+
 def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.ndarray, use: np.ndarray,
-                phi: np.ndarray, prior_df: float = 0.0, prior: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                phi: np.ndarray, prior_df: float = 0.0, prior: float = 0.0) -> Persistence:
     """How much hosts' differences moved between their history and now: a DerSimonian-Laird variance.
 
     ``x``, ``n``: each host's events and exposure so far (hosts x points); ``hist_x``, ``hist_n``: the
@@ -611,19 +621,41 @@ def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.nda
     (0.5 added to both counts); hosts whose differences last all change by the same (shared drift),
     so the variance of ``d`` beyond sampling is how far a host's difference moves, shrunk towards
     ``prior`` (0: "the differences lasted") by ``prior_df`` pseudo-df against the hosts' ``m - 1``.
-    Returns the shrunk variance, the moment estimate before it is cut at 0 (for pooling over releases)
-    and the hosts behind it; fewer than 2 hosts: ``nan``.
+    Fewer than 2 hosts: ``nan``. See :class:`Persistence`.
     """
     ok = use & (n > 0) & (hist_n > 0)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.log((x + 0.5) / np.where(n > 0, n, 1.0)) - np.log((hist_x + 0.5) / np.where(hist_n > 0, hist_n, 1.0))[:, None]
         w = np.where(ok, 1.0 / (phi[None, :] / (x + 0.5) + 1.0 / (hist_x[:, None] + 0.5)), 0.0)
+        noise = np.where(ok, 1.0 / np.where(ok, w, 1.0), 0.0).sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
     raw, m = between_variance(d, w, ok, cut=False)
     var = np.maximum(raw, 0.0)
     df = np.maximum(m - 1.0, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         shrunk = (var * df + prior * prior_df) / (df + prior_df)
-    return np.where(m >= 2, shrunk, np.nan), np.where(m >= 2, raw, np.nan), m
+    return Persistence(np.where(m >= 2, shrunk, np.nan), np.where(m >= 2, raw, np.nan), m, noise)
+
+
+def chi2_lower(df: np.ndarray | float, z: float) -> np.ndarray:
+    """The chi-square quantile ``z`` standard normal sds below the median (Wilson-Hilferty; ``df`` > 0)."""
+    k = np.maximum(np.asarray(df, dtype=float), 1e-9)
+    c = 2.0 / (9.0 * k)
+    return k * np.maximum(1.0 - c - z * np.sqrt(c), 1e-3) ** 3
+
+
+def variance_upper(raw: np.ndarray, noise: np.ndarray, df: np.ndarray, z: float) -> np.ndarray:
+    """An upper confidence bound (``z`` sds, one-sided) for a between-host variance from its moment
+    estimate ``raw`` on ``df`` degrees of freedom, when one host's sampling variance is about ``noise``.
+
+    The hosts' values vary by ``tau^2 + noise`` in all, a chi-square's worth on ``df``: its upper bound
+    less the noise (a Q-profile bound with equal weights). An estimate cut at 0 by chance still gets a
+    bound as wide as the noise allows; no degrees of freedom: infinity.
+    """
+    raw = np.where(np.isfinite(raw), np.maximum(raw, 0.0), 0.0)
+    df = np.asarray(df, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        upper = (raw + noise) * df / chi2_lower(df, z) - noise
+    return np.where(df > 0, np.maximum(upper, raw), np.inf)
 
 
 def scaled_counts(x: np.ndarray, y: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conveyor.analysis import AnalysisSettings, MetricVerdict, Scrape, Verdict, judge, parse_prometheus, stats
+from conveyor.analysis import (
+    AnalysisSettings,
+    FleetMemory,
+    MetricVerdict,
+    Scrape,
+    Verdict,
+    judge,
+    parse_prometheus,
+    stats,
+)
 
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 # share of requests per bucket (non-cumulative) for a "normal" host: median ~50 ms
@@ -749,13 +758,17 @@ def _history(ratio: float, requests: float = 100_000.0) -> list[Scrape]:
     return series(1, requests, requests * 0.01 * ratio, t0=-100_000.0, step=100_000.0)
 
 
-def _decided(canary, baseline, s: AnalysisSettings, history=None) -> tuple[Verdict, float]:
+def _decided(canary, baseline, s: AnalysisSettings, history=None, memory=None) -> tuple[Verdict, float]:
     for k in range(1, 62):
         v = judge({h: x[:k] for h, x in canary.items()}, {h: x[:k] for h, x in baseline.items()}, s,
-                  elapsed_s=(k - 1) * 10.0, history=history)
+                  elapsed_s=(k - 1) * 10.0, history=history, memory=memory)
         if v.decision != "continue":
             return v, (k - 1) * 10.0
     raise AssertionError("the judge said continue after the window")
+
+
+# a service whose earlier releases measured hosts 15% apart and differences that lasted
+LASTED = FleetMemory(spread2=0.0225, spread_df=20, moved=0.0, moved_df=20, releases=10)
 
 
 def test_a_canary_host_that_always_erred_more_is_judged_against_its_own_history():
@@ -765,7 +778,7 @@ def test_a_canary_host_that_always_erred_more_is_judged_against_its_own_history(
     canary = {"c1": series(60, 100, 2)}  # twice the pool's errors after the deploy ...
 
     # ... on a host that erred twice as often before it too: the host, not the release
-    v, t = _decided(canary, baseline, s, {"c1": _history(2.0), **pool_history})
+    v, t = _decided(canary, baseline, s, {"c1": _history(2.0), **pool_history}, LASTED)
     assert (v.decision, t) == ("pass", 600)
     errors = v.metrics[0]
     assert errors.samples["history_ratio"] == pytest.approx(2.0)
@@ -775,10 +788,48 @@ def test_a_canary_host_that_always_erred_more_is_judged_against_its_own_history(
     assert judge(canary, baseline, s, elapsed_s=600).decision == "fail"
 
     # ... on a host that matched the pool before: a regression, caught no later than without history
-    v_new, t_new = _decided(canary, baseline, s, {"c1": _history(1.0), **pool_history})
-    v_old, t_old = _decided(canary, baseline, s)
+    v_new, t_new = _decided(canary, baseline, s, {"c1": _history(1.0), **pool_history}, LASTED)
+    v_old, t_old = _decided(canary, baseline, s, memory=LASTED)
     assert v_new.decision == v_old.decision == "fail"
     assert t_new <= t_old
+
+
+def test_a_first_release_trusts_the_canary_hosts_history_only_as_far_as_the_pool_shows_differences_last():
+    """Nothing remembered: three hosts with 60 errors each cannot show that their differences survive a
+    deploy (their moves are within sampling noise either way), so the canary host's history changes
+    nothing; eight busy hosts whose rates all held to the per-mille can, and the history is used."""
+    s = settings(metrics=["errors"])
+    canary = {"c1": series(60, 100, 2)}
+    few = {f"b{i}": series(60, 100, 1) for i in range(3)}
+    v = judge(canary, few, s, elapsed_s=600, history={"c1": _history(2.0), **{h: _history(1.0) for h in few}})
+    assert v.decision == "fail"
+    assert v.metrics[0].samples["history_ratio"] == pytest.approx(2.0)
+    assert v.metrics[0].samples["history_null_shift"] == pytest.approx(1.0)
+
+    busy_canary = {"c1": series(60, 1000, 16)}  # 1.6x the pool now, on a host that erred 2x before
+    many = {f"b{i}": series(60, 1000, 10 * (1.0 + 0.15 * (i % 3 - 1))) for i in range(8)}  # 15% apart, lasting
+    many_history = {h: _history(1.0 + 0.15 * (i % 3 - 1), 1_000_000.0) for i, h in enumerate(many)}
+    assert judge(busy_canary, many, s, elapsed_s=600).decision == "fail"
+    v_many = judge(busy_canary, many, s, elapsed_s=600, history={"c1": _history(2.0, 1_000_000.0), **many_history})
+    assert v_many.metrics[0].samples["history_null_shift"] > 1.5
+    assert v_many.decision == "pass"
+
+
+def test_the_upper_bound_of_a_between_host_variance_covers_it_at_its_level():
+    """Six hosts whose values vary by tau^2 = 0.02 beyond sampling noise 0.01: the 80 % upper bound
+    (0.84 sds) covers the true variance about 80 % of the time, narrows with degrees of freedom, and
+    stays above 0 when the moment estimate is cut at 0 by chance; no degrees of freedom: no bound."""
+    rng = np.random.default_rng(7)
+    hosts, tau2, noise = 6, 0.02, 0.01
+    values = rng.normal(0.0, math.sqrt(tau2 + noise), size=(hosts, 4000))
+    use = np.ones_like(values, dtype=bool)
+    raw, m = stats.between_variance(values, np.full_like(values, 1.0 / noise), use, cut=False)
+    upper = stats.variance_upper(raw, np.full(raw.size, noise), m - 1.0, 0.84)
+    assert np.all(upper >= np.maximum(raw, 0.0))
+    assert 0.75 < np.mean(upper >= tau2) < 0.86
+    zero = stats.variance_upper(np.array([-0.01, -0.01]), np.array([noise, noise]), np.array([2.0, 20.0]), 0.84)
+    assert 0.0 < zero[1] < zero[0]
+    assert np.isinf(stats.variance_upper(np.array([0.01]), np.array([noise]), np.array([0.0]), 0.84)[0])
 
 
 def test_an_incomplete_or_disabled_history_changes_nothing():
@@ -813,11 +864,15 @@ def test_a_history_the_pool_no_longer_matches_is_not_trusted(then):
 
 def test_a_pool_that_moved_within_chance_still_trusts_the_canary_hosts_history():
     """b1 and b2 erred 20% more and less before than now, on 60 errors each: that much is chance, and
-    three hosts' movement alone would read as "differences do not last" (the shift would be 1.0)."""
+    three hosts' movement alone would read as "differences do not last" (the shift would be 1.0) where
+    the service's earlier releases measured that they do."""
     s = settings(metrics=["errors"])
     baseline = {f"b{i}": series(60, 100, 1) for i in range(3)}
     canary = {"c1": series(60, 100, 2)}
     history = {"c1": _history(2.0), "b0": _history(1.0), "b1": _history(1.2), "b2": _history(1 / 1.2)}
-    v = judge(canary, baseline, s, elapsed_s=600, history=history)
+    v = judge(canary, baseline, s, elapsed_s=600, history=history, memory=LASTED)
     assert v.decision == "pass"
-    assert 1.2 < v.metrics[0].samples["history_null_shift"] < 1.634  # trusted, less than a pool that held
+    held = judge(canary, baseline, s, elapsed_s=600, memory=LASTED,
+                 history={"c1": _history(2.0), **{h: _history(1.0) for h in baseline}})
+    # trusted, a little less than a pool that held
+    assert 1.2 < v.metrics[0].samples["history_null_shift"] < held.metrics[0].samples["history_null_shift"]
