@@ -84,8 +84,9 @@ _MOVED_PRIOR_DF = 4.0
 # shrunk estimate: the history narrows the test only as far as the pool shows that differences last.
 _MOVED_BOUND_Z = 0.84
 # Past releases of the service (FleetMemory) measured both: the typical spread and "they lasted" above are
-# then each pooled with the measured values, weighted by degrees of freedom, and the carry's hedge fades
-# as measured movements accumulate (its sd counts as _MOVED_PRIOR_DF pseudo-df against theirs).
+# then each pooled with the measured values, weighted by degrees of freedom. "They lasted" is an
+# assumption that measured movements replace: its pseudo-df, and the carry's hedge (variance), fade by
+# _MOVED_PRIOR_DF / (_MOVED_PRIOR_DF + measured df).
 
 
 @dataclass
@@ -519,14 +520,16 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     complete = np.all(has[:, None] | ~pool, axis=0) & (pool.sum(axis=0) >= 2)
     nb_h, xb_h = (n_b[:, None] * pool).sum(axis=0), (x_b[:, None] * pool).sum(axis=0)
     mem = data.memory
-    prior_moved, prior_df = _with_memory(0.0, _MOVED_PRIOR_DF, mem.moved, mem.moved_df)  # "they lasted", pooled
+    fade = _MOVED_PRIOR_DF / (_MOVED_PRIOR_DF + mem.moved_df)  # measured movements replace the assumption
+    prior_moved, prior_df = _with_memory(0.0, _MOVED_PRIOR_DF * fade, mem.moved, mem.moved_df)  # "they lasted"
+
     moves = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b,
                               pool & has[:, None], wide.phi, prior_df=prior_df, prior=prior_moved)
     moved, raw, hosts = moves.moved, moves.raw, moves.hosts
     if not mem.moved_df:  # a first release: "they lasted" only as far as the pool shows it (an upper bound)
         upper = stats.variance_upper(raw, moves.noise, np.maximum(hosts - 1.0, 0.0), _MOVED_BOUND_Z)
         moved = np.where(np.isfinite(moved), upper, moved)
-    carry2 = _CARRY_SD**2 * _MOVED_PRIOR_DF / (_MOVED_PRIOR_DF + mem.moved_df)
+    carry2 = _CARRY_SD**2 * fade
     ok = complete & (xb_h > 0) & (nb_h > 0) & (xc_h > 0) & np.isfinite(moved)
     if not ok.any():
         return none

@@ -117,7 +117,9 @@ class AnalysisSettings(BaseModel):
     :param metrics: which comparisons to run: ``"errors"``, ``"latency"``.
     :param error_statuses: statuses that count as errors: exact codes (``"503"``) or classes (``"5xx"``).
     :param error_tolerance: relative slack on the error rate: a regression means the canary's rate is
-        more than ``1 + error_tolerance`` times the baseline's.
+        more than ``1 + error_tolerance`` times the baseline's. Hosts' own differences are handled by
+        the overdispersion model, not by this slack: 2 % (5 % cost errors x2 detection 5 points in
+        the bench, 0 % made fleets whose hosts' differences move at a deploy roll back 1.6 %).
     :param error_floor: absolute error rate (0.001 = 0.1%) at or under which the canary is never a
         regression, whatever the baseline: 1 error against 0 is not a regression, 5% against 0% is.
     :param latency_tolerance: relative slack on latency: a regression means the canary serves more of
@@ -161,7 +163,7 @@ class AnalysisSettings(BaseModel):
     errors_alpha_share: float = 0.5
     metrics: list[str] = ["errors", "latency"]
     error_statuses: list[str] = ["5xx"]
-    error_tolerance: float = 0.05
+    error_tolerance: float = 0.02
     error_floor: float = Field(0.001, le=1)
     latency_tolerance: float = 0.1
     latency_floor_ms: float = Field(2.0, ge=0)
