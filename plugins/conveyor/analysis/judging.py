@@ -501,7 +501,8 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     the hedge fades as the service's past releases measure the movement, see ``FleetMemory``).
     Whether hosts' differences last at all is read off the pooled hosts: their rates now against
     their own snapshots (``stats.persistence``, from the data before each interval) move apart by
-    ``2 tau^2 (1 - rho)`` when then and now correlate by ``rho``. The test then uses the posterior
+    ``2 tau^2 (1 - rho)`` when then and now correlate by ``rho`` (on a first release, with no movement
+    remembered, at its upper bound: see ``_MOVED_BOUND_Z``). The test then uses the posterior
     scaled by ``rho``: the null ratio moved by ``rho`` x its mean and the spread narrowed to
     ``teff2 (1 - rho^2 gain)``; differences that did not last (``rho`` 0) leave the test as it was.
     Without a history for every canary host and for at least 2 and every pooled baseline host, or
@@ -522,7 +523,6 @@ def _own_history(data: _Data, keep: np.ndarray, wide: _Widening, teff2: np.ndarr
     mem = data.memory
     fade = _MOVED_PRIOR_DF / (_MOVED_PRIOR_DF + mem.moved_df)  # measured movements replace the assumption
     prior_moved, prior_df = _with_memory(0.0, _MOVED_PRIOR_DF * fade, mem.moved, mem.moved_df)  # "they lasted"
-
     moves = stats.persistence(data.base_cum[:, :-1, _ERR], data.base_cum[:, :-1, _REQ], x_b, n_b,
                               pool & has[:, None], wide.phi, prior_df=prior_df, prior=prior_moved)
     moved, raw, hosts = moves.moved, moves.raw, moves.hosts

@@ -119,7 +119,8 @@ class AnalysisSettings(BaseModel):
     :param error_tolerance: relative slack on the error rate: a regression means the canary's rate is
         more than ``1 + error_tolerance`` times the baseline's. Hosts' own differences are handled by
         the overdispersion model, not by this slack: 2 % (5 % cost errors x2 detection 5 points in
-        the bench, 0 % made fleets whose hosts' differences move at a deploy roll back 1.6 %).
+        the bench; 0 %, with errors' share of ``alpha`` at 0.7, made fleets whose hosts' differences move
+        at a deploy roll back 1.6 %).
     :param error_floor: absolute error rate (0.001 = 0.1%) at or under which the canary is never a
         regression, whatever the baseline: 1 error against 0 is not a regression, 5% against 0% is.
     :param latency_tolerance: relative slack on latency: a regression means the canary serves more of

@@ -626,8 +626,9 @@ def persistence(x: np.ndarray, n: np.ndarray, hist_x: np.ndarray, hist_n: np.nda
     ok = use & (n > 0) & (hist_n > 0)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.log((x + 0.5) / np.where(n > 0, n, 1.0)) - np.log((hist_x + 0.5) / np.where(hist_n > 0, hist_n, 1.0))[:, None]
-        w = np.where(ok, 1.0 / (phi[None, :] / (x + 0.5) + 1.0 / (hist_x[:, None] + 0.5)), 0.0)
-        noise = np.where(ok, 1.0 / np.where(ok, w, 1.0), 0.0).sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
+        sampling = np.where(ok, phi[None, :] / (x + 0.5) + 1.0 / (hist_x[:, None] + 0.5), 0.0)
+        w = np.where(ok, 1.0 / sampling, 0.0)
+    noise = sampling.sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
     raw, m = between_variance(d, w, ok, cut=False)
     var = np.maximum(raw, 0.0)
     df = np.maximum(m - 1.0, 0.0)
