@@ -20,6 +20,12 @@ Two judges see the SAME streams:
   above +25% of |estimate| and the mean ratio >= 1; score = 100 x passed metrics / metrics; a
   score <= marginal (75) at any interval fails at once, the last one must reach pass (95).
 
+Below the table, two references on the original streams, each at our A/A rate, 0.5% and 1%: the
+*information limit* (one exact test of the error share after the window, on all its data) and a
+*sequential oracle* (that test after every scrape with one constant boundary, calibrated on the very
+A/A streams: a decide-early judge that knew the null exactly, with the simplest boundary; ``oracle_ttd_ratio_err2``
+is its median time to detect errors x2 over the reference's, at our A/A rate).
+
 Prints one table row per scenario and, last, one ``key=value`` summary line. ``--quick`` for a
 smoke run, ``--seed`` for another draw, ``--workers`` to change the process count.
 """
@@ -335,18 +341,36 @@ def run_reference(canary, baseline) -> tuple[str, float]:
     raise AssertionError("unreachable")
 
 
-def window_end_p(canary, baseline) -> float:
-    """The information limit: one exact test of the error share on the whole window's totals, no tolerance.
+def share_p(canary, baseline, looks: bool = False) -> float | np.ndarray:
+    """The information limit's statistic: one exact test of the canary's share of errors, no tolerance.
 
-    No sequential judge that must also decide early can beat this test, run once after the window
-    has ended, at the same false-rollback rate; the report compares detections at equal A/A rates.
+    On the window's totals (``looks=False``): no sequential judge that must also decide early can beat
+    this test, run once after the window has ended, at the same false-rollback rate; the report
+    compares detections at equal A/A rates. With ``looks=True``, the same test's p-value after every
+    scrape (for the sequential oracle in the report).
     """
-    def totals(series):
-        last = [s[-1] for s in series.values()]
-        return sum(sc.requests.get("500", 0.0) for sc in last), sum(sum(sc.requests.values()) for sc in last)
-    x, n_c = totals(canary)
-    y, n_b = totals(baseline)
-    return stats.binom_sf(x, x + y, n_c / (n_c + n_b)) if x + y > 0 else 1.0
+    def cum(series: Series, key: str | None) -> np.ndarray:
+        return sum(np.array([s.requests.get(key, 0.0) if key else sum(s.requests.values()) for s in v[1:]])
+                   for v in series.values())
+    x, n_c, y, n_b = cum(canary, "500"), cum(canary, None), cum(baseline, "500"), cum(baseline, None)
+    ks = range(x.size) if looks else [x.size - 1]
+    p = np.array([stats.binom_sf(x[k], x[k] + y[k], n_c[k] / (n_c[k] + n_b[k])) if x[k] + y[k] > 0 else 1.0
+                  for k in ks])
+    return p if looks else float(p[-1])
+
+
+def sequential_oracle(aa: np.ndarray, bad: np.ndarray, allowed: int) -> tuple[float, float]:
+    """The exact share test after every scrape with the one constant boundary (Pocock-like: no shape
+    fitted to a time) that exactly ``allowed`` of these A/A streams cross: the share of bad streams it
+    catches and their median time to it. An optimistic reference: the null share is known exactly,
+    there is no tolerance or host spread, and the boundary is calibrated on the very A/A streams it
+    is scored against."""
+    worst = np.sort((-np.log10(np.maximum(aa, 1e-300))).max(axis=1))[::-1]  # each A/A stream's strongest look
+    cut = worst[allowed] if allowed < worst.size else 0.0  # cross above it: exactly `allowed` A/A streams
+    hit = -np.log10(np.maximum(bad, 1e-300)) > cut
+    caught = hit.any(axis=1)
+    first = (np.argmax(hit, axis=1) + 1) * STEP_S
+    return float(caught.mean()), _median(first[caught].tolist())
 
 
 def remembered(sc: Scenario, settings: AnalysisSettings, seed: int, index: int, rep: int) -> FleetMemory:
@@ -364,7 +388,7 @@ def remembered(sc: Scenario, settings: AnalysisSettings, seed: int, index: int, 
     return FleetMemory.from_samples(rows[::-1])  # newest first
 
 
-def one_run(args: tuple[Scenario, int, int, dict]) -> tuple[str, float, str, float, float]:
+def one_run(args: tuple[Scenario, int, int, dict]) -> tuple[str, float, str, float, float | np.ndarray]:
     sc, seed, rep, settings_dict = args
     index = next((i for i, s in enumerate(SCENARIOS) if s.name == sc.name), len(SCENARIOS))  # --quick copies keep their streams
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, rep]))
@@ -374,7 +398,8 @@ def one_run(args: tuple[Scenario, int, int, dict]) -> tuple[str, float, str, flo
     memory = remembered(sc, settings, seed, index, rep) if sc.memory else None
     ours = run_conveyor(canary, baseline, settings, history, memory)
     ref = run_reference(canary_clean, baseline_clean)
-    return (*ours, *ref, window_end_p(canary_clean, baseline_clean))
+    looks = sc.name in ("A/A", "err x2")  # the sequential oracle's rows
+    return (*ours, *ref, share_p(canary_clean, baseline_clean, looks=looks))
 
 
 # --------------------------------------------------------------------------------------- report
@@ -460,16 +485,23 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"ttd_ratio_{key}"] = ratio
     print("-" * len(head))
     if "A/A" in by_scenario and "err x2" in by_scenario:
-        # the information limit: the window-end test's p-value threshold that keeps A/A at our rate (and at 1%)
-        aa_p = np.sort([r[4] for r in by_scenario["A/A"]])
-        e2_p = np.array([r[4] for r in by_scenario["err x2"]])
-        # A/A streams it may reject: as many as ours did, and as many as the 1% target allows
-        for allowed in sorted({int(math.floor(rate * aa_p.size + 1e-9)) for rate in (summary["aa_false_rollback"], 0.01)}):
+        # the information limit: the window-end test's p-value threshold that keeps A/A at our rate (and at 0.5%, 1%);
+        # the sequential oracle: the same test at every look, one constant boundary, at the same rates
+        aa_looks = np.array([r[4] for r in by_scenario["A/A"]])
+        e2_looks = np.array([r[4] for r in by_scenario["err x2"]])
+        aa_p, e2_p = np.sort(aa_looks[:, -1]), e2_looks[:, -1]
+        # A/A streams it may reject: as many as ours did, and as many as 0.5% and the 1% target allow
+        for allowed in sorted({int(math.floor(rate * aa_p.size + 1e-9)) for rate in (summary["aa_false_rollback"], 0.005, 0.01)}):
             cut = aa_p[allowed] if allowed < aa_p.size else 1.0  # reject p < cut: exactly `allowed` A/A streams
             print(f"information limit: one exact test after the window on all its data, rejecting {allowed / aa_p.size:.1%} "
                   f"of these A/A streams (p < {cut:.2g}), detects {np.mean(e2_p < cut):.1%} of the err x2 streams")
+            caught, med = sequential_oracle(aa_looks, e2_looks, allowed)
+            print(f"sequential oracle: the same test after every scrape, one constant boundary rejecting {allowed / aa_p.size:.1%} "
+                  f"of these A/A streams, detects {caught:.1%} of the err x2 streams, median {_sec(med).strip()}")
             if allowed == int(math.floor(summary["aa_false_rollback"] * aa_p.size + 1e-9)):
                 summary["info_err2"] = float(np.mean(e2_p < cut))  # at our A/A rate
+                ref_t = _median([r[3] for r in by_scenario["err x2"] if r[2] == "fail"])
+                summary["oracle_ttd_ratio_err2"] = med / ref_t if ref_t else math.nan
     print("fail = rolled back: a false rollback where 'expect' is pass, a detection where it is fail; "
           "incon = inconclusive (stop, ask a human); med t = median time to the decision (to the rollback "
           "where 'expect' is fail); t ratio = ours / reference")
@@ -477,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     if "aa_worst" in summary:
         print(f"worst A/A row: {worst_name}; aa_over_ref = the largest (ours - reference's) over the A/A rows")
     keys = ["aa_false_rollback", "ref_aa_false_rollback", "aa_worst", "ref_aa_worst", "aa_over_ref", "detect_err2",
-            "info_err2", "detect_lat25", "detect_tail", "ttd_ratio_err2", "ttd_ratio_lat25", "idle_canary_pass"]
+            "info_err2", "detect_lat25", "detect_tail", "ttd_ratio_err2", "ttd_ratio_lat25", "idle_canary_pass", "oracle_ttd_ratio_err2"]
     print(" ".join(f"{k}={summary.get(k, math.nan):.4g}" for k in keys))
     return 0
 
