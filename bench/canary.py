@@ -365,9 +365,9 @@ def sequential_oracle(aa: np.ndarray, bad: np.ndarray, allowed: int) -> tuple[fl
     catches and their median time to it. An optimistic reference: the null share is known exactly,
     there is no tolerance or host spread, and the boundary is calibrated on the very A/A streams it
     is scored against."""
-    worst = np.sort((-np.log10(np.maximum(aa, 1e-300))).max(axis=1))[::-1]  # each A/A stream's strongest look
-    cut = worst[allowed] if allowed < worst.size else 0.0  # cross above it: exactly `allowed` A/A streams
-    hit = -np.log10(np.maximum(bad, 1e-300)) > cut
+    strongest = np.sort(aa.min(axis=1))  # each A/A stream's smallest p-value over its looks
+    cut = strongest[allowed] if allowed < strongest.size else 1.0  # reject p < cut: exactly `allowed` A/A streams
+    hit = bad < cut
     caught = hit.any(axis=1)
     first = (np.argmax(hit, axis=1) + 1) * STEP_S
     return float(caught.mean()), _median(first[caught].tolist())
@@ -491,14 +491,15 @@ def main(argv: list[str] | None = None) -> int:
         e2_looks = np.array([r[4] for r in by_scenario["err x2"]])
         aa_p, e2_p = np.sort(aa_looks[:, -1]), e2_looks[:, -1]
         # A/A streams it may reject: as many as ours did, and as many as 0.5% and the 1% target allow
-        for allowed in sorted({int(math.floor(rate * aa_p.size + 1e-9)) for rate in (summary["aa_false_rollback"], 0.005, 0.01)}):
+        ours = int(math.floor(summary["aa_false_rollback"] * aa_p.size + 1e-9))
+        for allowed in sorted({ours, *(int(math.floor(rate * aa_p.size + 1e-9)) for rate in (0.005, 0.01))}):
             cut = aa_p[allowed] if allowed < aa_p.size else 1.0  # reject p < cut: exactly `allowed` A/A streams
             print(f"information limit: one exact test after the window on all its data, rejecting {allowed / aa_p.size:.1%} "
                   f"of these A/A streams (p < {cut:.2g}), detects {np.mean(e2_p < cut):.1%} of the err x2 streams")
             caught, med = sequential_oracle(aa_looks, e2_looks, allowed)
             print(f"sequential oracle: the same test after every scrape, one constant boundary rejecting {allowed / aa_p.size:.1%} "
                   f"of these A/A streams, detects {caught:.1%} of the err x2 streams, median {_sec(med).strip()}")
-            if allowed == int(math.floor(summary["aa_false_rollback"] * aa_p.size + 1e-9)):
+            if allowed == ours:
                 summary["info_err2"] = float(np.mean(e2_p < cut))  # at our A/A rate
                 ref_t = _median([r[3] for r in by_scenario["err x2"] if r[2] == "fail"])
                 summary["oracle_ttd_ratio_err2"] = med / ref_t if ref_t else math.nan
